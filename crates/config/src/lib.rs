@@ -1,0 +1,80 @@
+//! The mesh configuration model shared by the Nodus controller (producer) and node proxies (consumer).
+//!
+//! A [`ConfigSnapshot`] is a complete, self-contained view of what one node proxy must know: the
+//! services its pods can reach with their endpoints, the workloads it serves, and the L7 routes
+//! attached to those services. The controller translates Kubernetes objects into a snapshot; the
+//! proxy swaps snapshots atomically. Every snapshot the proxy accepts has passed [`ConfigSnapshot::validate`],
+//! so the data path never meets a dangling reference or a regular expression that does not compile.
+//!
+//! Snapshots deserialize from YAML/JSON (camelCase fields, unknown fields rejected) so tests and the
+//! local mesh can write them by hand.
+
+mod duration;
+mod route;
+mod service;
+mod validate;
+mod workload;
+
+pub use duration::{parse_gateway_duration, GatewayDuration};
+pub use route::{
+    BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter,
+    HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind, NameValue, PathMatch, PathModifier, QueryParamMatch, RedirectFilter,
+    RetryPolicy, RouteParent, RouteTimeouts, StringMatch, UrlRewriteFilter,
+};
+pub use service::{AppProtocol, Endpoint, Service, ServicePort};
+pub use validate::ValidationError;
+pub use workload::{Workload, WorkloadRef};
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A namespaced Kubernetes object name, `namespace/name`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ObjectRef {
+    /// The object's namespace.
+    pub namespace: String,
+    /// The object's name within its namespace.
+    pub name: String,
+}
+
+impl ObjectRef {
+    /// Builds a reference from a namespace and a name.
+    pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), name: name.into() }
+    }
+}
+
+impl fmt::Display for ObjectRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// Everything one node proxy needs, as of one controller version.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConfigSnapshot {
+    /// Monotonic version assigned by the controller; proxies report it in metrics and ACKs.
+    #[serde(default)]
+    pub version: u64,
+    /// Services reachable from this node's pods, with their endpoints.
+    #[serde(default)]
+    pub services: Vec<Service>,
+    /// Workloads (pods) known to the mesh; the node proxy captures and serves the ones on its node.
+    #[serde(default)]
+    pub workloads: Vec<Workload>,
+    /// HTTPRoutes attached to services (GAMMA), already filtered to those this node needs.
+    #[serde(default)]
+    pub http_routes: Vec<HttpRoute>,
+    /// GRPCRoutes attached to services (GAMMA).
+    #[serde(default)]
+    pub grpc_routes: Vec<GrpcRoute>,
+}
+
+impl ConfigSnapshot {
+    /// Finds a service by namespace and name.
+    pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
+        self.services.iter().find(|s| s.id.namespace == namespace && s.id.name == name)
+    }
+}
