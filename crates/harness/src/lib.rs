@@ -1,0 +1,51 @@
+//! The Nodus mesh harness: a small cluster made of network namespaces on one machine.
+//!
+//! A [`Lab`] holds a bridge standing for the cluster network, N node namespaces on it, and pod
+//! namespaces attached to their node by veth pairs, each pod with its own cgroup v2 directory so
+//! that per-pod processes can be captured by cgroup eBPF programs. Tests, benchmarks and the local
+//! mesh demo all build on it.
+//!
+//! Everything a lab makes is named with a run-unique id (`nodus-<id>-...`), removed when the
+//! [`Lab`] is dropped (also on panic), and removed by the next run if the process that made it
+//! was killed. Two processes can each run labs at the same time.
+//!
+//! Building a lab needs root. Tests call [`skip_unless_lab_supported!`] first: it prints why a
+//! test is skipped, or fails it when `NODUS_REQUIRE_PRIVILEGED_TESTS=1` (as in CI), so a
+//! privileged test never passes silently without running.
+
+mod cgroup;
+mod error;
+mod lab;
+mod netns;
+mod runs;
+mod sys;
+
+pub use cgroup::{cgroup2_mount, Cgroup};
+pub use error::{HarnessError, Result};
+pub use lab::{check_support, Lab, LabSpec, Node, Pod};
+pub use netns::NetNs;
+pub use runs::{leftovers_of_run, netns_of_run, remove_stale_runs};
+
+/// The environment variable that turns "skip" into "fail" for tests that need root.
+pub const REQUIRE_PRIVILEGED_ENV: &str = "NODUS_REQUIRE_PRIVILEGED_TESTS";
+
+/// Decides what a test that needs a lab does on a machine that cannot build one: returns
+/// `Some(reason)` when the test should skip, and panics when skipping is forbidden.
+pub fn lab_skip_reason(test: &str) -> Option<String> {
+    let reason = check_support().err()?;
+    if std::env::var(REQUIRE_PRIVILEGED_ENV).is_ok_and(|v| v == "1") {
+        panic!("{test}: cannot run: {reason} ({REQUIRE_PRIVILEGED_ENV}=1 forbids skipping)");
+    }
+    eprintln!("SKIPPED {test}: {reason}");
+    Some(reason)
+}
+
+/// Returns early from a test, saying why, when this machine cannot build a lab.
+#[macro_export]
+macro_rules! skip_unless_lab_supported {
+    () => {
+        if $crate::lab_skip_reason(module_path!()).is_some() {
+            return;
+        }
+    };
+}
