@@ -1,0 +1,66 @@
+//! Accept loop and per-request dispatch between the gRPC service and the JSON echo.
+
+use crate::grpc::{CallInfo, EchoService};
+use crate::http_echo;
+use crate::proto::echo_server::EchoServer;
+use http::Request;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tower::Service;
+
+/// Who this echo server says it is in its answers.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EchoIdentity {
+    /// Pod name.
+    pub pod: String,
+    /// Kubernetes namespace.
+    pub namespace: String,
+    /// The Service it stands behind, if any.
+    pub service: String,
+}
+
+/// Serves HTTP/1.1, h2c and gRPC on `listener` until the task is dropped or the listener fails.
+pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Result<()> {
+    let identity = Arc::new(identity);
+    loop {
+        let (stream, remote) = listener.accept().await?;
+        let _ = stream.set_nodelay(true);
+        let identity = identity.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                handle(request, identity.clone(), remote)
+            });
+            let result = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+            if let Err(error) = result {
+                tracing::debug!(%remote, %error, "echo connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(
+    mut request: Request<Incoming>,
+    identity: Arc<EchoIdentity>,
+    remote: SocketAddr,
+) -> Result<http::Response<tonic::body::Body>, Infallible> {
+    let is_grpc = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    if is_grpc {
+        let info = CallInfo::from_request(&request, remote);
+        request.extensions_mut().insert(info);
+        let mut grpc = EchoServer::new(EchoService::new(identity));
+        grpc.call(request).await
+    } else {
+        Ok(http_echo::respond(request, &identity, remote).await)
+    }
+}
