@@ -36,13 +36,9 @@ pub fn parse_gateway_duration(text: &str) -> Result<Duration, String> {
     while !rest.is_empty() {
         let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
         if digits == 0 || digits > 5 {
-            return Err(format!(
-                "invalid duration {text:?}: expected 1 to 5 digits before each unit"
-            ));
+            return Err(format!("invalid duration {text:?}: expected 1 to 5 digits before each unit"));
         }
-        let value: u64 = rest[..digits]
-            .parse()
-            .map_err(|_| format!("invalid duration {text:?}"))?;
+        let value: u64 = rest[..digits].parse().map_err(|_| format!("invalid duration {text:?}"))?;
         rest = &rest[digits..];
         // "ms" must be tried before "m".
         let (unit_index, unit_len) = if rest.starts_with("ms") {
@@ -54,14 +50,10 @@ pub fn parse_gateway_duration(text: &str) -> Result<Duration, String> {
         } else if rest.starts_with('s') {
             (2, 1)
         } else {
-            return Err(format!(
-                "invalid duration {text:?}: units are h, m, s and ms"
-            ));
+            return Err(format!("invalid duration {text:?}: units are h, m, s and ms"));
         };
         if unit_index < next_unit {
-            return Err(format!(
-                "invalid duration {text:?}: units must go from h to ms, each once"
-            ));
+            return Err(format!("invalid duration {text:?}: units must go from h to ms, each once"));
         }
         next_unit = unit_index + 1;
         total_ms += value * UNITS[unit_index].1;
@@ -95,9 +87,7 @@ impl Serialize for GatewayDuration {
 impl<'de> Deserialize<'de> for GatewayDuration {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let text = String::deserialize(deserializer)?;
-        parse_gateway_duration(&text)
-            .map(GatewayDuration)
-            .map_err(serde::de::Error::custom)
+        parse_gateway_duration(&text).map(GatewayDuration).map_err(serde::de::Error::custom)
     }
 }
 
@@ -117,23 +107,14 @@ mod tests {
             ("99999ms", 99_999),
         ];
         for (text, ms) in cases {
-            assert_eq!(
-                parse_gateway_duration(text),
-                Ok(Duration::from_millis(ms)),
-                "{text}"
-            );
+            assert_eq!(parse_gateway_duration(text), Ok(Duration::from_millis(ms)), "{text}");
         }
     }
 
     #[test]
     fn rejects_invalid_durations() {
-        for text in [
-            "", "s", "1", "1d", "1s1m", "1s1s", "100000s", "1.5s", "-1s", "1 s",
-        ] {
-            assert!(
-                parse_gateway_duration(text).is_err(),
-                "{text} should be rejected"
-            );
+        for text in ["", "s", "1", "1d", "1s1m", "1s1s", "100000s", "1.5s", "-1s", "1 s"] {
+            assert!(parse_gateway_duration(text).is_err(), "{text} should be rejected");
         }
     }
 

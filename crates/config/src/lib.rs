@@ -17,10 +17,9 @@ mod workload;
 
 pub use duration::{parse_gateway_duration, GatewayDuration};
 pub use route::{
-    BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch,
-    HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind, NameValue,
-    PathMatch, PathModifier, QueryParamMatch, RedirectFilter, RetryPolicy, RouteParent,
-    RouteTimeouts, StringMatch, UrlRewriteFilter,
+    BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter,
+    HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind, NameValue, PathMatch, PathModifier, QueryParamMatch,
+    RedirectFilter, RetryPolicy, RouteParent, RouteTimeouts, StringMatch, UrlRewriteFilter,
 };
 pub use service::{AppProtocol, Endpoint, Service, ServicePort};
 pub use validate::ValidationError;
@@ -42,10 +41,7 @@ pub struct ObjectRef {
 impl ObjectRef {
     /// Builds a reference from a namespace and a name.
     pub fn new(namespace: impl Into<String>, name: impl Into<String>) -> Self {
-        Self {
-            namespace: namespace.into(),
-            name: name.into(),
-        }
+        Self { namespace: namespace.into(), name: name.into() }
     }
 }
 
@@ -79,8 +75,6 @@ pub struct ConfigSnapshot {
 impl ConfigSnapshot {
     /// Finds a service by namespace and name.
     pub fn service(&self, namespace: &str, name: &str) -> Option<&Service> {
-        self.services
-            .iter()
-            .find(|s| s.id.namespace == namespace && s.id.name == name)
+        self.services.iter().find(|s| s.id.namespace == namespace && s.id.name == name)
     }
 }

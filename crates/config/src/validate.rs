@@ -2,8 +2,8 @@
 //! problem found, so a proxy never installs half of a bad config.
 
 use crate::{
-    BackendRef, ConfigSnapshot, GrpcRoute, HeaderMatch, HttpFilter, HttpRoute, MatchKind,
-    ObjectRef, PathMatch, PathModifier, QueryParamMatch, RouteParent, StringMatch,
+    BackendRef, ConfigSnapshot, GrpcRoute, HeaderMatch, HttpFilter, HttpRoute, MatchKind, ObjectRef, PathMatch,
+    PathModifier, QueryParamMatch, RouteParent, StringMatch,
 };
 use std::collections::HashSet;
 use thiserror::Error;
@@ -31,9 +31,7 @@ pub enum ValidationError {
         service: ObjectRef,
     },
     /// A route names a port the Service does not expose.
-    #[error(
-        "{route}: {what} refers to port {port} of service {service}, which does not expose it"
-    )]
+    #[error("{route}: {what} refers to port {port} of service {service}, which does not expose it")]
     UnknownPort {
         /// The referring route.
         route: ObjectRef,
@@ -71,53 +69,35 @@ impl ConfigSnapshot {
         let mut seen = HashSet::new();
         for service in &self.services {
             if !seen.insert(&service.id) {
-                return Err(ValidationError::Duplicate {
-                    kind: "service",
-                    id: service.id.clone(),
-                });
+                return Err(ValidationError::Duplicate { kind: "service", id: service.id.clone() });
             }
         }
         let mut seen = HashSet::new();
         for workload in &self.workloads {
             if !seen.insert(&workload.id) {
-                return Err(ValidationError::Duplicate {
-                    kind: "workload",
-                    id: workload.id.clone(),
-                });
+                return Err(ValidationError::Duplicate { kind: "workload", id: workload.id.clone() });
             }
         }
         let mut seen = HashSet::new();
         for route in &self.http_routes {
             if !seen.insert(&route.id) {
-                return Err(ValidationError::Duplicate {
-                    kind: "HTTPRoute",
-                    id: route.id.clone(),
-                });
+                return Err(ValidationError::Duplicate { kind: "HTTPRoute", id: route.id.clone() });
             }
             self.validate_http_route(route)?;
         }
         let mut seen = HashSet::new();
         for route in &self.grpc_routes {
             if !seen.insert(&route.id) {
-                return Err(ValidationError::Duplicate {
-                    kind: "GRPCRoute",
-                    id: route.id.clone(),
-                });
+                return Err(ValidationError::Duplicate { kind: "GRPCRoute", id: route.id.clone() });
             }
             self.validate_grpc_route(route)?;
         }
         Ok(())
     }
 
-    fn validate_parents(
-        &self,
-        route: &ObjectRef,
-        parents: &[RouteParent],
-    ) -> Result<(), ValidationError> {
+    fn validate_parents(&self, route: &ObjectRef, parents: &[RouteParent]) -> Result<(), ValidationError> {
         if parents.is_empty() {
-            return Err(ValidationError::NoParents {
-                route: route.clone(),
-            });
+            return Err(ValidationError::NoParents { route: route.clone() });
         }
         for parent in parents {
             self.check_service_port(route, "parentRef", &parent.service, parent.port)?;
@@ -132,20 +112,13 @@ impl ConfigSnapshot {
         service_id: &ObjectRef,
         port: Option<u16>,
     ) -> Result<(), ValidationError> {
-        let service = self
-            .service(&service_id.namespace, &service_id.name)
-            .ok_or_else(|| ValidationError::UnknownService {
-                route: route.clone(),
-                what,
-                service: service_id.clone(),
-            })?;
+        let service = self.service(&service_id.namespace, &service_id.name).ok_or_else(|| {
+            ValidationError::UnknownService { route: route.clone(), what, service: service_id.clone() }
+        })?;
         match port {
-            Some(port) if service.port(port).is_none() => Err(ValidationError::UnknownPort {
-                route: route.clone(),
-                what,
-                service: service_id.clone(),
-                port,
-            }),
+            Some(port) if service.port(port).is_none() => {
+                Err(ValidationError::UnknownPort { route: route.clone(), what, service: service_id.clone(), port })
+            }
             _ => Ok(()),
         }
     }
@@ -172,28 +145,17 @@ impl ConfigSnapshot {
         filter: &HttpFilter,
         prefix_matched: bool,
     ) -> Result<(), ValidationError> {
-        let invalid = |message: String| ValidationError::InvalidRule {
-            route: route.clone(),
-            rule,
-            message,
-        };
+        let invalid = |message: String| ValidationError::InvalidRule { route: route.clone(), rule, message };
         match filter {
             HttpFilter::RequestHeaderModifier(m) | HttpFilter::ResponseHeaderModifier(m) => {
-                let names = m
-                    .set
-                    .iter()
-                    .chain(&m.add)
-                    .map(|nv| nv.name.as_str())
-                    .chain(m.remove.iter().map(String::as_str));
+                let names =
+                    m.set.iter().chain(&m.add).map(|nv| nv.name.as_str()).chain(m.remove.iter().map(String::as_str));
                 for name in names {
                     check_header_name(name).map_err(&invalid)?;
                 }
                 for nv in m.set.iter().chain(&m.add) {
                     if nv.value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
-                        return Err(invalid(format!(
-                            "header {} has a value with CR, LF or NUL",
-                            nv.name
-                        )));
+                        return Err(invalid(format!("header {} has a value with CR, LF or NUL", nv.name)));
                     }
                 }
             }
@@ -206,9 +168,7 @@ impl ConfigSnapshot {
                 }
                 if let Some(scheme) = &redirect.scheme {
                     if scheme != "http" && scheme != "https" {
-                        return Err(invalid(format!(
-                            "redirect scheme {scheme:?} is not http or https"
-                        )));
+                        return Err(invalid(format!("redirect scheme {scheme:?} is not http or https")));
                     }
                 }
                 check_path_modifier(redirect.path.as_ref(), prefix_matched).map_err(&invalid)?;
@@ -217,12 +177,7 @@ impl ConfigSnapshot {
                 check_path_modifier(rewrite.path.as_ref(), prefix_matched).map_err(&invalid)?;
             }
             HttpFilter::RequestMirror { backend } => {
-                self.check_service_port(
-                    route,
-                    "RequestMirror backendRef",
-                    &backend.service,
-                    Some(backend.port),
-                )?;
+                self.check_service_port(route, "RequestMirror backendRef", &backend.service, Some(backend.port))?;
             }
         }
         Ok(())
@@ -231,11 +186,8 @@ impl ConfigSnapshot {
     fn validate_http_route(&self, route: &HttpRoute) -> Result<(), ValidationError> {
         self.validate_parents(&route.id, &route.parents)?;
         for (index, rule) in route.rules.iter().enumerate() {
-            let invalid = |message: String| ValidationError::InvalidRule {
-                route: route.id.clone(),
-                rule: index,
-                message,
-            };
+            let invalid =
+                |message: String| ValidationError::InvalidRule { route: route.id.clone(), rule: index, message };
             for m in &rule.matches {
                 if let Some(path) = &m.path {
                     check_path_match(path).map_err(&invalid)?;
@@ -244,50 +196,30 @@ impl ConfigSnapshot {
                 check_query_matches(&m.query_params).map_err(&invalid)?;
                 if let Some(method) = &m.method {
                     if method.is_empty() || !method.bytes().all(|b| b.is_ascii_uppercase()) {
-                        return Err(invalid(format!(
-                            "method {method:?} is not an upper-case HTTP method"
-                        )));
+                        return Err(invalid(format!("method {method:?} is not an upper-case HTTP method")));
                     }
                 }
             }
             // ReplacePrefixMatch needs every match of the rule to be a PathPrefix match (the spec).
             let prefix_matched = !rule.matches.is_empty()
-                && rule
-                    .matches
-                    .iter()
-                    .all(|m| matches!(m.path, Some(PathMatch::PathPrefix(_))));
-            let redirects = rule
-                .filters
-                .iter()
-                .filter(|f| matches!(f, HttpFilter::RequestRedirect(_)))
-                .count();
-            let rewrites = rule
-                .filters
-                .iter()
-                .filter(|f| matches!(f, HttpFilter::UrlRewrite(_)))
-                .count();
+                && rule.matches.iter().all(|m| matches!(m.path, Some(PathMatch::PathPrefix(_))));
+            let redirects = rule.filters.iter().filter(|f| matches!(f, HttpFilter::RequestRedirect(_))).count();
+            let rewrites = rule.filters.iter().filter(|f| matches!(f, HttpFilter::UrlRewrite(_))).count();
             if redirects > 0 && rewrites > 0 {
-                return Err(invalid(
-                    "RequestRedirect and URLRewrite cannot be used together".into(),
-                ));
+                return Err(invalid("RequestRedirect and URLRewrite cannot be used together".into()));
             }
             if redirects > 1 || rewrites > 1 {
-                return Err(invalid(
-                    "RequestRedirect and URLRewrite may each appear once".into(),
-                ));
+                return Err(invalid("RequestRedirect and URLRewrite may each appear once".into()));
             }
             if redirects > 0 && !rule.backends.is_empty() {
-                return Err(invalid(
-                    "a rule with RequestRedirect cannot have backendRefs".into(),
-                ));
+                return Err(invalid("a rule with RequestRedirect cannot have backendRefs".into()));
             }
             for filter in &rule.filters {
                 self.validate_filter(&route.id, index, filter, prefix_matched)?;
             }
             self.validate_backends(&route.id, index, &rule.backends)?;
             if let Some(timeouts) = &rule.timeouts {
-                if let (Some(request), Some(backend)) = (timeouts.request, timeouts.backend_request)
-                {
+                if let (Some(request), Some(backend)) = (timeouts.request, timeouts.backend_request) {
                     if backend > request && !request.as_duration().is_zero() {
                         return Err(invalid(format!(
                             "backendRequest timeout {backend} exceeds the request timeout {request}"
@@ -313,17 +245,12 @@ impl ConfigSnapshot {
     fn validate_grpc_route(&self, route: &GrpcRoute) -> Result<(), ValidationError> {
         self.validate_parents(&route.id, &route.parents)?;
         for (index, rule) in route.rules.iter().enumerate() {
-            let invalid = |message: String| ValidationError::InvalidRule {
-                route: route.id.clone(),
-                rule: index,
-                message,
-            };
+            let invalid =
+                |message: String| ValidationError::InvalidRule { route: route.id.clone(), rule: index, message };
             for m in &rule.matches {
                 if let Some(method) = &m.method {
                     if method.service.is_none() && method.method.is_none() {
-                        return Err(invalid(
-                            "a gRPC method match needs a service, a method or both".into(),
-                        ));
+                        return Err(invalid("a gRPC method match needs a service, a method or both".into()));
                     }
                     if method.kind == MatchKind::RegularExpression {
                         for pattern in method.service.iter().chain(&method.method) {
@@ -334,13 +261,8 @@ impl ConfigSnapshot {
                 check_header_matches(&m.headers).map_err(&invalid)?;
             }
             for filter in &rule.filters {
-                if matches!(
-                    filter,
-                    HttpFilter::RequestRedirect(_) | HttpFilter::UrlRewrite(_)
-                ) {
-                    return Err(invalid(
-                        "GRPCRoute supports header modifier and mirror filters only".into(),
-                    ));
+                if matches!(filter, HttpFilter::RequestRedirect(_) | HttpFilter::UrlRewrite(_)) {
+                    return Err(invalid("GRPCRoute supports header modifier and mirror filters only".into()));
                 }
                 self.validate_filter(&route.id, index, filter, false)?;
             }
@@ -351,9 +273,7 @@ impl ConfigSnapshot {
 }
 
 fn check_regex(pattern: &str) -> Result<(), String> {
-    regex::Regex::new(pattern)
-        .map(drop)
-        .map_err(|e| format!("regular expression {pattern:?} does not compile: {e}"))
+    regex::Regex::new(pattern).map(drop).map_err(|e| format!("regular expression {pattern:?} does not compile: {e}"))
 }
 
 fn check_path_match(path: &PathMatch) -> Result<(), String> {
@@ -362,14 +282,8 @@ fn check_path_match(path: &PathMatch) -> Result<(), String> {
             if !value.starts_with('/') {
                 return Err(format!("path {value:?} must start with '/'"));
             }
-            if value.contains("//")
-                || value.contains("/./")
-                || value.contains("/../")
-                || value.contains(['?', '#'])
-            {
-                return Err(format!(
-                    "path {value:?} must not contain '//', '/./', '/../', '?' or '#'"
-                ));
+            if value.contains("//") || value.contains("/./") || value.contains("/../") || value.contains(['?', '#']) {
+                return Err(format!("path {value:?} must not contain '//', '/./', '/../', '?' or '#'"));
             }
             Ok(())
         }
@@ -379,9 +293,9 @@ fn check_path_match(path: &PathMatch) -> Result<(), String> {
 
 fn check_path_modifier(path: Option<&PathModifier>, prefix_matched: bool) -> Result<(), String> {
     match path {
-        Some(PathModifier::ReplacePrefixMatch(value)) if !prefix_matched => Err(format!(
-            "ReplacePrefixMatch {value:?} requires every match of the rule to be a PathPrefix match"
-        )),
+        Some(PathModifier::ReplacePrefixMatch(value)) if !prefix_matched => {
+            Err(format!("ReplacePrefixMatch {value:?} requires every match of the rule to be a PathPrefix match"))
+        }
         Some(PathModifier::ReplacePrefixMatch(value) | PathModifier::ReplaceFullPath(value))
             if !value.starts_with('/') =>
         {
@@ -419,10 +333,7 @@ fn check_query_matches(params: &[QueryParamMatch]) -> Result<(), String> {
             return Err("query parameter name is empty".into());
         }
         if !names.insert(param.name.as_str()) {
-            return Err(format!(
-                "query parameter {} is matched more than once",
-                param.name
-            ));
+            return Err(format!("query parameter {} is matched more than once", param.name));
         }
         check_string_match(&param.value)?;
     }

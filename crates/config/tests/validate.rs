@@ -68,21 +68,9 @@ fn full_featured_snapshot_parses_and_validates() {
     snapshot.validate().expect("valid");
     assert_eq!(snapshot.version, 7);
     let rule = &snapshot.http_routes[0].rules[0];
-    assert_eq!(
-        rule.matches[0].path,
-        Some(PathMatch::PathPrefix("/v2".into()))
-    );
+    assert_eq!(rule.matches[0].path, Some(PathMatch::PathPrefix("/v2".into())));
     assert!(matches!(rule.filters[1], HttpFilter::UrlRewrite(_)));
-    assert_eq!(
-        rule.timeouts
-            .as_ref()
-            .unwrap()
-            .request
-            .unwrap()
-            .as_duration()
-            .as_secs(),
-        10
-    );
+    assert_eq!(rule.timeouts.as_ref().unwrap().request.unwrap().as_duration().as_secs(), 10);
     assert!(!snapshot.services[0].endpoints[1].ready);
 }
 
@@ -173,29 +161,17 @@ fn invalid_snapshots_are_rejected_with_the_reason() {
         ),
     ];
     for (case, routes, expected) in cases {
-        let snapshot =
-            snapshot_with(routes).unwrap_or_else(|e| panic!("{case}: YAML should parse: {e}"));
+        let snapshot = snapshot_with(routes).unwrap_or_else(|e| panic!("{case}: YAML should parse: {e}"));
         let error: ValidationError = snapshot.validate().expect_err(case);
-        assert!(
-            error.to_string().contains(expected),
-            "{case}: got {error:?}, want text containing {expected:?}"
-        );
+        assert!(error.to_string().contains(expected), "{case}: got {error:?}, want text containing {expected:?}");
     }
 }
 
 #[test]
 fn unknown_fields_and_bad_durations_fail_to_parse() {
     for (case, routes, expected) in [
-        (
-            "typo in a field",
-            http_rule("      - backendz: []"),
-            "unknown field `backendz`",
-        ),
-        (
-            "bad duration",
-            http_rule("      - timeouts: { request: 10 }"),
-            "invalid duration",
-        ),
+        ("typo in a field", http_rule("      - backendz: []"), "unknown field `backendz`"),
+        ("bad duration", http_rule("      - timeouts: { request: 10 }"), "invalid duration"),
     ] {
         let error = snapshot_with(&routes).expect_err(case);
         assert!(error.contains(expected), "{case}: {error}");

@@ -96,17 +96,12 @@ pub async fn http1_get(
     headers: &[(&str, &str)],
 ) -> Result<HttpAnswer, ClientError> {
     let request = build(Version::HTTP_11, authority, path, headers)?;
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ClientError::Connect { addr, source })?;
+    let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr, source })?;
     let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
         .await
         .map_err(|source| ClientError::Http { addr, source })?;
     tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
-        .await
-        .map_err(|source| ClientError::Http { addr, source })?;
+    let response = sender.send_request(request).await.map_err(|source| ClientError::Http { addr, source })?;
     collect(addr, response).await
 }
 
@@ -118,34 +113,17 @@ pub async fn h2c_get(
     headers: &[(&str, &str)],
 ) -> Result<HttpAnswer, ClientError> {
     let request = build(Version::HTTP_2, authority, path, headers)?;
-    let stream = TcpStream::connect(addr)
-        .await
-        .map_err(|source| ClientError::Connect { addr, source })?;
-    let (mut sender, connection) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
-            .await
-            .map_err(|source| ClientError::Http { addr, source })?;
-    tokio::spawn(connection);
-    let response = sender
-        .send_request(request)
+    let stream = TcpStream::connect(addr).await.map_err(|source| ClientError::Connect { addr, source })?;
+    let (mut sender, connection) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
         .await
         .map_err(|source| ClientError::Http { addr, source })?;
+    tokio::spawn(connection);
+    let response = sender.send_request(request).await.map_err(|source| ClientError::Http { addr, source })?;
     collect(addr, response).await
 }
 
-async fn collect(
-    addr: SocketAddr,
-    response: http::Response<hyper::body::Incoming>,
-) -> Result<HttpAnswer, ClientError> {
+async fn collect(addr: SocketAddr, response: http::Response<hyper::body::Incoming>) -> Result<HttpAnswer, ClientError> {
     let (parts, body) = response.into_parts();
-    let body = body
-        .collect()
-        .await
-        .map_err(|source| ClientError::Http { addr, source })?
-        .to_bytes();
-    Ok(HttpAnswer {
-        status: parts.status,
-        headers: parts.headers,
-        body,
-    })
+    let body = body.collect().await.map_err(|source| ClientError::Http { addr, source })?.to_bytes();
+    Ok(HttpAnswer { status: parts.status, headers: parts.headers, body })
 }

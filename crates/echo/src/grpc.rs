@@ -22,11 +22,7 @@ impl CallInfo {
     pub(crate) fn from_request<B>(request: &Request<B>, remote: SocketAddr) -> Self {
         Self {
             full_method: request.uri().path().to_owned(),
-            authority: request
-                .uri()
-                .authority()
-                .map(|a| a.to_string())
-                .unwrap_or_default(),
+            authority: request.uri().authority().map(|a| a.to_string()).unwrap_or_default(),
             protocol: format!("{:?}", request.version()),
             remote,
         }
@@ -42,10 +38,7 @@ impl EchoService {
         Self { identity }
     }
 
-    fn answer(
-        &self,
-        request: tonic::Request<EchoRequest>,
-    ) -> Result<Response<EchoResponse>, Status> {
+    fn answer(&self, request: tonic::Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         let info = request.extensions().get::<CallInfo>().cloned();
         let headers = request
             .metadata()
@@ -61,51 +54,27 @@ impl EchoService {
             pod: self.identity.pod.clone(),
             namespace: self.identity.namespace.clone(),
             service: self.identity.service.clone(),
-            full_method: info
-                .as_ref()
-                .map(|i| i.full_method.clone())
-                .unwrap_or_default(),
-            authority: info
-                .as_ref()
-                .map(|i| i.authority.clone())
-                .unwrap_or_default(),
-            protocol: info
-                .as_ref()
-                .map(|i| i.protocol.clone())
-                .unwrap_or_default(),
-            remote_addr: info
-                .as_ref()
-                .map(|i| i.remote.to_string())
-                .unwrap_or_default(),
+            full_method: info.as_ref().map(|i| i.full_method.clone()).unwrap_or_default(),
+            authority: info.as_ref().map(|i| i.authority.clone()).unwrap_or_default(),
+            protocol: info.as_ref().map(|i| i.protocol.clone()).unwrap_or_default(),
+            remote_addr: info.as_ref().map(|i| i.remote.to_string()).unwrap_or_default(),
             headers,
         };
-        Ok(Response::new(EchoResponse {
-            message: request.into_inner().message,
-            context: Some(context),
-        }))
+        Ok(Response::new(EchoResponse { message: request.into_inner().message, context: Some(context) }))
     }
 }
 
 #[tonic::async_trait]
 impl Echo for EchoService {
-    async fn echo(
-        &self,
-        request: tonic::Request<EchoRequest>,
-    ) -> Result<Response<EchoResponse>, Status> {
+    async fn echo(&self, request: tonic::Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.answer(request)
     }
 
-    async fn echo_two(
-        &self,
-        request: tonic::Request<EchoRequest>,
-    ) -> Result<Response<EchoResponse>, Status> {
+    async fn echo_two(&self, request: tonic::Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.answer(request)
     }
 
-    async fn echo_three(
-        &self,
-        request: tonic::Request<EchoRequest>,
-    ) -> Result<Response<EchoResponse>, Status> {
+    async fn echo_three(&self, request: tonic::Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
         self.answer(request)
     }
 }

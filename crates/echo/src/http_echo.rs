@@ -48,10 +48,7 @@ pub struct EchoReport {
 impl EchoReport {
     /// The first value of a request header, if it was present.
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .get(&name.to_ascii_lowercase())
-            .and_then(|v| v.first())
-            .map(String::as_str)
+        self.headers.get(&name.to_ascii_lowercase()).and_then(|v| v.first()).map(String::as_str)
     }
 }
 
@@ -72,33 +69,19 @@ pub(crate) async fn respond(
         .uri
         .authority()
         .map(|a| a.to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(http::header::HOST)
-                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
-        })
+        .or_else(|| parts.headers.get(http::header::HOST).map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned()))
         .unwrap_or_default();
     // Reading the whole body keeps the connection reusable and lets mirror tests count bytes.
     let body_bytes = match body.collect().await {
         Ok(collected) => collected.to_bytes().len() as u64,
-        Err(error) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("reading the request body: {error}"),
-            )
-        }
+        Err(error) => return plain(StatusCode::BAD_REQUEST, format!("reading the request body: {error}")),
     };
     let report = EchoReport {
         pod: identity.pod.clone(),
         namespace: identity.namespace.clone(),
         service: identity.service.clone(),
         method: parts.method.to_string(),
-        path: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_else(|| "/".into()),
+        path: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_else(|| "/".into()),
         host,
         protocol: format!("{:?}", parts.version),
         headers,
@@ -110,48 +93,25 @@ pub(crate) async fn respond(
         None => StatusCode::OK,
         Some(Ok(code)) => match StatusCode::from_u16(code) {
             Ok(status) => status,
-            Err(_) => {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("{STATUS_HEADER}: {code} is not a status code"),
-                )
-            }
+            Err(_) => return plain(StatusCode::BAD_REQUEST, format!("{STATUS_HEADER}: {code} is not a status code")),
         },
-        Some(Err(_)) => {
-            return plain(
-                StatusCode::BAD_REQUEST,
-                format!("{STATUS_HEADER} must be a number"),
-            )
-        }
+        Some(Err(_)) => return plain(StatusCode::BAD_REQUEST, format!("{STATUS_HEADER} must be a number")),
     };
     if let Some(delay) = report.header(DELAY_HEADER) {
         match delay.parse::<u64>().map(Duration::from_millis) {
             Ok(delay) if delay <= MAX_DELAY => tokio::time::sleep(delay).await,
-            _ => {
-                return plain(
-                    StatusCode::BAD_REQUEST,
-                    format!("{DELAY_HEADER} must be milliseconds up to 300000"),
-                )
-            }
+            _ => return plain(StatusCode::BAD_REQUEST, format!("{DELAY_HEADER} must be milliseconds up to 300000")),
         }
     }
     let mut extra_headers = Vec::new();
     if let Some(spec) = report.header(SET_HEADER_HEADER) {
         for pair in spec.split(',').map(str::trim).filter(|p| !p.is_empty()) {
             let parsed = pair.split_once(':').and_then(|(name, value)| {
-                Some((
-                    HeaderName::try_from(name.trim()).ok()?,
-                    HeaderValue::try_from(value.trim()).ok()?,
-                ))
+                Some((HeaderName::try_from(name.trim()).ok()?, HeaderValue::try_from(value.trim()).ok()?))
             });
             match parsed {
                 Some(header) => extra_headers.push(header),
-                None => {
-                    return plain(
-                        StatusCode::BAD_REQUEST,
-                        format!("{SET_HEADER_HEADER}: bad pair {pair:?}"),
-                    )
-                }
+                None => return plain(StatusCode::BAD_REQUEST, format!("{SET_HEADER_HEADER}: bad pair {pair:?}")),
             }
         }
     }
@@ -160,10 +120,7 @@ pub(crate) async fn respond(
     let mut response = Response::new(tonic::body::Body::new(Full::new(Bytes::from(json))));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in extra_headers {
         headers.append(name, value);
     }
@@ -171,13 +128,8 @@ pub(crate) async fn respond(
 }
 
 fn plain(status: StatusCode, message: String) -> Response<tonic::body::Body> {
-    let mut response = Response::new(tonic::body::Body::new(Full::new(Bytes::from(
-        message + "\n",
-    ))));
+    let mut response = Response::new(tonic::body::Body::new(Full::new(Bytes::from(message + "\n"))));
     *response.status_mut() = status;
-    response.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain"),
-    );
+    response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }

@@ -27,20 +27,12 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .init();
+    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let args = Args::parse();
-    let identity = EchoIdentity {
-        pod: args.pod,
-        namespace: args.namespace,
-        service: args.service,
-    };
+    let identity = EchoIdentity { pod: args.pod, namespace: args.namespace, service: args.service };
     let mut servers = tokio::task::JoinSet::new();
     for addr in &args.listen {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding {addr}"))?;
+        let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
         // Tests wait for this line to know the server is ready.
         println!("nodus-echo listening on {}", listener.local_addr()?);
         servers.spawn(serve(listener, identity.clone()));

@@ -32,9 +32,7 @@ pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Re
         let _ = stream.set_nodelay(true);
         let identity = identity.clone();
         tokio::spawn(async move {
-            let service = hyper::service::service_fn(move |request| {
-                handle(request, identity.clone(), remote)
-            });
+            let service = hyper::service::service_fn(move |request| handle(request, identity.clone(), remote));
             let result = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), service)
                 .await;

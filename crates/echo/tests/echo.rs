@@ -7,11 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn identity() -> EchoIdentity {
-    EchoIdentity {
-        pod: "echo-v1-0".into(),
-        namespace: "demo".into(),
-        service: "echo".into(),
-    }
+    EchoIdentity { pod: "echo-v1-0".into(), namespace: "demo".into(), service: "echo".into() }
 }
 
 async fn start_on_loopback() -> SocketAddr {
@@ -24,14 +20,7 @@ async fn start_on_loopback() -> SocketAddr {
 #[tokio::test]
 async fn http1_request_is_described_in_json() {
     let addr = start_on_loopback().await;
-    let answer = http1_get(
-        addr,
-        "echo.demo.svc",
-        "/v1/items?x=1",
-        &[("x-test", "a"), ("x-test", "b")],
-    )
-    .await
-    .unwrap();
+    let answer = http1_get(addr, "echo.demo.svc", "/v1/items?x=1", &[("x-test", "a"), ("x-test", "b")]).await.unwrap();
     assert_eq!(answer.status, 200);
     assert_eq!(answer.headers["content-type"], "application/json");
     let report = answer.report().unwrap();
@@ -49,11 +38,7 @@ async fn http1_request_is_described_in_json() {
 #[tokio::test]
 async fn h2c_request_is_described_in_json() {
     let addr = start_on_loopback().await;
-    let report = h2c_get(addr, "echo.demo.svc:8080", "/h2", &[("x-test", "h2")])
-        .await
-        .unwrap()
-        .report()
-        .unwrap();
+    let report = h2c_get(addr, "echo.demo.svc:8080", "/h2", &[("x-test", "h2")]).await.unwrap().report().unwrap();
     assert_eq!(report.protocol, "HTTP/2.0");
     assert_eq!(report.host, "echo.demo.svc:8080");
     assert_eq!(report.path, "/h2");
@@ -63,35 +48,17 @@ async fn h2c_request_is_described_in_json() {
 #[tokio::test]
 async fn request_headers_steer_status_delay_and_response_headers() {
     let addr = start_on_loopback().await;
-    let answer = http1_get(
-        addr,
-        "h",
-        "/",
-        &[
-            ("x-echo-status", "503"),
-            ("x-echo-set-header", "x-a: 1, x-b:two"),
-        ],
-    )
-    .await
-    .unwrap();
+    let answer =
+        http1_get(addr, "h", "/", &[("x-echo-status", "503"), ("x-echo-set-header", "x-a: 1, x-b:two")]).await.unwrap();
     assert_eq!(answer.status, 503);
     assert_eq!(answer.headers["x-a"], "1");
     assert_eq!(answer.headers["x-b"], "two");
-    assert_eq!(
-        answer.report().unwrap().pod,
-        "echo-v1-0",
-        "failures still say who answered"
-    );
+    assert_eq!(answer.report().unwrap().pod, "echo-v1-0", "failures still say who answered");
 
     let started = Instant::now();
-    let answer = http1_get(addr, "h", "/", &[("x-echo-delay-ms", "300")])
-        .await
-        .unwrap();
+    let answer = http1_get(addr, "h", "/", &[("x-echo-delay-ms", "300")]).await.unwrap();
     assert_eq!(answer.status, 200);
-    assert!(
-        started.elapsed() >= Duration::from_millis(300),
-        "the answer must wait for the delay"
-    );
+    assert!(started.elapsed() >= Duration::from_millis(300), "the answer must wait for the delay");
 
     for bad in [
         ("x-echo-status", "abc"),
@@ -108,20 +75,13 @@ async fn request_headers_steer_status_delay_and_response_headers() {
 async fn grpc_calls_report_the_method_and_metadata() {
     let addr = start_on_loopback().await;
     let mut client = EchoClient::connect(format!("http://{addr}")).await.unwrap();
-    let mut request = tonic::Request::new(EchoRequest {
-        message: "hi".into(),
-    });
-    request
-        .metadata_mut()
-        .insert("x-client", "tonic".parse().unwrap());
+    let mut request = tonic::Request::new(EchoRequest { message: "hi".into() });
+    request.metadata_mut().insert("x-client", "tonic".parse().unwrap());
     let response = client.echo_two(request).await.unwrap().into_inner();
     assert_eq!(response.message, "hi");
     let context = response.context.unwrap();
     assert_eq!(context.full_method, "/nodus.echo.v1.Echo/EchoTwo");
     assert_eq!(context.pod, "echo-v1-0");
     assert_eq!(context.protocol, "HTTP/2.0");
-    assert!(context
-        .headers
-        .iter()
-        .any(|h| h.name == "x-client" && h.value == "tonic"));
+    assert!(context.headers.iter().any(|h| h.name == "x-client" && h.value == "tonic"));
 }

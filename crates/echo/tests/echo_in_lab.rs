@@ -2,49 +2,22 @@
 //! HTTP clients and by Python grpcio (an independent gRPC implementation). Needs root.
 #![allow(clippy::unwrap_used)]
 
-use nodus_harness::{skip_unless_lab_supported, Lab, LabSpec, Pod};
-use std::io::{BufRead, BufReader};
+use nodus_harness::{skip_unless_lab_supported, Lab, LabSpec, Pod, Process};
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
+use std::time::Duration;
 
 /// Starts `nodus-echo` in `pod` and waits until it listens.
-fn start_echo(pod: &Pod, port: u16) -> Child {
-    let mut child = pod
-        .command(env!("CARGO_BIN_EXE_nodus-echo"))
-        .unwrap()
-        .args([
-            "--listen",
-            &format!("0.0.0.0:{port}"),
-            "--pod",
-            &pod.name,
-            "--namespace",
-            &pod.namespace,
-        ])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.as_mut().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("nodus-echo listening on"),
-        "unexpected first line: {line:?}"
-    );
-    child
+fn start_echo(pod: &Pod, port: u16) -> Process {
+    let mut command = pod.command(env!("CARGO_BIN_EXE_nodus-echo")).unwrap();
+    command.args(["--listen", &format!("0.0.0.0:{port}"), "--pod", &pod.name, "--namespace", &pod.namespace]);
+    let mut echo = Process::spawn("nodus-echo", command).unwrap();
+    echo.wait_for_line("nodus-echo listening on", Duration::from_secs(10)).unwrap();
+    echo
 }
 
 /// Runs an async block on a fresh runtime inside `pod`'s network namespace.
 fn in_pod<T: Send>(pod: &Pod, f: impl std::future::Future<Output = T> + Send) -> T {
-    pod.netns()
-        .run(|| {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(f)
-        })
-        .unwrap()
+    pod.netns().run(|| tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(f)).unwrap()
 }
 
 #[test]
@@ -57,28 +30,13 @@ fn http1_and_h2c_across_nodes_name_the_answering_pod() {
     let target = SocketAddr::from((server.ip, 8080));
 
     let (h1, h2) = in_pod(&client, async move {
-        let h1 = nodus_echo::http1_get(target, "echo", "/one", &[])
-            .await
-            .unwrap()
-            .report()
-            .unwrap();
-        let h2 = nodus_echo::h2c_get(target, "echo", "/two", &[])
-            .await
-            .unwrap()
-            .report()
-            .unwrap();
+        let h1 = nodus_echo::http1_get(target, "echo", "/one", &[]).await.unwrap().report().unwrap();
+        let h2 = nodus_echo::h2c_get(target, "echo", "/two", &[]).await.unwrap().report().unwrap();
         (h1, h2)
     });
-    assert_eq!(
-        (h1.pod.as_str(), h1.namespace.as_str(), h1.protocol.as_str()),
-        ("echo-v1", "demo", "HTTP/1.1")
-    );
+    assert_eq!((h1.pod.as_str(), h1.namespace.as_str(), h1.protocol.as_str()), ("echo-v1", "demo", "HTTP/1.1"));
     assert_eq!(h2.protocol, "HTTP/2.0");
-    assert_eq!(
-        h1.remote_addr.split(':').next().unwrap(),
-        client.ip.to_string(),
-        "no NAT between pods"
-    );
+    assert_eq!(h1.remote_addr.split(':').next().unwrap(), client.ip.to_string(), "no NAT between pods");
 }
 
 #[test]
@@ -93,36 +51,16 @@ fn python_grpcio_calls_the_echo_service_across_nodes() {
     let output = client
         .command("python3")
         .unwrap()
-        .args([
-            script,
-            proto_dir,
-            &format!("{}:9090", server.ip),
-            "EchoThree",
-            "from python",
-        ])
+        .args([script, proto_dir, &format!("{}:9090", server.ip), "EchoThree", "from python"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(
-        output.status.success(),
-        "python grpcio client failed (setup installs grpcio and grpcio-tools): {stderr}"
-    );
+    assert!(output.status.success(), "python grpcio client failed (setup installs grpcio and grpcio-tools): {stderr}");
     let answer: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(answer["message"], "from python");
     assert_eq!(answer["pod"], "echo-v1");
     assert_eq!(answer["full_method"], "/nodus.echo.v1.Echo/EchoThree");
     assert_eq!(answer["headers"]["x-client"], "grpcio");
-    assert!(answer["headers"]["user-agent"]
-        .as_str()
-        .unwrap()
-        .contains("grpc-python"));
-    assert_eq!(
-        answer["remote_addr"]
-            .as_str()
-            .unwrap()
-            .split(':')
-            .next()
-            .unwrap(),
-        client.ip.to_string()
-    );
+    assert!(answer["headers"]["user-agent"].as_str().unwrap().contains("grpc-python"));
+    assert_eq!(answer["remote_addr"].as_str().unwrap().split(':').next().unwrap(), client.ip.to_string());
 }

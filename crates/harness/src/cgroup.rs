@@ -32,18 +32,15 @@ impl Cgroup {
     pub fn pids(&self) -> Result<Vec<u32>> {
         let procs = self.path.join("cgroup.procs");
         let text = std::fs::read_to_string(&procs).map_err(io_error("reading", procs))?;
-        Ok(text
-            .lines()
-            .filter_map(|line| line.trim().parse().ok())
-            .collect())
+        Ok(text.lines().filter_map(|line| line.trim().parse().ok()).collect())
     }
 }
 
 /// Finds where cgroup v2 is mounted (`/sys/fs/cgroup` on unified hosts, often
 /// `/sys/fs/cgroup/unified` on hybrid ones).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
-        .map_err(io_error("reading", "/proc/self/mountinfo"))?;
+    let mountinfo =
+        std::fs::read_to_string("/proc/self/mountinfo").map_err(io_error("reading", "/proc/self/mountinfo"))?;
     mountinfo
         .lines()
         .find_map(|line| {
@@ -76,10 +73,7 @@ fn kill_listed_processes(dir: &Path) -> Result<()> {
         let procs = entry.join("cgroup.procs");
         let text = std::fs::read_to_string(&procs).unwrap_or_default();
         for pid in text.lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
         }
     }
     Ok(())

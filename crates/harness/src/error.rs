@@ -47,14 +47,7 @@ pub enum HarnessError {
 /// Shorthand for results of this crate.
 pub type Result<T, E = HarnessError> = std::result::Result<T, E>;
 
-pub(crate) fn io_error(
-    action: &'static str,
-    path: impl Into<PathBuf>,
-) -> impl FnOnce(std::io::Error) -> HarnessError {
+pub(crate) fn io_error(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HarnessError {
     let path = path.into();
-    move |source| HarnessError::Io {
-        action,
-        path,
-        source,
-    }
+    move |source| HarnessError::Io { action, path, source }
 }

@@ -50,6 +50,9 @@ pub struct Node {
     netns: NetNs,
     /// Leaf cgroup for node-level processes (the node proxy).
     system_cgroup: Cgroup,
+    /// Parent of the node's pod cgroups (the kubelet's `kubepods`).
+    pods_cgroup: Cgroup,
+    bpf_pin_dir: std::path::PathBuf,
     next_pod: u8,
 }
 
@@ -61,10 +64,7 @@ impl Node {
 
     /// The pod CIDR of this node, as `(network, prefix length)`.
     pub fn pod_cidr(&self) -> (Ipv4Addr, u8) {
-        (
-            Ipv4Addr::new(POD_NETWORK[0], POD_NETWORK[1], self.index, 0),
-            24,
-        )
+        (Ipv4Addr::new(POD_NETWORK[0], POD_NETWORK[1], self.index, 0), 24)
     }
 
     /// The gateway address pods of this node route through.
@@ -75,6 +75,17 @@ impl Node {
     /// The cgroup node-level processes (the node proxy) run in.
     pub fn system_cgroup(&self) -> &Cgroup {
         &self.system_cgroup
+    }
+
+    /// The cgroup every pod of this node sits below: where the node's redirect programs attach.
+    pub fn pods_cgroup(&self) -> &Cgroup {
+        &self.pods_cgroup
+    }
+
+    /// A bpffs directory (not yet created) for this node's pinned eBPF links and maps; the lab
+    /// removes it on teardown.
+    pub fn bpf_pin_dir(&self) -> &std::path::Path {
+        &self.bpf_pin_dir
     }
 
     /// A command that runs in the node's namespace and system cgroup.
@@ -133,10 +144,7 @@ impl Lab {
     pub fn new(spec: LabSpec) -> Result<Self> {
         check_support().map_err(HarnessError::Unsupported)?;
         if spec.nodes == 0 || spec.nodes > 200 {
-            return Err(HarnessError::Usage(format!(
-                "a lab has 1 to 200 nodes, not {}",
-                spec.nodes
-            )));
+            return Err(HarnessError::Usage(format!("a lab has 1 to 200 nodes, not {}", spec.nodes)));
         }
         for run_id in runs::remove_stale_runs() {
             tracing::info!(run_id, "removed a stale lab");
@@ -162,8 +170,7 @@ impl Lab {
         sys::ip_in(&lab, &["link", "add", "br0", "type", "bridge"])?;
         sys::ip_in(&lab, &["link", "set", "br0", "up"])?;
         for position in 1..=spec.nodes {
-            let index =
-                u8::try_from(position).map_err(|_| HarnessError::Usage("too many nodes".into()))?;
+            let index = u8::try_from(position).map_err(|_| HarnessError::Usage("too many nodes".into()))?;
             let node = self.create_node(index)?;
             self.nodes.push(node);
         }
@@ -173,13 +180,7 @@ impl Lab {
                 let (network, len) = other.pod_cidr();
                 sys::ip_in(
                     node.netns.name(),
-                    &[
-                        "route",
-                        "add",
-                        &format!("{network}/{len}"),
-                        "via",
-                        &other.ip.to_string(),
-                    ],
+                    &["route", "add", &format!("{network}/{len}"), "via", &other.ip.to_string()],
                 )?;
             }
         }
@@ -194,44 +195,17 @@ impl Lab {
         netns.sysctl("ipv4/ip_forward", "1")?;
         netns.sysctl("ipv4/conf/all/rp_filter", "0")?;
         netns.sysctl("ipv4/conf/default/rp_filter", "0")?;
-        let ip = Ipv4Addr::new(
-            NODE_NETWORK[0],
-            NODE_NETWORK[1],
-            NODE_NETWORK[2],
-            10 + index,
-        );
+        let ip = Ipv4Addr::new(NODE_NETWORK[0], NODE_NETWORK[1], NODE_NETWORK[2], 10 + index);
         let lab_side = format!("n{index}");
         let lab = self.lab_netns.name();
-        sys::ip_in(
-            lab,
-            &[
-                "link",
-                "add",
-                &lab_side,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                netns.name(),
-            ],
-        )?;
+        sys::ip_in(lab, &["link", "add", &lab_side, "type", "veth", "peer", "name", "eth0", "netns", netns.name()])?;
         sys::ip_in(lab, &["link", "set", &lab_side, "master", "br0", "up"])?;
-        sys::ip_in(
-            netns.name(),
-            &["addr", "add", &format!("{ip}/24"), "dev", "eth0"],
-        )?;
+        sys::ip_in(netns.name(), &["addr", "add", &format!("{ip}/24"), "dev", "eth0"])?;
         sys::ip_in(netns.name(), &["link", "set", "eth0", "up"])?;
         let system_cgroup = Cgroup::create(self.cgroup_dir.join(&name).join("system"))?;
-        Ok(Node {
-            name,
-            index,
-            ip,
-            netns,
-            system_cgroup,
-            next_pod: 0,
-        })
+        let pods_cgroup = Cgroup::create(self.cgroup_dir.join(&name).join("pods"))?;
+        let bpf_pin_dir = runs::bpffs_of_run(&self.run_id).join(&name);
+        Ok(Node { name, index, ip, netns, system_cgroup, pods_cgroup, bpf_pin_dir, next_pod: 0 })
     }
 
     /// Adds a pod to `node`, standing for Kubernetes pod `namespace/name`.
@@ -239,22 +213,13 @@ impl Lab {
         let is_label = |s: &str| {
             !s.is_empty()
                 && s.len() <= 63
-                && s.bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         };
         if !is_label(namespace) || !is_label(name) {
-            return Err(HarnessError::Usage(format!(
-                "{namespace}/{name}: names must be DNS labels"
-            )));
+            return Err(HarnessError::Usage(format!("{namespace}/{name}: names must be DNS labels")));
         }
-        if self
-            .pods
-            .iter()
-            .any(|p| p.namespace == namespace && p.name == name)
-        {
-            return Err(HarnessError::Usage(format!(
-                "pod {namespace}/{name} exists already"
-            )));
+        if self.pods.iter().any(|p| p.namespace == namespace && p.name == name) {
+            return Err(HarnessError::Usage(format!("pod {namespace}/{name} exists already")));
         }
         let node = self
             .nodes
@@ -262,61 +227,27 @@ impl Lab {
             .find(|n| n.name == node)
             .ok_or_else(|| HarnessError::Usage(format!("no node named {node}")))?;
         if node.next_pod >= 250 {
-            return Err(HarnessError::Usage(format!(
-                "{} has no pod addresses left",
-                node.name
-            )));
+            return Err(HarnessError::Usage(format!("{} has no pod addresses left", node.name)));
         }
         let slot = node.next_pod;
         let ip = Ipv4Addr::new(POD_NETWORK[0], POD_NETWORK[1], node.index, slot + 2);
         let host_veth = format!("vp{slot}");
-        let netns = NetNs::create(format!(
-            "{NETNS_PREFIX}{}-{}-{namespace}-{name}",
-            self.run_id, node.name
-        ))?;
+        let netns = NetNs::create(format!("{NETNS_PREFIX}{}-{}-{namespace}-{name}", self.run_id, node.name))?;
         let node_ns = node.netns.name().to_owned();
         let gateway = node.pod_gateway().to_string();
         sys::ip_in(
             &node_ns,
-            &[
-                "link",
-                "add",
-                &host_veth,
-                "type",
-                "veth",
-                "peer",
-                "name",
-                "eth0",
-                "netns",
-                netns.name(),
-            ],
+            &["link", "add", &host_veth, "type", "veth", "peer", "name", "eth0", "netns", netns.name()],
         )?;
-        sys::ip_in(
-            &node_ns,
-            &["addr", "add", &format!("{gateway}/32"), "dev", &host_veth],
-        )?;
+        sys::ip_in(&node_ns, &["addr", "add", &format!("{gateway}/32"), "dev", &host_veth])?;
         sys::ip_in(&node_ns, &["link", "set", &host_veth, "up"])?;
-        sys::ip_in(
-            &node_ns,
-            &["route", "add", &format!("{ip}/32"), "dev", &host_veth],
-        )?;
+        sys::ip_in(&node_ns, &["route", "add", &format!("{ip}/32"), "dev", &host_veth])?;
         let pod_ns = netns.name();
         sys::ip_in(pod_ns, &["addr", "add", &format!("{ip}/32"), "dev", "eth0"])?;
         sys::ip_in(pod_ns, &["link", "set", "eth0", "up"])?;
-        sys::ip_in(
-            pod_ns,
-            &["route", "add", &gateway, "dev", "eth0", "scope", "link"],
-        )?;
-        sys::ip_in(
-            pod_ns,
-            &["route", "add", "default", "via", &gateway, "dev", "eth0"],
-        )?;
-        let cgroup = Cgroup::create(
-            self.cgroup_dir
-                .join(&node.name)
-                .join("pods")
-                .join(format!("{namespace}_{name}")),
-        )?;
+        sys::ip_in(pod_ns, &["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
+        sys::ip_in(pod_ns, &["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
+        let cgroup = Cgroup::create(node.pods_cgroup.path().join(format!("{namespace}_{name}")))?;
         node.next_pod += 1;
         let pod = Pod {
             name: name.to_owned(),
@@ -384,10 +315,7 @@ pub fn check_support() -> std::result::Result<(), String> {
     }
     let root = cgroup2_mount().map_err(|e| e.to_string())?;
     if std::fs::metadata(root.join("cgroup.procs")).is_err() {
-        return Err(format!(
-            "{} does not look like a cgroup v2 mount",
-            root.display()
-        ));
+        return Err(format!("{} does not look like a cgroup v2 mount", root.display()));
     }
     Ok(())
 }

@@ -17,6 +17,7 @@ mod cgroup;
 mod error;
 mod lab;
 mod netns;
+mod process;
 mod runs;
 mod sys;
 
@@ -24,6 +25,7 @@ pub use cgroup::{cgroup2_mount, Cgroup};
 pub use error::{HarnessError, Result};
 pub use lab::{check_support, Lab, LabSpec, Node, Pod};
 pub use netns::NetNs;
+pub use process::Process;
 pub use runs::{leftovers_of_run, netns_of_run, remove_stale_runs};
 
 /// The environment variable that turns "skip" into "fail" for tests that need root.

@@ -57,12 +57,8 @@ impl NetNs {
         std::thread::scope(|scope| {
             scope
                 .spawn(move || {
-                    setns(&ns_file, CloneFlags::CLONE_NEWNET).map_err(|source| {
-                        HarnessError::Setns {
-                            name: self.name.clone(),
-                            source,
-                        }
-                    })?;
+                    setns(&ns_file, CloneFlags::CLONE_NEWNET)
+                        .map_err(|source| HarnessError::Setns { name: self.name.clone(), source })?;
                     Ok(f())
                 })
                 .join()
@@ -81,21 +77,12 @@ impl NetNs {
     /// The namespace and cgroup are joined between fork and exec, so the program's first
     /// instruction already runs there. Only the network namespace changes: `/sys` still shows the
     /// host's view (use `ip netns exec` for programs that read `/sys/class/net`).
-    pub fn command(
-        &self,
-        program: impl AsRef<std::ffi::OsStr>,
-        cgroup: Option<&Cgroup>,
-    ) -> Result<Command> {
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>, cgroup: Option<&Cgroup>) -> Result<Command> {
         let ns_file = self.open()?;
         let mut procs = match cgroup {
             Some(cgroup) => {
                 let path = cgroup.path().join("cgroup.procs");
-                Some(
-                    OpenOptions::new()
-                        .write(true)
-                        .open(&path)
-                        .map_err(io_error("opening", path))?,
-                )
+                Some(OpenOptions::new().write(true).open(&path).map_err(io_error("opening", path))?)
             }
             None => None,
         };

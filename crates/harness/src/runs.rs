@@ -13,6 +13,9 @@ use std::path::{Path, PathBuf};
 /// Where owner records live (tmpfs: cleared on reboot, like the namespaces themselves).
 pub const OWNER_DIR: &str = "/run/nodus-harness";
 
+/// Where per-run bpffs pins (eBPF links and maps of node proxies) live.
+pub const BPFFS_DIR: &str = "/sys/fs/bpf/nodus-harness";
+
 /// Every network namespace the harness makes starts with this.
 pub const NETNS_PREFIX: &str = "nodus-";
 
@@ -25,20 +28,12 @@ fn owner_path(run_id: &str) -> PathBuf {
 /// Names of the network namespaces that currently belong to `run_id`.
 pub fn netns_of_run(run_id: &str) -> Vec<String> {
     let prefix = format!("{NETNS_PREFIX}{run_id}-");
-    list_netns()
-        .into_iter()
-        .filter(|name| name.starts_with(&prefix))
-        .collect()
+    list_netns().into_iter().filter(|name| name.starts_with(&prefix)).collect()
 }
 
 fn list_netns() -> Vec<String> {
     std::fs::read_dir(NETNS_RUN_DIR)
-        .map(|entries| {
-            entries
-                .flatten()
-                .filter_map(|e| e.file_name().into_string().ok())
-                .collect()
-        })
+        .map(|entries| entries.flatten().filter_map(|e| e.file_name().into_string().ok()).collect())
         .unwrap_or_default()
 }
 
@@ -47,18 +42,23 @@ pub(crate) fn cgroup_of_run(cgroup_root: &Path, run_id: &str) -> PathBuf {
     cgroup_root.join(HARNESS_CGROUP_DIR).join(run_id)
 }
 
+/// The bpffs directory for the pins of `run_id`.
+pub(crate) fn bpffs_of_run(run_id: &str) -> PathBuf {
+    Path::new(BPFFS_DIR).join(run_id)
+}
+
 /// Everything of `run_id` that still exists: namespace names, cgroup directory, owner record.
 /// Empty after a clean teardown.
 pub fn leftovers_of_run(run_id: &str) -> Vec<String> {
-    let mut left: Vec<String> = netns_of_run(run_id)
-        .into_iter()
-        .map(|n| format!("netns {n}"))
-        .collect();
+    let mut left: Vec<String> = netns_of_run(run_id).into_iter().map(|n| format!("netns {n}")).collect();
     if let Ok(root) = cgroup2_mount() {
         let dir = cgroup_of_run(&root, run_id);
         if dir.exists() {
             left.push(format!("cgroup {}", dir.display()));
         }
+    }
+    if bpffs_of_run(run_id).exists() {
+        left.push(format!("bpffs pins {}", bpffs_of_run(run_id).display()));
     }
     if owner_path(run_id).exists() {
         left.push(format!("owner record {}", owner_path(run_id).display()));
@@ -101,6 +101,13 @@ pub(crate) fn destroy_run(run_id: &str) -> Result<()> {
             first_error.get_or_insert(e);
         }
     }
+    // Unpinning releases eBPF links and maps; with their cgroup gone the programs detach.
+    let pins = bpffs_of_run(run_id);
+    if let Err(e) = std::fs::remove_dir_all(&pins) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            first_error.get_or_insert(io_error("removing", pins)(e));
+        }
+    }
     let owner = owner_path(run_id);
     if let Err(e) = std::fs::remove_file(&owner) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -122,29 +129,23 @@ pub fn remove_stale_runs() -> Vec<String> {
     }
     if let Ok(root) = cgroup2_mount() {
         if let Ok(entries) = std::fs::read_dir(root.join(HARNESS_CGROUP_DIR)) {
-            run_ids.extend(
-                entries
-                    .flatten()
-                    .filter_map(|e| e.file_name().into_string().ok()),
-            );
+            run_ids.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
         }
     }
+    if let Ok(entries) = std::fs::read_dir(BPFFS_DIR) {
+        run_ids.extend(entries.flatten().filter_map(|e| e.file_name().into_string().ok()));
+    }
     if let Ok(entries) = std::fs::read_dir(OWNER_DIR) {
-        run_ids.extend(entries.flatten().filter_map(|e| {
-            e.file_name()
-                .into_string()
-                .ok()?
-                .strip_suffix(".owner")
-                .map(str::to_owned)
-        }));
+        run_ids.extend(
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".owner").map(str::to_owned)),
+        );
     }
     let mut removed = Vec::new();
     for run_id in run_ids {
         if !owner_alive(&run_id) {
-            tracing::info!(
-                run_id,
-                "removing stale lab left by a run that did not tear down"
-            );
+            tracing::info!(run_id, "removing stale lab left by a run that did not tear down");
             // Two runs may clean the same stale lab at once; the loser's errors are harmless.
             match destroy_run(&run_id) {
                 Ok(()) => removed.push(run_id),
@@ -162,10 +163,8 @@ fn owner_alive(run_id: &str) -> bool {
         return false;
     };
     let mut fields = text.split_whitespace();
-    let (Some(Ok(pid)), Some(Ok(start))) = (
-        fields.next().map(str::parse::<u32>),
-        fields.next().map(str::parse::<u64>),
-    ) else {
+    let (Some(Ok(pid)), Some(Ok(start))) = (fields.next().map(str::parse::<u32>), fields.next().map(str::parse::<u64>))
+    else {
         return false;
     };
     process_start_time(pid) == Some(start)

@@ -18,14 +18,11 @@ pub(crate) fn ip_in(netns: &str, args: &[&str]) -> Result<()> {
 
 pub(crate) fn run(program: &str, args: &[&str]) -> Result<()> {
     let command_line = || format!("{program} {}", args.join(" "));
-    let output = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| HarnessError::Command {
-            command: command_line(),
-            status: "could not start".into(),
-            stderr: e.to_string(),
-        })?;
+    let output = Command::new(program).args(args).output().map_err(|e| HarnessError::Command {
+        command: command_line(),
+        status: "could not start".into(),
+        stderr: e.to_string(),
+    })?;
     if output.status.success() {
         Ok(())
     } else {

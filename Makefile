@@ -1,0 +1,28 @@
+# The two commands of the README, and the pieces they are made of.
+#   make demo   - the local mesh on this machine (root)
+#   make test   - everything CI checks (root for the lab tests)
+
+CARGO ?= cargo
+# CI sets this so that a test needing root fails instead of skipping.
+export NODUS_REQUIRE_PRIVILEGED_TESTS ?= 0
+
+.PHONY: setup demo test fmt-check clippy unit-and-integration build-release
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo
+	target/release/nodusctl demo $(DEMO_ARGS)
+
+test: setup fmt-check clippy unit-and-integration
+
+fmt-check:
+	$(CARGO) fmt --all --check
+
+clippy:
+	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
+
+unit-and-integration:
+	$(CARGO) nextest run --workspace --profile ci
+	$(CARGO) test --workspace --doc --quiet

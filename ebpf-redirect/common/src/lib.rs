@@ -1,0 +1,123 @@
+//! Types shared by the Nodus eBPF programs (kernel side, `no_std`) and their loader (userspace).
+//!
+//! Every type here is `#[repr(C)]` with explicit padding so both sides agree on the layout byte
+//! for byte. Addresses and ports are kept in network byte order, as the kernel hands them to the
+//! programs: an IPv4 address is its four octets read as a native `u32`
+//! (`u32::from_ne_bytes(octets)`), a port is `port.to_be()`.
+#![no_std]
+
+/// Map: network-namespace cookies of enrolled pods (`u64` key, [`Enrollment`] value).
+pub const MAP_ENROLLED: &str = "NODUS_ENROLLED";
+/// Map: redirect settings, one [`RedirectConfig`] at index 0.
+pub const MAP_CONFIG: &str = "NODUS_CONFIG";
+/// Map: original destination by the client socket's cookie (`u64` key, [`OriginalDst`] value).
+pub const MAP_ORIG_BY_COOKIE: &str = "NODUS_ORIG_CK";
+/// Map: original destination by the client's address as the proxy sees it ([`PeerKey`] key).
+pub const MAP_ORIG_BY_PEER: &str = "NODUS_ORIG_PEER";
+/// Map: per-CPU `u64` counters indexed by [`Counter`].
+pub const MAP_COUNTERS: &str = "NODUS_COUNTERS";
+
+/// Program names (the functions' names, distinct from their section names: a function named
+/// like its section fails to link).
+pub const PROG_CONNECT4: &str = "nodus_connect4";
+/// See [`PROG_CONNECT4`].
+pub const PROG_GETPEERNAME4: &str = "nodus_getpeername4";
+/// See [`PROG_CONNECT4`].
+pub const PROG_SOCK_OPS: &str = "nodus_sock_ops";
+
+/// Entries of the original-destination maps (LRU; entries are also removed when a socket closes).
+pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
+/// Entries of the enrolled-pods map.
+pub const MAX_ENROLLED_PODS: u32 = 4_096;
+
+/// Where captured connections are sent.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectConfig {
+    /// The node proxy's outbound listener address; 0 disables capture.
+    pub proxy_ip4: u32,
+    /// Its port, network byte order.
+    pub proxy_port: u16,
+    /// Explicit padding (keeps the layout identical on both sides).
+    pub _pad: u16,
+}
+
+/// Why a pod is in the enrolled map. Only one mode today; the field leaves room for
+/// per-pod choices (inbound capture, strict mTLS) without a layout change.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Enrollment {
+    /// Bit set of `ENROLL_*` flags.
+    pub flags: u32,
+}
+
+/// Capture the pod's outbound TCP connections.
+pub const ENROLL_OUTBOUND: u32 = 1;
+
+/// The destination a pod asked for before capture rewrote it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OriginalDst {
+    /// IPv4 address, network byte order.
+    pub ip4: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// A client socket's local address, which is the peer address the proxy's accepted socket sees.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct PeerKey {
+    /// IPv4 address, network byte order.
+    pub ip4: u32,
+    /// Port, network byte order.
+    pub port: u16,
+    /// Explicit padding, always zero (it is part of the hash key).
+    pub _pad: u16,
+}
+
+impl PeerKey {
+    /// Builds a key from an address's octets and a host-order port.
+    pub fn new(octets: [u8; 4], port: u16) -> Self {
+        Self { ip4: u32::from_ne_bytes(octets), port: port.to_be(), _pad: 0 }
+    }
+}
+
+impl OriginalDst {
+    /// The address's octets.
+    pub fn octets(&self) -> [u8; 4] {
+        self.ip4.to_ne_bytes()
+    }
+
+    /// The port in host byte order.
+    pub fn host_port(&self) -> u16 {
+        u16::from_be(self.port)
+    }
+}
+
+/// Indexes of the counters map.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Connections redirected to the proxy.
+    Captured = 0,
+    /// Connections of enrolled pods deliberately left alone (loopback, the proxy itself).
+    Bypassed = 1,
+    /// Connections refused because their original destination could not be recorded.
+    Errors = 2,
+}
+
+/// Number of counters.
+pub const COUNTER_COUNT: u32 = 3;
+
+#[cfg(feature = "user")]
+mod user {
+    // SAFETY: all of these are plain `#[repr(C)]` integers with explicit padding: any bit pattern
+    // is valid and there are no implicit padding bytes.
+    unsafe impl aya::Pod for super::RedirectConfig {}
+    unsafe impl aya::Pod for super::Enrollment {}
+    unsafe impl aya::Pod for super::OriginalDst {}
+    unsafe impl aya::Pod for super::PeerKey {}
+}

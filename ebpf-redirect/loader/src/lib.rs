@@ -1,0 +1,328 @@
+//! Userspace side of the Nodus redirect: loads the eBPF programs, attaches them to the cgroup that
+//! holds a node's pods, pins programs' links and maps under bpffs, and gives the node proxy what it
+//! needs: enrol or release pods, find a captured connection's original destination, read counters.
+//!
+//! Everything is pinned under one directory per node (`/sys/fs/bpf/nodus` in a cluster), so a
+//! proxy restart neither stops capture nor loses the original destinations of live connections:
+//! [`Redirect::attach`] on an existing pin directory reuses the maps and atomically swaps the
+//! programs behind the pinned links (which is also how an upgrade replaces program code).
+
+mod bpf_sys;
+mod netns;
+
+pub use netns::{current_netns_cookie, netns_cookie_of};
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{CgroupSockAddr, SockOps};
+use aya::{Ebpf, EbpfLoader};
+use bpf_sys::AttachType;
+use nodus_redirect_common::{
+    Counter, Enrollment, OriginalDst, PeerKey, RedirectConfig, ENROLL_OUTBOUND, MAP_CONFIG, MAP_COUNTERS, MAP_ENROLLED,
+    MAP_ORIG_BY_PEER, PROG_CONNECT4, PROG_GETPEERNAME4, PROG_SOCK_OPS,
+};
+use std::io;
+use std::net::{Ipv4Addr, SocketAddrV4};
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The compiled kernel-side object, built by `build.rs`.
+static PROGRAMS_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/nodus-redirect.bpf.o"));
+
+/// Why the redirect could not be set up or used. Messages say what to do about it.
+#[derive(Debug, Error)]
+pub enum RedirectError {
+    /// The process lacks the privileges to load eBPF programs.
+    #[error("loading eBPF programs needs root (CAP_BPF, CAP_NET_ADMIN and CAP_SYS_ADMIN): {0}")]
+    NotPermitted(String),
+    /// bpffs is not mounted where the pins go.
+    #[error("{0} is not on a bpf file system; mount one with `mount -t bpf bpf /sys/fs/bpf`")]
+    NoBpffs(PathBuf),
+    /// The cgroup to attach to is not a cgroup v2 directory.
+    #[error("{0} is not a cgroup v2 directory (the redirect attaches to the cgroup holding the node's pods)")]
+    NotACgroup(PathBuf),
+    /// The kernel refused a program or attach type (too old, or built without the feature).
+    #[error("the kernel refused {what}: {detail} (needs Linux 5.15+ with cgroup BPF, sock_ops and BTF)")]
+    KernelFeature {
+        /// What was refused.
+        what: String,
+        /// The kernel's or loader's error text.
+        detail: String,
+    },
+    /// A map operation failed.
+    #[error("eBPF map {map}: {detail}")]
+    Map {
+        /// Map name.
+        map: &'static str,
+        /// Error text.
+        detail: String,
+    },
+    /// File-system work under the pin directory failed.
+    #[error("{action} {path}: {source}")]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// Where.
+        path: PathBuf,
+        /// Cause.
+        #[source]
+        source: io::Error,
+    },
+}
+
+fn classify(what: impl Into<String>, error: impl std::error::Error) -> RedirectError {
+    // aya nests the errno deep in its error chain; its text is where EPERM shows.
+    let mut detail = error.to_string();
+    let mut source = error.source();
+    while let Some(inner) = source {
+        detail.push_str(": ");
+        detail.push_str(&inner.to_string());
+        source = inner.source();
+    }
+    if detail.contains("Operation not permitted") || detail.contains("os error 1)") {
+        RedirectError::NotPermitted(detail)
+    } else {
+        RedirectError::KernelFeature { what: what.into(), detail }
+    }
+}
+
+fn io_err<'a>(action: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> RedirectError + 'a {
+    move |source| RedirectError::Io { action, path: path.to_path_buf(), source }
+}
+
+/// Where and how to capture.
+#[derive(Clone, Debug)]
+pub struct RedirectSpec {
+    /// The cgroup v2 directory that holds the node's pods (programs see every process below it).
+    pub cgroup: PathBuf,
+    /// The pin directory on bpffs for this node (`links/` and `maps/` go below it).
+    pub pin_dir: PathBuf,
+    /// The node proxy's outbound listener, as pods reach it.
+    pub proxy_addr: SocketAddrV4,
+}
+
+/// How each program was brought up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttachOutcome {
+    /// No pinned link existed: a new link was created and pinned.
+    Created,
+    /// A pinned link existed: its program was swapped in place (restart or upgrade).
+    Replaced,
+}
+
+/// Counters kept by the programs, summed over CPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RedirectCounters {
+    /// Connections redirected to the proxy.
+    pub captured: u64,
+    /// Connections of enrolled pods left alone (loopback, the proxy itself).
+    pub bypassed: u64,
+    /// Connections refused because their original destination could not be recorded.
+    pub errors: u64,
+}
+
+/// The attached redirect. Dropping it leaves capture running (links and maps stay pinned); call
+/// [`Redirect::uninstall`] to stop capture and remove the pins.
+pub struct Redirect {
+    pin_dir: PathBuf,
+    outcome: AttachOutcome,
+    enrolled: HashMap<MapData, u64, Enrollment>,
+    orig_by_peer: HashMap<MapData, PeerKey, OriginalDst>,
+    counters: PerCpuArray<MapData, u64>,
+    // Keeps the loaded programs (and so their fds) alive for this process's lifetime.
+    _ebpf: Ebpf,
+}
+
+impl std::fmt::Debug for Redirect {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redirect").field("pin_dir", &self.pin_dir).field("outcome", &self.outcome).finish()
+    }
+}
+
+const LINKS: [(&str, AttachType); 3] = [
+    (PROG_CONNECT4, AttachType::CgroupInet4Connect),
+    (PROG_GETPEERNAME4, AttachType::CgroupInet4Getpeername),
+    (PROG_SOCK_OPS, AttachType::CgroupSockOps),
+];
+
+impl Redirect {
+    /// Loads the programs, reuses or creates the pinned maps, attaches (or re-adopts) the pinned
+    /// links on `spec.cgroup`, and writes the proxy address.
+    pub fn attach(spec: &RedirectSpec) -> Result<Self, RedirectError> {
+        check_bpffs(&spec.pin_dir)?;
+        let cgroup_id = cgroup_id(&spec.cgroup)?;
+        let maps_dir = spec.pin_dir.join("maps");
+        let links_dir = spec.pin_dir.join("links");
+        for dir in [&maps_dir, &links_dir] {
+            std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
+        }
+        let mut ebpf = EbpfLoader::new()
+            .map_pin_path(&maps_dir)
+            .load(PROGRAMS_OBJECT)
+            .map_err(|e| classify("the eBPF object", e))?;
+        let cgroup = std::fs::File::open(&spec.cgroup).map_err(io_err("opening", &spec.cgroup))?;
+
+        let mut outcome = AttachOutcome::Created;
+        for (name, attach_type) in LINKS {
+            let program = ebpf.program_mut(name).ok_or_else(|| RedirectError::KernelFeature {
+                what: format!("program {name}"),
+                detail: "missing from the object".into(),
+            })?;
+            let program_fd = if attach_type == AttachType::CgroupSockOps {
+                let program: &mut SockOps = program.try_into().map_err(|e| classify(name, e))?;
+                program.load().map_err(|e| classify(name, e))?;
+                program.fd().map_err(|e| classify(name, e))?.try_clone().map_err(|e| classify(name, e))?
+            } else {
+                let program: &mut CgroupSockAddr = program.try_into().map_err(|e| classify(name, e))?;
+                program.load().map_err(|e| classify(name, e))?;
+                program.fd().map_err(|e| classify(name, e))?.try_clone().map_err(|e| classify(name, e))?
+            };
+            let link_path = links_dir.join(name);
+            let replaced = attach_or_replace(&link_path, program_fd.as_fd(), cgroup.as_fd(), attach_type, cgroup_id)
+                .map_err(|e| classify(format!("attaching {name} to {}", spec.cgroup.display()), e))?;
+            if replaced {
+                outcome = AttachOutcome::Replaced;
+            }
+        }
+
+        let mut config: Array<MapData, RedirectConfig> = take_map(&mut ebpf, MAP_CONFIG)?;
+        let value = RedirectConfig {
+            proxy_ip4: u32::from_ne_bytes(spec.proxy_addr.ip().octets()),
+            proxy_port: spec.proxy_addr.port().to_be(),
+            _pad: 0,
+        };
+        config.set(0, value, 0).map_err(|e| RedirectError::Map { map: MAP_CONFIG, detail: e.to_string() })?;
+
+        Ok(Self {
+            pin_dir: spec.pin_dir.clone(),
+            outcome,
+            enrolled: take_map(&mut ebpf, MAP_ENROLLED)?,
+            orig_by_peer: take_map(&mut ebpf, MAP_ORIG_BY_PEER)?,
+            counters: take_map(&mut ebpf, MAP_COUNTERS)?,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Whether [`Redirect::attach`] created the links or re-adopted pinned ones.
+    pub fn outcome(&self) -> AttachOutcome {
+        self.outcome
+    }
+
+    /// Captures the outbound TCP connections of the pod whose network namespace has `netns_cookie`,
+    /// from its next connect() on.
+    pub fn enroll(&mut self, netns_cookie: u64) -> Result<(), RedirectError> {
+        self.enrolled
+            .insert(netns_cookie, Enrollment { flags: ENROLL_OUTBOUND }, 0)
+            .map_err(|e| RedirectError::Map { map: MAP_ENROLLED, detail: e.to_string() })
+    }
+
+    /// Stops capturing the pod's new connections; connections already made are not touched.
+    pub fn release(&mut self, netns_cookie: u64) -> Result<(), RedirectError> {
+        match self.enrolled.remove(&netns_cookie) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(RedirectError::Map { map: MAP_ENROLLED, detail: e.to_string() }),
+        }
+    }
+
+    /// The cookies of every enrolled pod namespace.
+    pub fn enrolled(&self) -> Result<Vec<u64>, RedirectError> {
+        self.enrolled
+            .keys()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RedirectError::Map { map: MAP_ENROLLED, detail: e.to_string() })
+    }
+
+    /// The destination a captured client asked for, found by the client's address (the peer
+    /// address of the proxy's accepted socket). `None` if the connection was not captured.
+    pub fn original_dst(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, RedirectError> {
+        let key = PeerKey::new(peer.ip().octets(), peer.port());
+        match self.orig_by_peer.get(&key, 0) {
+            Ok(original) => Ok(Some(SocketAddrV4::new(Ipv4Addr::from(original.octets()), original.host_port()))),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(RedirectError::Map { map: MAP_ORIG_BY_PEER, detail: e.to_string() }),
+        }
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Result<RedirectCounters, RedirectError> {
+        let read = |counter: Counter| -> Result<u64, RedirectError> {
+            let per_cpu = self
+                .counters
+                .get(&(counter as u32), 0)
+                .map_err(|e| RedirectError::Map { map: MAP_COUNTERS, detail: e.to_string() })?;
+            Ok(per_cpu.iter().sum())
+        };
+        Ok(RedirectCounters {
+            captured: read(Counter::Captured)?,
+            bypassed: read(Counter::Bypassed)?,
+            errors: read(Counter::Errors)?,
+        })
+    }
+
+    /// Detaches the programs and removes every pin: capture stops for good.
+    pub fn uninstall(self) -> Result<(), RedirectError> {
+        let pin_dir = self.pin_dir.clone();
+        drop(self);
+        std::fs::remove_dir_all(&pin_dir).map_err(io_err("removing", &pin_dir))
+    }
+}
+
+fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, RedirectError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(RedirectError::Map { map: name, detail: "missing from the object".into() })?;
+    T::try_from(map).map_err(|e| RedirectError::Map { map: name, detail: e.to_string() })
+}
+
+/// Swaps the program behind the pinned link at `link_path` if that link is still attached to
+/// this cgroup; otherwise creates and pins a new link. Returns whether it replaced.
+fn attach_or_replace(
+    link_path: &Path,
+    program: std::os::fd::BorrowedFd<'_>,
+    cgroup: std::os::fd::BorrowedFd<'_>,
+    attach_type: AttachType,
+    cgroup_id: u64,
+) -> io::Result<bool> {
+    if link_path.exists() {
+        let link = bpf_sys::obj_get(link_path)?;
+        if bpf_sys::link_cgroup_id(link.as_fd())? == cgroup_id {
+            bpf_sys::link_update(link.as_fd(), program)?;
+            return Ok(true);
+        }
+        // Pinned for another (or a deleted) cgroup: replace the pin.
+        tracing::info!(path = %link_path.display(), "pinned link belongs to another cgroup; re-creating it");
+        std::fs::remove_file(link_path)?;
+    }
+    let link = bpf_sys::link_create(program, cgroup, attach_type)?;
+    bpf_sys::obj_pin(link.as_fd(), link_path)?;
+    Ok(false)
+}
+
+/// On cgroup v2 a cgroup's id is its directory's inode number.
+fn cgroup_id(path: &Path) -> Result<u64, RedirectError> {
+    let meta = std::fs::metadata(path).map_err(io_err("reading", path))?;
+    if !path.join("cgroup.procs").exists() || !meta.is_dir() {
+        return Err(RedirectError::NotACgroup(path.to_path_buf()));
+    }
+    Ok(meta.ino())
+}
+
+/// BPF_FS_MAGIC from linux/magic.h.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+fn check_bpffs(pin_dir: &Path) -> Result<(), RedirectError> {
+    // The pin directory may not exist yet: check the closest existing ancestor.
+    let existing = pin_dir.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let stat = nix::sys::statfs::statfs(existing).map_err(|e| RedirectError::Io {
+        action: "statfs",
+        path: existing.to_path_buf(),
+        source: e.into(),
+    })?;
+    if stat.filesystem_type().0 as i64 != BPF_FS_MAGIC {
+        return Err(RedirectError::NoBpffs(pin_dir.to_path_buf()));
+    }
+    Ok(())
+}
