@@ -21,6 +21,12 @@ pub const NETNS_PREFIX: &str = "nodus-";
 
 const RUN_ID_LEN: usize = 6;
 
+/// Whether `name` has the shape of a run id (six lower-case hex digits), so that cgroup control
+/// files and anything else in the scanned directories are never taken for a lab.
+fn is_run_id(name: &str) -> bool {
+    name.len() == RUN_ID_LEN && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn owner_path(run_id: &str) -> PathBuf {
     Path::new(OWNER_DIR).join(format!("{run_id}.owner"))
 }
@@ -122,7 +128,7 @@ pub fn remove_stale_runs() -> Vec<String> {
     let mut run_ids = BTreeSet::new();
     for name in list_netns() {
         if let Some(rest) = name.strip_prefix(NETNS_PREFIX) {
-            if rest.len() > RUN_ID_LEN && rest.as_bytes()[RUN_ID_LEN] == b'-' {
+            if rest.len() > RUN_ID_LEN && rest.as_bytes()[RUN_ID_LEN] == b'-' && is_run_id(&rest[..RUN_ID_LEN]) {
                 run_ids.insert(rest[..RUN_ID_LEN].to_owned());
             }
         }
@@ -142,6 +148,7 @@ pub fn remove_stale_runs() -> Vec<String> {
                 .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".owner").map(str::to_owned)),
         );
     }
+    run_ids.retain(|id| is_run_id(id));
     let mut removed = Vec::new();
     for run_id in run_ids {
         if !owner_alive(&run_id) {
@@ -187,6 +194,14 @@ mod tests {
         let me = std::process::id();
         let first = process_start_time(me).expect("start time of this process");
         assert_eq!(process_start_time(me), Some(first));
+    }
+
+    #[test]
+    fn only_six_hex_digits_are_run_ids() {
+        assert!(is_run_id("0a9f3c"));
+        for name in ["cgroup.procs", "cpu.stat", "0a9f3", "0a9f3c0", "0A9F3C", "zzzzzz", ""] {
+            assert!(!is_run_id(name), "{name}");
+        }
     }
 
     #[test]

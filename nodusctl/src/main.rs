@@ -1,0 +1,44 @@
+//! `nodusctl`: the Nodus command line.
+
+mod check;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Nodus: a sidecarless service mesh. This tool runs the local mesh and checks a node.
+#[derive(Parser, Debug)]
+#[command(version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the local mesh demo: nodes and pods as network namespaces on this machine, with
+    /// traffic between them. Needs root. Stops on Ctrl-C or after --duration.
+    Demo(demo::DemoArgs),
+    /// Check that this machine can run Nodus's node agent: privileges, kernel features, bpffs,
+    /// cgroup v2. Exits 0 when everything passes, 1 otherwise.
+    Check(check::CheckArgs),
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(args),
+        Command::Check(args) => check::run(args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("nodusctl: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
