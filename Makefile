@@ -23,6 +23,7 @@ fmt-check:
 clippy:
 	$(CARGO) clippy --workspace --all-targets --quiet -- -D warnings
 
+# Doc tests first, so that the run closes on nextest's summary of every test.
 unit-and-integration:
-	$(CARGO) nextest run --workspace --profile ci
 	$(CARGO) test --workspace --doc --quiet
+	$(CARGO) nextest run --workspace --profile ci
