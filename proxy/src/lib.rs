@@ -1,0 +1,9 @@
+//! The Nodus node proxy.
+//!
+//! One process per node serves every mesh pod on it. Connections captured by the eBPF redirect
+//! arrive on the outbound listener; the proxy recovers the original destination, detects the
+//! protocol, and for HTTP/1.1, HTTP/2 and gRPC runs each request through a stack of small tower
+//! services (metrics, routing, filters, timeouts, retries, load balancing) configured by an
+//! immutable, atomically swapped config snapshot.
+
+pub mod routes;

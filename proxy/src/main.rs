@@ -1,0 +1,2 @@
+//! The node proxy binary (wired in a later commit).
+fn main() {}

@@ -1,0 +1,314 @@
+//! Route tables: HTTPRoutes and GRPCRoutes compiled, per Service port, into indexes that answer
+//! "which rule handles this request?" with the Gateway API's precedence rules.
+//!
+//! Compilation happens once per config snapshot, off the request path. Matching allocates nothing
+//! and costs O(path segments) for path matches whatever the number of routes: exact paths and
+//! prefix elements are hash-indexed; only regular-expression paths are scanned.
+//!
+//! GAMMA: a route in the Service's own namespace is a *producer* route and applies to every
+//! client; a route in another namespace is a *consumer* route and applies only to clients in its
+//! namespace, which then ignore the producer routes.
+
+mod grpc_route;
+mod http_route;
+#[cfg(test)]
+mod tests;
+
+pub use grpc_route::GrpcRouteSet;
+pub use http_route::{HttpRouteSet, RequestView};
+
+use nodus_config::{
+    BackendRef, ConfigSnapshot, GrpcRoute, HttpFilter, HttpRoute, ObjectRef, RetryPolicy, RouteParent, RouteTimeouts,
+};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Which kind of route a rule came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RouteKind {
+    /// HTTPRoute.
+    Http,
+    /// GRPCRoute.
+    Grpc,
+}
+
+impl RouteKind {
+    /// The Gateway API kind name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
+/// One rule of one route, with everything the request path needs to act on it.
+#[derive(Debug)]
+pub struct CompiledRule {
+    /// Route kind.
+    pub kind: RouteKind,
+    /// Route namespace/name.
+    pub route: ObjectRef,
+    /// Index of the rule in the route.
+    pub rule_index: usize,
+    /// The rule's name, or its index, as metrics label it.
+    pub rule_label: Arc<str>,
+    /// Filters, in order.
+    pub filters: Vec<HttpFilter>,
+    /// Weighted backends.
+    pub backends: Vec<BackendRef>,
+    /// Sum of the backends' weights.
+    pub total_weight: u64,
+    /// Whole-request timeout.
+    pub request_timeout: Option<Duration>,
+    /// Per-attempt timeout.
+    pub backend_timeout: Option<Duration>,
+    /// Retry policy.
+    pub retry: Option<RetryPolicy>,
+}
+
+impl CompiledRule {
+    fn new(
+        kind: RouteKind,
+        route: &ObjectRef,
+        rule_index: usize,
+        name: Option<&String>,
+        filters: &[HttpFilter],
+        backends: &[BackendRef],
+        timeouts: Option<&RouteTimeouts>,
+        retry: Option<&RetryPolicy>,
+    ) -> Self {
+        let zero_is_none =
+            |d: Option<nodus_config::GatewayDuration>| d.map(|d| d.as_duration()).filter(|d| !d.is_zero());
+        Self {
+            kind,
+            route: route.clone(),
+            rule_index,
+            rule_label: name.map(|n| Arc::from(n.as_str())).unwrap_or_else(|| Arc::from(rule_index.to_string())),
+            filters: filters.to_vec(),
+            backends: backends.to_vec(),
+            total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
+            request_timeout: zero_is_none(timeouts.and_then(|t| t.request)),
+            backend_timeout: zero_is_none(timeouts.and_then(|t| t.backend_request)),
+            retry: retry.cloned(),
+        }
+    }
+}
+
+/// The result of matching: the rule and, for prefix matches, the prefix that matched (for
+/// `ReplacePrefixMatch`).
+#[derive(Clone, Copy, Debug)]
+pub struct RouteMatch<'t> {
+    /// The rule that handles the request.
+    pub rule: &'t Arc<CompiledRule>,
+    /// The `PathPrefix` value that matched, if the match was a prefix match.
+    pub matched_prefix: Option<&'t str>,
+}
+
+/// Routes of one audience (producer, or consumers of one namespace) on one Service port.
+#[derive(Debug, Default)]
+pub struct RouteSet {
+    /// HTTPRoute rules.
+    pub http: HttpRouteSet,
+    /// GRPCRoute rules.
+    pub grpc: GrpcRouteSet,
+}
+
+impl RouteSet {
+    /// Whether no route at all applies.
+    pub fn is_empty(&self) -> bool {
+        self.http.is_empty() && self.grpc.is_empty()
+    }
+
+    /// Matches a request: gRPC calls try GRPCRoutes first, then HTTPRoutes.
+    pub fn find<'t>(&'t self, request: &RequestView<'_>, is_grpc: bool) -> Option<RouteMatch<'t>> {
+        if is_grpc {
+            if let Some(found) = self.grpc.find(request) {
+                return Some(found);
+            }
+        }
+        self.http.find(request)
+    }
+}
+
+/// The routes attached to one Service port.
+#[derive(Debug, Default)]
+pub struct PortRoutes {
+    producer: RouteSet,
+    consumers: HashMap<Box<str>, RouteSet>,
+}
+
+impl PortRoutes {
+    /// The routes that apply to a client in `client_namespace` (consumer routes of that
+    /// namespace if any, else the producer routes).
+    pub fn for_client(&self, client_namespace: Option<&str>) -> &RouteSet {
+        client_namespace.and_then(|ns| self.consumers.get(ns)).unwrap_or(&self.producer)
+    }
+
+    /// Whether any route (for any client) is attached.
+    pub fn is_empty(&self) -> bool {
+        self.producer.is_empty() && self.consumers.values().all(RouteSet::is_empty)
+    }
+}
+
+/// A Service port: `(namespace, name, port)`.
+pub type ServicePortKey = (Arc<str>, Arc<str>, u16);
+
+/// Every route of a snapshot, by Service port.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    by_port: HashMap<ServicePortKey, Arc<PortRoutes>>,
+}
+
+impl RouteTable {
+    /// Compiles the routes of a (validated) snapshot. Route order in the snapshot is the
+    /// tie-breaker between equally specific matches.
+    pub fn compile(snapshot: &ConfigSnapshot) -> Result<Self, regex::Error> {
+        let mut builder = TableBuilder::default();
+        for (order, route) in snapshot.http_routes.iter().enumerate() {
+            builder.add_http(snapshot, order, route)?;
+        }
+        for (order, route) in snapshot.grpc_routes.iter().enumerate() {
+            builder.add_grpc(snapshot, order, route)?;
+        }
+        Ok(builder.finish())
+    }
+
+    /// The routes attached to `namespace/name:port`, if any.
+    pub fn port(&self, namespace: &str, name: &str, port: u16) -> Option<&Arc<PortRoutes>> {
+        self.by_port.get(&(Arc::from(namespace), Arc::from(name), port))
+    }
+
+    /// Number of Service ports with routes.
+    pub fn len(&self) -> usize {
+        self.by_port.len()
+    }
+
+    /// Whether no Service port has routes.
+    pub fn is_empty(&self) -> bool {
+        self.by_port.is_empty()
+    }
+}
+
+#[derive(Default)]
+struct TableBuilder {
+    sets: HashMap<ServicePortKey, (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)>,
+    consumer_sets: HashMap<(ServicePortKey, Box<str>), (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)>,
+}
+
+impl TableBuilder {
+    /// The Service ports a parent reference covers.
+    fn parent_ports(snapshot: &ConfigSnapshot, parent: &RouteParent) -> Vec<ServicePortKey> {
+        let Some(service) = snapshot.service(&parent.service.namespace, &parent.service.name) else {
+            return Vec::new();
+        };
+        let ns: Arc<str> = Arc::from(parent.service.namespace.as_str());
+        let name: Arc<str> = Arc::from(parent.service.name.as_str());
+        service
+            .ports
+            .iter()
+            .filter(|p| parent.port.is_none_or(|wanted| wanted == p.port))
+            .map(|p| (ns.clone(), name.clone(), p.port))
+            .collect()
+    }
+
+    fn builders(
+        &mut self,
+        key: ServicePortKey,
+        route_namespace: &str,
+    ) -> &mut (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder) {
+        if &*key.0 == route_namespace {
+            self.sets.entry(key).or_default()
+        } else {
+            self.consumer_sets.entry((key, Box::from(route_namespace))).or_default()
+        }
+    }
+
+    fn add_http(&mut self, snapshot: &ConfigSnapshot, order: usize, route: &HttpRoute) -> Result<(), regex::Error> {
+        let rules: Vec<Arc<CompiledRule>> = route
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                Arc::new(CompiledRule::new(
+                    RouteKind::Http,
+                    &route.id,
+                    index,
+                    rule.name.as_ref(),
+                    &rule.filters,
+                    &rule.backends,
+                    rule.timeouts.as_ref(),
+                    rule.retry.as_ref(),
+                ))
+            })
+            .collect();
+        for parent in &route.parents {
+            for key in Self::parent_ports(snapshot, parent) {
+                let (http, _) = self.builders(key, &route.id.namespace);
+                for (index, rule) in route.rules.iter().enumerate() {
+                    http.add_rule(order, &route.hostnames, rule, &rules[index])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn add_grpc(&mut self, snapshot: &ConfigSnapshot, order: usize, route: &GrpcRoute) -> Result<(), regex::Error> {
+        let rules: Vec<Arc<CompiledRule>> = route
+            .rules
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| {
+                Arc::new(CompiledRule::new(
+                    RouteKind::Grpc,
+                    &route.id,
+                    index,
+                    rule.name.as_ref(),
+                    &rule.filters,
+                    &rule.backends,
+                    None,
+                    None,
+                ))
+            })
+            .collect();
+        for parent in &route.parents {
+            for key in Self::parent_ports(snapshot, parent) {
+                let (_, grpc) = self.builders(key, &route.id.namespace);
+                for (index, rule) in route.rules.iter().enumerate() {
+                    grpc.add_rule(order, &route.hostnames, rule, &rules[index])?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> RouteTable {
+        let mut by_port: HashMap<ServicePortKey, PortRoutes> = HashMap::new();
+        for (key, (http, grpc)) in self.sets {
+            by_port.entry(key).or_default().producer = RouteSet { http: http.build(), grpc: grpc.build() };
+        }
+        for ((key, namespace), (http, grpc)) in self.consumer_sets {
+            by_port
+                .entry(key)
+                .or_default()
+                .consumers
+                .insert(namespace, RouteSet { http: http.build(), grpc: grpc.build() });
+        }
+        RouteTable { by_port: by_port.into_iter().map(|(k, v)| (k, Arc::new(v))).collect() }
+    }
+}
+
+/// Whether `host` (without port) matches a route hostname (`*.example.com` wildcards allowed).
+pub(crate) fn hostname_matches(patterns: &[Box<str>], host: Option<&str>) -> bool {
+    if patterns.is_empty() {
+        return true;
+    }
+    let Some(host) = host else { return false };
+    let host =
+        host.rsplit_once(':').map_or(host, |(h, port)| if port.bytes().all(|b| b.is_ascii_digit()) { h } else { host });
+    patterns.iter().any(|pattern| match pattern.strip_prefix('*') {
+        Some(suffix) => host.len() > suffix.len() && host.ends_with(suffix),
+        None => pattern.eq_ignore_ascii_case(host),
+    })
+}
