@@ -6,4 +6,7 @@
 //! services (metrics, routing, filters, timeouts, retries, load balancing) configured by an
 //! immutable, atomically swapped config snapshot.
 
+pub mod balance;
+pub mod body;
 pub mod routes;
+pub mod upstream;

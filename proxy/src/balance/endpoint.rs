@@ -1,0 +1,189 @@
+//! One endpoint: its address, what metrics say about it, and its health as seen by traffic.
+
+use super::{now_ms, OutlierPolicy};
+use crate::upstream::ConnectionPool;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Latency assumed for an endpoint that has not answered yet (Linkerd uses the same).
+const DEFAULT_RTT: Duration = Duration::from_millis(30);
+/// Decay time of the latency average.
+const EWMA_TAU: Duration = Duration::from_secs(10);
+
+/// What the config says about an endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointMeta {
+    /// Where to connect (pod IP and target port).
+    pub addr: SocketAddr,
+    /// Namespace of the pod behind it, for metrics.
+    pub namespace: Option<Arc<str>>,
+    /// Workload (owner) name of the pod behind it, for metrics; never the pod name.
+    pub workload: Option<Arc<str>>,
+    /// The node the pod runs on.
+    pub node: Option<Arc<str>>,
+}
+
+/// The result of one request, as the balancer learns from it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Any answer below 500.
+    Success,
+    /// A 5xx answer, a connect error or a reset.
+    Failure,
+}
+
+/// An endpoint with its live statistics and connection pool.
+#[derive(Debug)]
+pub struct Endpoint {
+    /// Where to connect.
+    pub addr: SocketAddr,
+    meta: EndpointMeta,
+    /// Pooled upstream connections to this endpoint.
+    pub pool: Arc<ConnectionPool>,
+    /// Peak-EWMA latency in nanoseconds, as f64 bits.
+    ewma_ns: AtomicU64,
+    /// When `ewma_ns` was last updated (ms, process clock).
+    ewma_at_ms: AtomicU64,
+    outstanding: AtomicU32,
+    consecutive_failures: AtomicU32,
+    ejections: AtomicU32,
+    ejected_until_ms: AtomicU64,
+}
+
+impl Endpoint {
+    /// A fresh endpoint.
+    pub fn new(meta: EndpointMeta) -> Self {
+        Self {
+            addr: meta.addr,
+            pool: Arc::new(ConnectionPool::new(meta.addr)),
+            meta,
+            ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            ewma_at_ms: AtomicU64::new(now_ms()),
+            outstanding: AtomicU32::new(0),
+            consecutive_failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            ejected_until_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// The same endpoint (statistics and pool kept) with new metadata.
+    pub(crate) fn with_meta(&self, meta: EndpointMeta) -> Self {
+        let copy = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
+        let copy32 = |a: &AtomicU32| AtomicU32::new(a.load(Ordering::Relaxed));
+        Self {
+            addr: meta.addr,
+            pool: self.pool.clone(),
+            meta,
+            ewma_ns: copy(&self.ewma_ns),
+            ewma_at_ms: copy(&self.ewma_at_ms),
+            outstanding: AtomicU32::new(0),
+            consecutive_failures: copy32(&self.consecutive_failures),
+            ejections: copy32(&self.ejections),
+            ejected_until_ms: copy(&self.ejected_until_ms),
+        }
+    }
+
+    /// What the config says about it.
+    pub fn meta(&self) -> &EndpointMeta {
+        &self.meta
+    }
+
+    /// Whether it is in rotation at `now` (not ejected).
+    pub fn available(&self, now: u64) -> bool {
+        self.ejected_until_ms.load(Ordering::Relaxed) <= now
+    }
+
+    /// Expected cost of sending it one more request: latency estimate × (outstanding + 1).
+    pub fn cost(&self) -> f64 {
+        let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        ewma * f64::from(self.outstanding.load(Ordering::Relaxed) + 1)
+    }
+
+    /// How many times it has been ejected in a row.
+    pub fn ejections(&self) -> u32 {
+        self.ejections.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request in flight until the guard is finished or dropped.
+    pub fn start(self: &Arc<Self>) -> RequestGuard {
+        self.outstanding.fetch_add(1, Ordering::Relaxed);
+        RequestGuard { endpoint: self.clone(), started: Instant::now(), done: false }
+    }
+
+    fn observe_latency(&self, rtt: Duration) {
+        let now = now_ms();
+        let last = self.ewma_at_ms.swap(now, Ordering::Relaxed);
+        let previous = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let rtt = rtt.as_nanos() as f64;
+        // Peak-sensitive: a slower answer takes effect at once, faster ones decay in.
+        let next = if rtt > previous {
+            rtt
+        } else {
+            let elapsed = now.saturating_sub(last) as f64;
+            let decay = (-elapsed / EWMA_TAU.as_millis() as f64).exp();
+            previous * decay + rtt * (1.0 - decay)
+        };
+        self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
+    }
+
+    /// Records an outcome; returns true when this failure ejected the endpoint.
+    fn record(&self, outcome: Outcome, policy: &OutlierPolicy) -> bool {
+        match outcome {
+            Outcome::Success => {
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                // Healthy again after a re-admission: the next ejection starts from the base.
+                if self.available(now_ms()) {
+                    self.ejections.store(0, Ordering::Relaxed);
+                }
+                false
+            }
+            Outcome::Failure => {
+                let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
+                if failures < policy.consecutive_failures || !self.available(now_ms()) {
+                    return false;
+                }
+                self.consecutive_failures.store(0, Ordering::Relaxed);
+                let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
+                let ejection = policy.base_ejection.saturating_mul(1 << times).min(policy.max_ejection);
+                self.ejected_until_ms.store(now_ms() + ejection.as_millis() as u64, Ordering::Relaxed);
+                tracing::info!(endpoint = %self.addr, ?ejection, "endpoint ejected after consecutive failures");
+                true
+            }
+        }
+    }
+}
+
+/// A request in flight to an endpoint.
+#[derive(Debug)]
+pub struct RequestGuard {
+    endpoint: Arc<Endpoint>,
+    started: Instant,
+    done: bool,
+}
+
+impl RequestGuard {
+    /// The endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.endpoint
+    }
+
+    /// Feeds the outcome and latency back; returns true if the endpoint was ejected now.
+    pub fn finish(mut self, outcome: Outcome, policy: &OutlierPolicy) -> bool {
+        self.done = true;
+        self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        if outcome == Outcome::Success {
+            self.endpoint.observe_latency(self.started.elapsed());
+        }
+        self.endpoint.record(outcome, policy)
+    }
+}
+
+impl Drop for RequestGuard {
+    fn drop(&mut self) {
+        if !self.done {
+            self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}

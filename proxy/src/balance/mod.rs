@@ -1,0 +1,116 @@
+//! Load balancing over a Service port's endpoints: power of two choices over peak-EWMA latency
+//! weighted by outstanding requests (as Linkerd does), with passive outlier ejection.
+//!
+//! A [`Balancer`] outlives config snapshots: when endpoints change, the endpoints that stay keep
+//! their latency estimate, ejection state and connection pool. Picking an endpoint reads an
+//! atomically swapped endpoint list and a few atomics; it takes no lock.
+
+mod endpoint;
+mod registry;
+
+pub use endpoint::{Endpoint, EndpointMeta, Outcome, RequestGuard};
+pub use registry::BalancerRegistry;
+
+use arc_swap::ArcSwap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// When an endpoint is taken out of rotation, and for how long.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutlierPolicy {
+    /// Consecutive failures (5xx answers or connect errors) that eject an endpoint.
+    pub consecutive_failures: u32,
+    /// First ejection time; each further ejection of the same endpoint doubles it, up to
+    /// `max_ejection`. A success resets the count.
+    pub base_ejection: Duration,
+    /// Upper bound of an ejection.
+    pub max_ejection: Duration,
+}
+
+impl Default for OutlierPolicy {
+    fn default() -> Self {
+        Self { consecutive_failures: 5, base_ejection: Duration::from_secs(5), max_ejection: Duration::from_secs(300) }
+    }
+}
+
+/// Milliseconds since the process's first call, on the monotonic clock.
+pub(crate) fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+}
+
+/// The endpoints of one Service port and the policy that picks among them.
+#[derive(Debug)]
+pub struct Balancer {
+    /// Label for logs and metrics: `namespace/name:port`.
+    pub label: Arc<str>,
+    endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
+    policy: OutlierPolicy,
+}
+
+impl Balancer {
+    /// An empty balancer.
+    pub fn new(label: impl Into<Arc<str>>, policy: OutlierPolicy) -> Self {
+        Self { label: label.into(), endpoints: ArcSwap::from_pointee(Vec::new()), policy }
+    }
+
+    /// The outlier policy.
+    pub fn policy(&self) -> &OutlierPolicy {
+        &self.policy
+    }
+
+    /// Replaces the endpoint set. Endpoints whose address stays keep their state.
+    pub fn update(&self, endpoints: Vec<EndpointMeta>) {
+        let current = self.endpoints.load();
+        let next: Vec<Arc<Endpoint>> = endpoints
+            .into_iter()
+            .map(|meta| match current.iter().find(|e| e.addr == meta.addr) {
+                Some(existing) if existing.meta() == &meta => existing.clone(),
+                Some(existing) => Arc::new(existing.with_meta(meta)),
+                None => Arc::new(Endpoint::new(meta)),
+            })
+            .collect();
+        self.endpoints.store(Arc::new(next));
+    }
+
+    /// The current endpoints.
+    pub fn endpoints(&self) -> Arc<Vec<Arc<Endpoint>>> {
+        self.endpoints.load_full()
+    }
+
+    /// Picks an endpoint: two at random, the one with the lower expected cost; ejected
+    /// endpoints are skipped unless every endpoint is ejected (then trying one beats failing
+    /// every request).
+    pub fn pick(&self) -> Option<Arc<Endpoint>> {
+        let endpoints = self.endpoints.load();
+        let now = now_ms();
+        match endpoints.len() {
+            0 => None,
+            1 => Some(endpoints[0].clone()),
+            n => {
+                let a = fastrand::usize(..n);
+                let mut b = fastrand::usize(..n - 1);
+                if b >= a {
+                    b += 1;
+                }
+                let (first, second) = (&endpoints[a], &endpoints[b]);
+                let cheaper =
+                    |x: &Arc<Endpoint>, y: &Arc<Endpoint>| if x.cost() <= y.cost() { x.clone() } else { y.clone() };
+                Some(match (first.available(now), second.available(now)) {
+                    (true, true) => cheaper(first, second),
+                    (true, false) => first.clone(),
+                    (false, true) => second.clone(),
+                    (false, false) => endpoints
+                        .iter()
+                        .filter(|e| e.available(now))
+                        .min_by(|x, y| x.cost().total_cmp(&y.cost()))
+                        .unwrap_or_else(|| if first.cost() <= second.cost() { first } else { second })
+                        .clone(),
+                })
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

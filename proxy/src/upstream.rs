@@ -1,0 +1,216 @@
+//! Connections to endpoints: a pool per endpoint. HTTP/1.1 connections are reused from a
+//! lock-free queue of idle connections; HTTP/2 uses one multiplexed connection, re-established
+//! when it closes.
+
+use crate::body::{BoxError, ProxyBody};
+use arc_swap::ArcSwapOption;
+use bytes::Bytes;
+use crossbeam_queue::ArrayQueue;
+use http::{Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use thiserror::Error;
+use tokio::net::TcpStream;
+
+/// Idle HTTP/1.1 connections kept per endpoint.
+const MAX_IDLE_HTTP1: usize = 64;
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// Which protocol to speak to the endpoint (the proxy keeps the client's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
+
+/// Why a request could not be sent or answered.
+#[derive(Debug, Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    #[error("connecting to {addr}: {reason}")]
+    Connect {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        reason: String,
+    },
+    /// The HTTP exchange failed (reset, protocol error, closed connection).
+    #[error("request to {addr} failed: {source}")]
+    Http {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// Cause.
+        #[source]
+        source: hyper::Error,
+    },
+}
+
+/// The connections to one endpoint.
+#[derive(Debug)]
+pub struct ConnectionPool {
+    addr: SocketAddr,
+    idle_http1: ArrayQueue<http1::SendRequest<ProxyBody>>,
+    http2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
+    http2_connecting: tokio::sync::Mutex<()>,
+}
+
+impl ConnectionPool {
+    /// An empty pool for `addr`.
+    pub fn new(addr: SocketAddr) -> Self {
+        Self {
+            addr,
+            idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1),
+            http2: ArcSwapOption::empty(),
+            http2_connecting: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
+        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
+        let stream = match connect.await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(e)) => return Err(UpstreamError::Connect { addr: self.addr, reason: e.to_string() }),
+            Err(_) => return Err(UpstreamError::Connect { addr: self.addr, reason: "timed out".into() }),
+        };
+        let _ = stream.set_nodelay(true);
+        Ok(TokioIo::new(stream))
+    }
+
+    /// Sends `request` over a pooled or new connection.
+    pub async fn send(
+        self: &Arc<Self>,
+        request: Request<ProxyBody>,
+        protocol: UpstreamProtocol,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        match protocol {
+            UpstreamProtocol::Http1 => self.send_http1(request).await,
+            UpstreamProtocol::Http2 => self.send_http2(request).await,
+        }
+    }
+
+    async fn send_http1(
+        self: &Arc<Self>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut sender = loop {
+            match self.idle_http1.pop() {
+                Some(mut sender) => {
+                    if sender.ready().await.is_ok() {
+                        break sender;
+                    }
+                }
+                None => {
+                    let io = self.connect().await?;
+                    let (sender, connection) = http1::Builder::new()
+                        .handshake(io)
+                        .await
+                        .map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
+                    tokio::spawn(async move {
+                        let _ = connection.with_upgrades().await;
+                    });
+                    break sender;
+                }
+            }
+        };
+        let response =
+            sender.send_request(request).await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
+        let (parts, body) = response.into_parts();
+        // The connection goes back to the pool when the answer's body has been read to the end;
+        // an empty body may never be polled, so it goes back now.
+        let checkin = if body.is_end_stream() {
+            self.checkin(sender);
+            None
+        } else {
+            Some((self.clone(), sender))
+        };
+        Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin }))
+    }
+
+    async fn send_http2(
+        self: &Arc<Self>,
+        request: Request<ProxyBody>,
+    ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let mut sender = match self.live_http2() {
+            Some(sender) => sender,
+            None => {
+                let _connecting = self.http2_connecting.lock().await;
+                match self.live_http2() {
+                    Some(sender) => sender,
+                    None => {
+                        let io = self.connect().await?;
+                        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+                            .adaptive_window(true)
+                            .handshake(io)
+                            .await
+                            .map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
+                        tokio::spawn(connection);
+                        self.http2.store(Some(Arc::new(sender.clone())));
+                        sender
+                    }
+                }
+            }
+        };
+        sender.ready().await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
+        let response =
+            sender.send_request(request).await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
+        let (parts, body) = response.into_parts();
+        Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin: None }))
+    }
+
+    fn live_http2(&self) -> Option<http2::SendRequest<ProxyBody>> {
+        self.http2.load().as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
+    }
+
+    fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
+        if !sender.is_closed() {
+            // A full queue drops the connection, which closes it.
+            let _ = self.idle_http1.push(sender);
+        }
+    }
+
+    /// Idle HTTP/1.1 connections now in the pool.
+    pub fn idle_http1(&self) -> usize {
+        self.idle_http1.len()
+    }
+}
+
+/// An endpoint's answer body; returns its HTTP/1.1 connection to the pool once fully read.
+#[derive(Debug)]
+pub struct UpstreamBody {
+    inner: Incoming,
+    checkin: Option<(Arc<ConnectionPool>, http1::SendRequest<ProxyBody>)>,
+}
+
+impl Body for UpstreamBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(None) = polled {
+            if let Some((pool, sender)) = this.checkin.take() {
+                pool.checkin(sender);
+            }
+        }
+        polled.map_err(Into::into)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
