@@ -8,5 +8,11 @@
 
 pub mod balance;
 pub mod body;
+pub mod errors;
+pub mod metrics;
+pub mod response;
+pub mod retry_budget;
 pub mod routes;
+pub mod state;
+pub mod svc;
 pub mod upstream;

@@ -127,7 +127,10 @@ impl ConnectionPool {
         let (parts, body) = response.into_parts();
         // The connection goes back to the pool when the answer's body has been read to the end;
         // an empty body may never be polled, so it goes back now.
-        let checkin = if body.is_end_stream() {
+        // An upgraded (101) connection now belongs to the relay, never to the pool.
+        let checkin = if parts.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            None
+        } else if body.is_end_stream() {
             self.checkin(sender);
             None
         } else {

@@ -88,7 +88,7 @@ struct HttpEntry {
     headers: Vec<(HeaderName, ValueMatcher)>,
     query: Vec<(Box<str>, ValueMatcher)>,
     /// For prefix entries, the normalised prefix.
-    prefix: Option<Box<str>>,
+    prefix: Option<Arc<str>>,
     rule: Arc<CompiledRule>,
     /// (has method, header count, query count) descending, then route order, rule, match ascending.
     rank: (bool, usize, usize, usize, usize, usize),
@@ -148,7 +148,7 @@ impl HttpRouteSet {
 
     /// The rule that handles `request`, if any.
     pub fn find<'t>(&'t self, request: &RequestView<'_>) -> Option<RouteMatch<'t>> {
-        let found = |entry: &'t HttpEntry| RouteMatch { rule: &entry.rule, matched_prefix: entry.prefix.as_deref() };
+        let found = |entry: &'t HttpEntry| RouteMatch { rule: &entry.rule, matched_prefix: entry.prefix.as_ref() };
         if let Some(entries) = self.exact.get(request.path) {
             if let Some(entry) = entries.iter().find(|e| e.conditions_match(request)) {
                 return Some(found(entry));
@@ -221,7 +221,7 @@ impl HttpSetBuilder {
                 PathMatch::RegularExpression(pattern) => self.regex.push((whole(&pattern)?, entry)),
                 PathMatch::PathPrefix(prefix) => {
                     let key: Box<str> = normalise_prefix(&prefix).into();
-                    entry.prefix = Some(key.clone());
+                    entry.prefix = Some(Arc::from(&*key));
                     self.prefix.entry(key).or_default().push(entry);
                 }
             }

@@ -17,6 +17,8 @@ mod tests;
 pub use grpc_route::GrpcRouteSet;
 pub use http_route::{HttpRouteSet, RequestView};
 
+use crate::balance::Balancer;
+use crate::retry_budget::RetryBudget;
 use nodus_config::{
     BackendRef, ConfigSnapshot, GrpcRoute, HttpFilter, HttpRoute, ObjectRef, RetryPolicy, RouteParent, RouteTimeouts,
 };
@@ -31,6 +33,8 @@ pub enum RouteKind {
     Http,
     /// GRPCRoute.
     Grpc,
+    /// No route attached: traffic goes to the Service's own endpoints, as in the cluster.
+    Default,
 }
 
 impl RouteKind {
@@ -39,6 +43,7 @@ impl RouteKind {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Default => "default",
         }
     }
 }
@@ -57,7 +62,7 @@ pub struct CompiledRule {
     /// Filters, in order.
     pub filters: Vec<HttpFilter>,
     /// Weighted backends.
-    pub backends: Vec<BackendRef>,
+    pub backends: Vec<RuleBackend>,
     /// Sum of the backends' weights.
     pub total_weight: u64,
     /// Whole-request timeout.
@@ -66,10 +71,48 @@ pub struct CompiledRule {
     pub backend_timeout: Option<Duration>,
     /// Retry policy.
     pub retry: Option<RetryPolicy>,
+    /// Limits retries of this rule to a fraction of its traffic.
+    pub retry_budget: RetryBudget,
 }
 
 impl CompiledRule {
+    /// The rule used when no route is attached: everything to the Service port itself.
+    pub fn default_for(service: &ObjectRef, port: u16, balancer: Arc<Balancer>) -> Self {
+        let reference = BackendRef { service: service.clone(), port, weight: 1, filters: Vec::new() };
+        Self {
+            kind: RouteKind::Default,
+            route: service.clone(),
+            rule_index: 0,
+            rule_label: Arc::from(""),
+            filters: Vec::new(),
+            backends: vec![RuleBackend { label: balancer.label.clone(), reference, balancer: Some(balancer) }],
+            total_weight: 1,
+            request_timeout: None,
+            backend_timeout: None,
+            retry: None,
+            retry_budget: RetryBudget::default(),
+        }
+    }
+}
+
+/// A backendRef of a rule, resolved to the balancer of its Service port.
+#[derive(Debug)]
+pub struct RuleBackend {
+    /// The reference as configured.
+    pub reference: BackendRef,
+    /// The Service port's balancer; `None` if the Service is unknown (requests get 500).
+    pub balancer: Option<Arc<Balancer>>,
+    /// `namespace/name:port`, for metrics.
+    pub label: Arc<str>,
+}
+
+/// Finds the balancer of a Service port.
+pub type BackendResolver<'a> = &'a dyn Fn(&ObjectRef, u16) -> Option<Arc<Balancer>>;
+
+impl CompiledRule {
+    #[allow(clippy::too_many_arguments)]
     fn new(
+        resolve: BackendResolver<'_>,
         kind: RouteKind,
         route: &ObjectRef,
         rule_index: usize,
@@ -87,11 +130,19 @@ impl CompiledRule {
             rule_index,
             rule_label: name.map(|n| Arc::from(n.as_str())).unwrap_or_else(|| Arc::from(rule_index.to_string())),
             filters: filters.to_vec(),
-            backends: backends.to_vec(),
+            backends: backends
+                .iter()
+                .map(|b| RuleBackend {
+                    reference: b.clone(),
+                    balancer: resolve(&b.service, b.port),
+                    label: Arc::from(format!("{}:{}", b.service, b.port)),
+                })
+                .collect(),
             total_weight: backends.iter().map(|b| u64::from(b.weight)).sum(),
             request_timeout: zero_is_none(timeouts.and_then(|t| t.request)),
             backend_timeout: zero_is_none(timeouts.and_then(|t| t.backend_request)),
             retry: retry.cloned(),
+            retry_budget: RetryBudget::default(),
         }
     }
 }
@@ -103,7 +154,7 @@ pub struct RouteMatch<'t> {
     /// The rule that handles the request.
     pub rule: &'t Arc<CompiledRule>,
     /// The `PathPrefix` value that matched, if the match was a prefix match.
-    pub matched_prefix: Option<&'t str>,
+    pub matched_prefix: Option<&'t Arc<str>>,
 }
 
 /// Routes of one audience (producer, or consumers of one namespace) on one Service port.
@@ -164,8 +215,8 @@ pub struct RouteTable {
 impl RouteTable {
     /// Compiles the routes of a (validated) snapshot. Route order in the snapshot is the
     /// tie-breaker between equally specific matches.
-    pub fn compile(snapshot: &ConfigSnapshot) -> Result<Self, regex::Error> {
-        let mut builder = TableBuilder::default();
+    pub fn compile(snapshot: &ConfigSnapshot, resolve: BackendResolver<'_>) -> Result<Self, regex::Error> {
+        let mut builder = TableBuilder { resolve, sets: HashMap::new(), consumer_sets: HashMap::new() };
         for (order, route) in snapshot.http_routes.iter().enumerate() {
             builder.add_http(snapshot, order, route)?;
         }
@@ -191,13 +242,13 @@ impl RouteTable {
     }
 }
 
-#[derive(Default)]
-struct TableBuilder {
+struct TableBuilder<'r> {
+    resolve: BackendResolver<'r>,
     sets: HashMap<ServicePortKey, (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)>,
     consumer_sets: HashMap<(ServicePortKey, Box<str>), (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)>,
 }
 
-impl TableBuilder {
+impl TableBuilder<'_> {
     /// The Service ports a parent reference covers.
     fn parent_ports(snapshot: &ConfigSnapshot, parent: &RouteParent) -> Vec<ServicePortKey> {
         let Some(service) = snapshot.service(&parent.service.namespace, &parent.service.name) else {
@@ -232,6 +283,7 @@ impl TableBuilder {
             .enumerate()
             .map(|(index, rule)| {
                 Arc::new(CompiledRule::new(
+                    self.resolve,
                     RouteKind::Http,
                     &route.id,
                     index,
@@ -261,6 +313,7 @@ impl TableBuilder {
             .enumerate()
             .map(|(index, rule)| {
                 Arc::new(CompiledRule::new(
+                    self.resolve,
                     RouteKind::Grpc,
                     &route.id,
                     index,

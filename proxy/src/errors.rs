@@ -1,0 +1,142 @@
+//! The one place where proxy errors become answers: an HTTP status for HTTP clients, a
+//! `grpc-status` for gRPC clients (a trailers-only answer with HTTP 200, as gRPC expects).
+
+use crate::body::ProxyBody;
+use crate::response::ResponseBody;
+use crate::upstream::UpstreamError;
+use http::{HeaderValue, Response, StatusCode};
+use thiserror::Error;
+
+/// Why the proxy answered a request itself.
+#[derive(Debug, Error)]
+pub enum ProxyError {
+    /// No config has been received yet, so routes and policy cannot be enforced (fail closed).
+    #[error("no mesh config received yet; refusing rather than bypassing routes and policy")]
+    NoConfig,
+    /// Routes are attached to the destination and none matched.
+    #[error("no route matches {method} {path} for {destination}")]
+    NoRoute {
+        /// Destination Service port.
+        destination: String,
+        /// Request method.
+        method: String,
+        /// Request path.
+        path: String,
+    },
+    /// The matched rule has no usable backend (none configured, unknown Service, zero weights).
+    #[error("route {route} has no valid backend")]
+    InvalidBackend {
+        /// The route and rule.
+        route: String,
+    },
+    /// The backend has no ready endpoint.
+    #[error("no healthy endpoint for {backend}")]
+    NoEndpoints {
+        /// Backend Service port.
+        backend: String,
+    },
+    /// A timeout expired.
+    #[error("{which} timeout ({after:?}) expired")]
+    Timeout {
+        /// `request` or `backendRequest`.
+        which: &'static str,
+        /// The configured timeout.
+        after: std::time::Duration,
+    },
+    /// The endpoint could not be reached or failed mid-request.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The request body could not be read.
+    #[error("reading the request body: {0}")]
+    RequestBody(String),
+}
+
+impl ProxyError {
+    /// The HTTP status this error answers with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ProxyError::NoConfig | ProxyError::NoEndpoints { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
+            ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
+            ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Upstream(UpstreamError::Connect { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Http { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+
+    /// The gRPC status code this error answers with.
+    pub fn grpc_status(&self) -> u16 {
+        match self {
+            ProxyError::Timeout { .. } => 4,         // DEADLINE_EXCEEDED
+            ProxyError::NoRoute { .. } => 12,        // UNIMPLEMENTED
+            ProxyError::InvalidBackend { .. } => 13, // INTERNAL
+            ProxyError::RequestBody(_) => 13,        // INTERNAL
+            _ => 14,                                 // UNAVAILABLE
+        }
+    }
+
+    /// The answer to send the client.
+    pub fn into_response(self, grpc: bool) -> Response<ResponseBody> {
+        let message = format!("nodus: {self}");
+        let mut response = if grpc {
+            let mut response = Response::new(ResponseBody::local(ProxyBody::Empty));
+            let headers = response.headers_mut();
+            headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+            headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc(&message)) {
+                headers.insert("grpc-message", value);
+            }
+            response
+        } else {
+            let mut response = Response::new(ResponseBody::local(ProxyBody::from_bytes(message + "\n")));
+            *response.status_mut() = self.status();
+            response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+            response
+        };
+        response.headers_mut().insert("x-nodus-error", HeaderValue::from_static("proxy"));
+        response
+    }
+}
+
+/// grpc-message is percent-encoded: bytes outside printable ASCII, and `%` itself (gRPC over
+/// HTTP/2 spec).
+fn percent_encode_grpc(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    for byte in message.bytes() {
+        if (0x20..=0x7e).contains(&byte) && byte != b'%' {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_http_and_grpc_statuses() {
+        let cases: Vec<(ProxyError, u16, u16)> = vec![
+            (ProxyError::NoConfig, 503, 14),
+            (ProxyError::NoRoute { destination: "d".into(), method: "GET".into(), path: "/".into() }, 404, 12),
+            (ProxyError::NoEndpoints { backend: "b".into() }, 503, 14),
+            (ProxyError::Timeout { which: "request", after: std::time::Duration::from_secs(1) }, 504, 4),
+            (ProxyError::InvalidBackend { route: "r".into() }, 500, 13),
+        ];
+        for (error, http, grpc) in cases {
+            assert_eq!(error.status().as_u16(), http, "{error}");
+            assert_eq!(error.grpc_status(), grpc, "{error}");
+            let response = error.into_response(true);
+            assert_eq!(response.status(), 200, "gRPC errors are trailers-only answers");
+            assert_eq!(response.headers()["grpc-status"], grpc.to_string().as_str());
+        }
+    }
+
+    #[test]
+    fn grpc_message_is_percent_encoded() {
+        assert_eq!(percent_encode_grpc("50% done\n é"), "50%25 done%0A %C3%A9");
+    }
+}

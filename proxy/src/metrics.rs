@@ -1,0 +1,256 @@
+//! Prometheus metrics of the proxy (prometheus-client, OpenMetrics text on the admin port).
+//!
+//! Labels name workloads, Services, routes, rules and backends — never pods, IPs or paths — so
+//! their number is bounded by the config, not by traffic or pod churn.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Labels of a request, known once its route and backend are chosen.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
+pub struct RouteLabels {
+    /// `outbound` (client side) or `inbound` (server side).
+    pub direction: &'static str,
+    /// Client's namespace (`unknown` outside the mesh).
+    pub src_namespace: String,
+    /// Client's workload (owner) name.
+    pub src_workload: String,
+    /// Destination Service namespace.
+    pub dst_namespace: String,
+    /// Destination Service name.
+    pub dst_service: String,
+    /// `HTTPRoute`, `GRPCRoute`, or `default` when no route is attached.
+    pub route_kind: &'static str,
+    /// Route `namespace/name`, empty for the default route.
+    pub route_name: String,
+    /// Rule name (or index).
+    pub route_rule: String,
+    /// Backend `namespace/name:port`.
+    pub backend: String,
+}
+
+/// Labels of a finished request: route labels plus method and outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    #[prometheus(flatten)]
+    route: RouteLabels,
+    method: &'static str,
+    status_code: u16,
+    grpc_status: String,
+}
+
+/// Labels of a TCP connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TcpLabels {
+    /// `outbound` or `inbound`.
+    pub direction: &'static str,
+    /// `http` or `opaque`.
+    pub protocol: &'static str,
+    /// Destination Service (`namespace/name:port`) or `passthrough`.
+    pub destination: String,
+}
+
+/// Labels of retries.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RetryLabels {
+    /// Route `namespace/name`.
+    pub route_name: String,
+    /// Rule.
+    pub route_rule: String,
+    /// `sent` or `budget_exhausted`.
+    pub outcome: &'static str,
+}
+
+/// Labels of endpoint ejections.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendLabels {
+    /// Backend Service port.
+    pub backend: String,
+}
+
+/// Labels of config updates.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ConfigLabels {
+    /// `accepted` or `rejected`.
+    pub result: &'static str,
+}
+
+fn latency_histogram() -> Histogram {
+    Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0])
+}
+
+/// Every metric family of the proxy.
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    requests: Family<RequestLabels, Counter>,
+    request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
+    /// Retries sent or refused by the budget.
+    pub retries: Family<RetryLabels, Counter>,
+    /// Endpoint ejections.
+    pub ejections: Family<BackendLabels, Counter>,
+    /// TCP connections accepted.
+    pub tcp_connections: Family<TcpLabels, Counter>,
+    /// TCP connections open now.
+    pub tcp_open: Family<TcpLabels, Gauge>,
+    /// Bytes from clients.
+    pub tcp_received_bytes: Family<TcpLabels, Counter>,
+    /// Bytes to clients.
+    pub tcp_sent_bytes: Family<TcpLabels, Counter>,
+    /// Version of the config in force.
+    pub config_version: Gauge,
+    /// Config snapshots accepted or rejected.
+    pub config_updates: Family<ConfigLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// Registers every family.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("nodus");
+        let requests = Family::<RequestLabels, Counter>::default();
+        let request_duration = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
+        let retries = Family::default();
+        let ejections = Family::default();
+        let tcp_connections = Family::default();
+        let tcp_open = Family::default();
+        let tcp_received_bytes = Family::default();
+        let tcp_sent_bytes = Family::default();
+        let config_version = Gauge::default();
+        let config_updates = Family::default();
+        registry.register("requests", "HTTP and gRPC requests, by route, backend and outcome", requests.clone());
+        registry.register(
+            "request_duration_seconds",
+            "Time from request to the end of the answer",
+            request_duration.clone(),
+        );
+        registry.register("retries", "Retries sent, or refused because the retry budget was spent", retries.clone());
+        registry.register(
+            "endpoint_ejections",
+            "Endpoints taken out of rotation by outlier detection",
+            ejections.clone(),
+        );
+        registry.register("tcp_connections", "TCP connections accepted", tcp_connections.clone());
+        registry.register("tcp_open_connections", "TCP connections open now", tcp_open.clone());
+        registry.register("tcp_received_bytes", "Bytes received from clients", tcp_received_bytes.clone());
+        registry.register("tcp_sent_bytes", "Bytes sent to clients", tcp_sent_bytes.clone());
+        registry.register("config_version", "Version of the config snapshot in force", config_version.clone());
+        registry.register("config_updates", "Config snapshots accepted or rejected", config_updates.clone());
+        Self {
+            registry,
+            requests,
+            request_duration,
+            retries,
+            ejections,
+            tcp_connections,
+            tcp_open,
+            tcp_received_bytes,
+            tcp_sent_bytes,
+            config_version,
+            config_updates,
+        }
+    }
+
+    /// Registry for extra collectors (e.g. eBPF counters), before the metrics are shared.
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(error) = prometheus_client::encoding::text::encode(&mut text, &self.registry) {
+            tracing::error!(%error, "encoding metrics");
+        }
+        text
+    }
+
+    fn record(&self, labels: RequestLabels, seconds: f64) {
+        self.requests.get_or_create(&labels).inc();
+        self.request_duration.get_or_create(&labels).observe(seconds);
+    }
+}
+
+/// Methods as bounded label values.
+pub fn method_label(method: &http::Method) -> &'static str {
+    match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::DELETE => "DELETE",
+        http::Method::PATCH => "PATCH",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        http::Method::CONNECT => "CONNECT",
+        http::Method::TRACE => "TRACE",
+        _ => "other",
+    }
+}
+
+/// Records one request when its answer ends (for gRPC the status arrives in trailers).
+#[derive(Debug)]
+pub struct ResponseObserver {
+    metrics: Arc<Metrics>,
+    labels: RouteLabels,
+    method: &'static str,
+    status: u16,
+    grpc_status: Option<String>,
+    started: Instant,
+    recorded: bool,
+}
+
+impl ResponseObserver {
+    /// Starts observing a request.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        labels: RouteLabels,
+        method: &'static str,
+        status: u16,
+        headers: &http::HeaderMap,
+        started: Instant,
+    ) -> Self {
+        let grpc_status = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        Self { metrics, labels, method, status, grpc_status, started, recorded: false }
+    }
+
+    /// The answer ended, with these trailers if any.
+    pub fn finish(&mut self, trailers: Option<&http::HeaderMap>) {
+        if self.recorded {
+            return;
+        }
+        self.recorded = true;
+        let grpc_status = trailers
+            .and_then(|t| t.get("grpc-status"))
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .or_else(|| self.grpc_status.take())
+            .unwrap_or_default();
+        let labels = RequestLabels {
+            route: std::mem::take(&mut self.labels),
+            method: self.method,
+            status_code: self.status,
+            grpc_status,
+        };
+        self.metrics.record(labels, self.started.elapsed().as_secs_f64());
+    }
+}
+
+impl Drop for ResponseObserver {
+    fn drop(&mut self) {
+        // Answers cut short (client went away) are still counted.
+        self.finish(None);
+    }
+}

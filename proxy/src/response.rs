@@ -1,0 +1,79 @@
+//! The body of an answer to a client: made by the proxy or streamed from an endpoint, observed
+//! by metrics until its end.
+
+use crate::body::{BoxError, ProxyBody};
+use crate::metrics::ResponseObserver;
+use crate::upstream::UpstreamBody;
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+#[derive(Debug)]
+enum Source {
+    Local(ProxyBody),
+    Upstream(UpstreamBody),
+}
+
+/// An answer's body.
+#[derive(Debug)]
+pub struct ResponseBody {
+    source: Source,
+    observer: Option<ResponseObserver>,
+}
+
+impl ResponseBody {
+    /// A body the proxy made.
+    pub fn local(body: ProxyBody) -> Self {
+        Self { source: Source::Local(body), observer: None }
+    }
+
+    /// A body streamed from an endpoint.
+    pub fn upstream(body: UpstreamBody) -> Self {
+        Self { source: Source::Upstream(body), observer: None }
+    }
+
+    /// Observes the body until its end (records metrics then).
+    pub fn observe(&mut self, mut observer: ResponseObserver) {
+        if self.is_end_stream() {
+            observer.finish(None);
+        } else {
+            self.observer = Some(observer);
+        }
+    }
+}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self.get_mut();
+        let polled = match &mut this.source {
+            Source::Local(body) => Pin::new(body).poll_frame(cx),
+            Source::Upstream(body) => Pin::new(body).poll_frame(cx),
+        };
+        if let Some(observer) = this.observer.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => observer.finish(frame.trailers_ref()),
+                Poll::Ready(None) | Poll::Ready(Some(Err(_))) => observer.finish(None),
+                _ => {}
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.source {
+            Source::Local(body) => body.is_end_stream(),
+            Source::Upstream(body) => body.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.source {
+            Source::Local(body) => body.size_hint(),
+            Source::Upstream(body) => body.size_hint(),
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! The proxy's view of the mesh: a config snapshot compiled for the request path, and the store
+//! that swaps it atomically.
+//!
+//! A [`ProxyState`] is immutable. Requests load the current one with one atomic read and keep it
+//! for their whole life, so a config change never affects a request half way, and applying a new
+//! snapshot never waits for requests.
+
+use crate::balance::{Balancer, BalancerRegistry, EndpointMeta, OutlierPolicy};
+use crate::routes::{CompiledRule, PortRoutes, RouteTable};
+use arc_swap::ArcSwapOption;
+use nodus_config::{AppProtocol, ConfigSnapshot, ObjectRef, ValidationError};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use thiserror::Error;
+
+/// A Service port clients dial, as the request path needs it.
+#[derive(Debug)]
+pub struct Destination {
+    /// The Service.
+    pub service: ObjectRef,
+    /// The Service port.
+    pub port: u16,
+    /// `namespace/name:port`.
+    pub label: Arc<str>,
+    /// Declared protocol.
+    pub protocol: AppProtocol,
+    /// Routes attached to this port, if any.
+    pub routes: Option<Arc<PortRoutes>>,
+    /// The Service port's own endpoints (traffic with no route goes there).
+    pub balancer: Arc<Balancer>,
+    /// The rule for requests when no route is attached.
+    pub default_rule: Arc<CompiledRule>,
+}
+
+/// A pod known to the mesh, as labels describe it.
+#[derive(Debug, Clone)]
+pub struct WorkloadInfo {
+    /// Namespace.
+    pub namespace: Arc<str>,
+    /// Owner (workload) name, never the pod name, for bounded metric cardinality.
+    pub workload: Arc<str>,
+    /// Service account.
+    pub service_account: Arc<str>,
+    /// Node.
+    pub node: Arc<str>,
+}
+
+/// One compiled snapshot.
+#[derive(Debug)]
+pub struct ProxyState {
+    /// The controller's version of the snapshot.
+    pub version: u64,
+    /// The snapshot as received (for the config dump).
+    pub snapshot: Arc<ConfigSnapshot>,
+    destinations: HashMap<SocketAddr, Arc<Destination>>,
+    workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
+    balancers: HashMap<(String, String, u16), Arc<Balancer>>,
+    /// All routes.
+    pub routes: RouteTable,
+}
+
+impl ProxyState {
+    /// The Service port behind a cluster IP and port.
+    pub fn destination(&self, addr: SocketAddr) -> Option<&Arc<Destination>> {
+        self.destinations.get(&addr)
+    }
+
+    /// The workload that owns a pod IP.
+    pub fn workload(&self, ip: IpAddr) -> Option<&Arc<WorkloadInfo>> {
+        self.workloads.get(&ip)
+    }
+
+    /// The balancer of a Service port (mirrors resolve their backend here).
+    pub fn balancer(&self, service: &ObjectRef, port: u16) -> Option<&Arc<Balancer>> {
+        self.balancers.get(&(service.namespace.clone(), service.name.clone(), port))
+    }
+
+    /// Compiles a validated snapshot, reusing long-lived balancers from `registry`.
+    fn compile(snapshot: ConfigSnapshot, registry: &BalancerRegistry) -> Result<Self, ApplyError> {
+        let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
+            snapshot.workloads.iter().map(|w| ((w.id.namespace.as_str(), w.id.name.as_str()), w)).collect();
+        let mut workloads = HashMap::new();
+        for w in &snapshot.workloads {
+            let info = Arc::new(WorkloadInfo {
+                namespace: Arc::from(w.id.namespace.as_str()),
+                workload: Arc::from(w.owner.as_deref().unwrap_or(&w.id.name)),
+                service_account: Arc::from(w.service_account.as_str()),
+                node: Arc::from(w.node.as_str()),
+            });
+            for ip in &w.ips {
+                workloads.insert(*ip, info.clone());
+            }
+        }
+
+        let mut balancers = HashMap::new();
+        let mut labels = HashSet::new();
+        // Endpoint changes are applied only once the whole snapshot has compiled.
+        let mut endpoint_updates = Vec::new();
+        for service in &snapshot.services {
+            for port in &service.ports {
+                let label = format!("{}:{}", service.id, port.port);
+                let balancer = registry.get(&label);
+                let endpoints = service
+                    .endpoints
+                    .iter()
+                    .filter(|e| e.ready)
+                    .map(|e| {
+                        let workload =
+                            e.workload.as_ref().and_then(|r| workload_by_pod.get(&(&*r.namespace, &*r.name)));
+                        EndpointMeta {
+                            addr: SocketAddr::new(e.address, port.target_port),
+                            namespace: e.workload.as_ref().map(|r| Arc::from(r.namespace.as_str())),
+                            workload: workload.map(|w| Arc::from(w.owner.as_deref().unwrap_or(&w.id.name))),
+                            node: e.node.as_deref().map(Arc::from),
+                        }
+                    })
+                    .collect::<Vec<_>>();
+                endpoint_updates.push((balancer.clone(), endpoints));
+                labels.insert(label);
+                balancers.insert((service.id.namespace.clone(), service.id.name.clone(), port.port), balancer);
+            }
+        }
+        let resolve = |service: &ObjectRef, port: u16| {
+            balancers.get(&(service.namespace.clone(), service.name.clone(), port)).cloned()
+        };
+        let routes = RouteTable::compile(&snapshot, &resolve).map_err(|e| ApplyError::Compile(e.to_string()))?;
+        for (balancer, endpoints) in endpoint_updates {
+            balancer.update(endpoints);
+        }
+        registry.retain(&labels);
+
+        let mut destinations = HashMap::new();
+        for service in &snapshot.services {
+            for port in &service.ports {
+                let key = (service.id.namespace.clone(), service.id.name.clone(), port.port);
+                let Some(balancer) = balancers.get(&key) else { continue };
+                let destination = Arc::new(Destination {
+                    service: service.id.clone(),
+                    port: port.port,
+                    label: balancer.label.clone(),
+                    protocol: port.app_protocol,
+                    routes: routes.port(&service.id.namespace, &service.id.name, port.port).cloned(),
+                    balancer: balancer.clone(),
+                    default_rule: Arc::new(CompiledRule::default_for(&service.id, port.port, balancer.clone())),
+                });
+                for ip in &service.cluster_ips {
+                    destinations.insert(SocketAddr::new(*ip, port.port), destination.clone());
+                }
+            }
+        }
+        Ok(Self { version: snapshot.version, snapshot: Arc::new(snapshot), destinations, workloads, balancers, routes })
+    }
+}
+
+/// Why a snapshot was rejected (the text goes back to the controller as a NACK).
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    /// The snapshot failed validation.
+    #[error("invalid config: {0}")]
+    Invalid(#[from] ValidationError),
+    /// A route could not be compiled.
+    #[error("config does not compile: {0}")]
+    Compile(String),
+}
+
+/// Holds the state in force and swaps in new snapshots.
+#[derive(Debug)]
+pub struct ConfigStore {
+    current: ArcSwapOption<ProxyState>,
+    registry: BalancerRegistry,
+}
+
+impl ConfigStore {
+    /// An empty store: until a snapshot is applied the proxy refuses traffic it would have to
+    /// route (fail closed).
+    pub fn new(policy: OutlierPolicy) -> Self {
+        Self { current: ArcSwapOption::empty(), registry: BalancerRegistry::new(policy) }
+    }
+
+    /// The state in force, if any snapshot was applied.
+    pub fn load(&self) -> Option<Arc<ProxyState>> {
+        self.current.load_full()
+    }
+
+    /// Validates, compiles and installs a snapshot. On error the state in force stays.
+    pub fn apply(&self, snapshot: ConfigSnapshot) -> Result<u64, ApplyError> {
+        snapshot.validate()?;
+        let state = ProxyState::compile(snapshot, &self.registry)?;
+        let version = state.version;
+        self.current.store(Some(Arc::new(state)));
+        Ok(version)
+    }
+}

@@ -1,0 +1,181 @@
+//! The leaf of the stack: chooses a weighted backend of the rule, an endpoint of that backend
+//! (P2C), sends the attempt through the endpoint's connection pool under the per-attempt timeout,
+//! and feeds the outcome back to the balancer. Upgrades (WebSocket) are relayed byte for byte once
+//! the endpoint answers 101.
+
+use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision};
+use crate::balance::Outcome;
+use crate::errors::ProxyError;
+use crate::metrics::{BackendLabels, Metrics};
+use crate::response::ResponseBody;
+use crate::routes::RuleBackend;
+use crate::svc::filters::modify_headers;
+use crate::upstream::UpstreamProtocol;
+use http::{HeaderMap, StatusCode};
+use hyper_util::rt::TokioIo;
+use nodus_config::HttpFilter;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use tower::Service;
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Backend {
+    metrics: Arc<Metrics>,
+}
+
+impl Backend {
+    /// The leaf service.
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self { metrics }
+    }
+}
+
+/// Picks a backend by weight; `None` when no backend can take traffic.
+pub fn pick_backend(backends: &[RuleBackend], total_weight: u64) -> Option<&RuleBackend> {
+    if total_weight == 0 {
+        return None;
+    }
+    let mut ticket = fastrand::u64(..total_weight);
+    backends.iter().find(|b| {
+        let weight = u64::from(b.reference.weight);
+        if ticket < weight {
+            true
+        } else {
+            ticket -= weight;
+            false
+        }
+    })
+}
+
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those it names.
+fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| http::HeaderName::try_from(name.trim()).ok())
+        .collect();
+    if !keep_upgrade {
+        for name in named {
+            headers.remove(name);
+        }
+        headers.remove(http::header::CONNECTION);
+        headers.remove(http::header::UPGRADE);
+    }
+    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
+        headers.remove(name);
+    }
+    headers.remove(http::header::PROXY_AUTHENTICATE);
+    headers.remove(http::header::PROXY_AUTHORIZATION);
+}
+
+impl Service<ProxyRequest> for Backend {
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
+        let metrics = self.metrics.clone();
+        Box::pin(async move {
+            let decision = request.extensions_mut().remove::<RouteDecision>().ok_or(ProxyError::NoConfig)?;
+            let context = request.extensions_mut().remove::<RequestContext>().ok_or(ProxyError::NoConfig)?;
+            let rule = &decision.rule;
+            let route = || format!("{} rule {}", rule.route, rule.rule_label);
+            let backend = pick_backend(&rule.backends, rule.total_weight)
+                .ok_or_else(|| ProxyError::InvalidBackend { route: route() })?;
+            let balancer = backend.balancer.clone().ok_or_else(|| ProxyError::InvalidBackend { route: route() })?;
+            for filter in &backend.reference.filters {
+                if let HttpFilter::RequestHeaderModifier(modifier) = filter {
+                    modify_headers(request.headers_mut(), modifier);
+                }
+            }
+            let upgrade =
+                context.protocol == UpstreamProtocol::Http1 && request.headers().contains_key(http::header::UPGRADE);
+            strip_hop_by_hop(request.headers_mut(), upgrade);
+            let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
+
+            let endpoint =
+                balancer.pick().ok_or_else(|| ProxyError::NoEndpoints { backend: backend.label.to_string() })?;
+            let guard = endpoint.start();
+            let send = endpoint.pool.send(request, context.protocol);
+            let result = match rule.backend_timeout {
+                Some(after) => match tokio::time::timeout(after, send).await {
+                    Ok(sent) => sent.map_err(ProxyError::Upstream),
+                    Err(_) => Err(ProxyError::Timeout { which: "backendRequest", after }),
+                },
+                None => send.await.map_err(ProxyError::Upstream),
+            };
+            let outcome = match &result {
+                Ok(response) if response.status().is_server_error() => Outcome::Failure,
+                Ok(_) => Outcome::Success,
+                Err(_) => Outcome::Failure,
+            };
+            if guard.finish(outcome, balancer.policy()) {
+                metrics.ejections.get_or_create(&BackendLabels { backend: backend.label.to_string() }).inc();
+            }
+            let mut response = result?;
+            if let Some(downstream) = downstream_upgrade {
+                if response.status() == StatusCode::SWITCHING_PROTOCOLS {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(async move {
+                        if let (Ok(client), Ok(server)) = (downstream.await, upstream.await) {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
+                                .await;
+                        }
+                    });
+                }
+            } else {
+                strip_hop_by_hop(response.headers_mut(), false);
+            }
+            let (parts, body) = response.into_parts();
+            let mut response = http::Response::from_parts(parts, ResponseBody::upstream(body));
+            response.extensions_mut().insert(BackendLabel(backend.label.clone()));
+            Ok(response)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nodus_config::{BackendRef, ObjectRef};
+
+    fn backend(name: &str, weight: u32) -> RuleBackend {
+        RuleBackend {
+            reference: BackendRef { service: ObjectRef::new("demo", name), port: 80, weight, filters: vec![] },
+            balancer: None,
+            label: Arc::from(name),
+        }
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights_and_skips_zero() {
+        let backends = vec![backend("a", 90), backend("zero", 0), backend("b", 10)];
+        let mut counts = std::collections::HashMap::new();
+        for _ in 0..10_000 {
+            *counts.entry(pick_backend(&backends, 100).unwrap().label.to_string()).or_insert(0) += 1;
+        }
+        assert_eq!(counts.get("zero"), None);
+        let a = counts["a"] as f64 / 10_000.0;
+        assert!((0.87..=0.93).contains(&a), "a got {a}");
+        assert!(pick_backend(&[backend("z", 0)], 0).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "keep-alive, x-private".parse().unwrap());
+        headers.insert("x-private", "1".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-end-to-end", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.len(), 1);
+        assert!(headers.contains_key("x-end-to-end"));
+    }
+}

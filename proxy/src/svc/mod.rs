@@ -1,0 +1,79 @@
+//! The request stack: each behaviour is one small tower service, read and tested alone.
+//!
+//! ```text
+//!  observe (metrics, errors → answers)
+//!   └ context (config snapshot, destination, source workload)
+//!      └ route (match → rule)
+//!         └ filters (header edits, redirect, rewrite)
+//!            └ mirror
+//!               └ request timeout
+//!                  └ retry (policy + budget)
+//!                     └ backend (weighted pick, balancer, per-attempt timeout, pool)
+//! ```
+//!
+//! Layers pass what they decide to inner layers in request extensions ([`RequestContext`],
+//! [`RouteDecision`]) and report to outer layers in response extensions ([`RouteLabelsExt`]).
+
+pub mod backend;
+pub mod context;
+pub mod filters;
+pub mod mirror;
+pub mod observe;
+pub mod retry;
+pub mod route;
+pub mod timeout;
+
+use crate::body::ProxyBody;
+use crate::errors::ProxyError;
+use crate::response::ResponseBody;
+use crate::routes::CompiledRule;
+use crate::state::{Destination, ProxyState, WorkloadInfo};
+use crate::upstream::UpstreamProtocol;
+use http::{Request, Response};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+/// A request inside the proxy.
+pub type ProxyRequest = Request<ProxyBody>;
+/// An answer inside the proxy.
+pub type ProxyResponse = Response<ResponseBody>;
+/// The future of every stack service.
+pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
+
+/// What the context layer learned; every inner layer reads it.
+#[derive(Clone, Debug)]
+pub struct RequestContext {
+    /// The snapshot this request runs under, start to end.
+    pub state: Arc<ProxyState>,
+    /// The Service port dialled.
+    pub destination: Arc<Destination>,
+    /// The client workload, if it is in the mesh.
+    pub source: Option<Arc<WorkloadInfo>>,
+    /// Protocol to the endpoint (the client's).
+    pub protocol: UpstreamProtocol,
+    /// Whether this is a gRPC call.
+    pub grpc: bool,
+}
+
+/// What the router decided.
+#[derive(Clone, Debug)]
+pub struct RouteDecision {
+    /// The rule.
+    pub rule: Arc<CompiledRule>,
+    /// The matched `PathPrefix`, for `ReplacePrefixMatch`.
+    pub matched_prefix: Option<Arc<str>>,
+}
+
+/// The backend label the backend layer chose, passed back in response extensions.
+#[derive(Clone, Debug)]
+pub struct BackendLabel(pub Arc<str>);
+
+/// Route labels reported back to the metrics layer in response extensions.
+#[derive(Clone, Debug)]
+pub struct RouteLabelsExt(pub crate::metrics::RouteLabels);
+
+/// Whether a request is a gRPC call.
+pub fn is_grpc<B>(request: &Request<B>) -> bool {
+    request.headers().get(http::header::CONTENT_TYPE).is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+}

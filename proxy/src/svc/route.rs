@@ -1,0 +1,101 @@
+//! Picks the rule that handles a request, and reports route labels for metrics.
+
+use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, RouteLabelsExt};
+use crate::errors::ProxyError;
+use crate::metrics::RouteLabels;
+use crate::routes::{RequestView, RouteKind};
+use std::task::{Context, Poll};
+use tower::Service;
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct Route<S> {
+    inner: S,
+}
+
+impl<S> Route<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+fn labels(context: &RequestContext, decision: Option<&RouteDecision>) -> RouteLabels {
+    let (src_namespace, src_workload) = match &context.source {
+        Some(source) => (source.namespace.to_string(), source.workload.to_string()),
+        None => ("unknown".to_owned(), "unknown".to_owned()),
+    };
+    let (route_kind, route_name, route_rule) = match decision {
+        Some(d) if d.rule.kind == RouteKind::Default => ("default", String::new(), String::new()),
+        Some(d) => (d.rule.kind.as_str(), d.rule.route.to_string(), d.rule.rule_label.to_string()),
+        None => ("none", String::new(), String::new()),
+    };
+    RouteLabels {
+        direction: "outbound",
+        src_namespace,
+        src_workload,
+        dst_namespace: context.destination.service.namespace.clone(),
+        dst_service: context.destination.service.name.clone(),
+        route_kind,
+        route_name,
+        route_rule,
+        backend: String::new(),
+    }
+}
+
+impl<S> Service<ProxyRequest> for Route<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
+        let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
+            return Box::pin(async { Err(ProxyError::NoConfig) });
+        };
+        let destination = &context.destination;
+        let decision = match &destination.routes {
+            Some(port_routes) if !port_routes.is_empty() => {
+                let routes = port_routes.for_client(context.source.as_ref().map(|s| &*s.namespace));
+                let view = RequestView::of(&request);
+                match routes.find(&view, context.grpc) {
+                    Some(found) => {
+                        RouteDecision { rule: found.rule.clone(), matched_prefix: found.matched_prefix.cloned() }
+                    }
+                    None => {
+                        let error = ProxyError::NoRoute {
+                            destination: destination.label.to_string(),
+                            method: request.method().to_string(),
+                            path: request.uri().path().to_owned(),
+                        };
+                        let mut response = error.into_response(context.grpc);
+                        response.extensions_mut().insert(RouteLabelsExt(labels(&context, None)));
+                        return Box::pin(async move { Ok(response) });
+                    }
+                }
+            }
+            // No route attached: the Service's own endpoints, as the cluster would do.
+            _ => RouteDecision { rule: destination.default_rule.clone(), matched_prefix: None },
+        };
+        let route_labels = labels(&context, Some(&decision));
+        tracing::trace!(route = %decision.rule.route, rule = %decision.rule.rule_label, "route chosen");
+        request.extensions_mut().insert(decision);
+        let mut inner = self.inner.clone();
+        let grpc = context.grpc;
+        Box::pin(async move {
+            let mut response = match inner.call(request).await {
+                Ok(response) => response,
+                Err(error) => error.into_response(grpc),
+            };
+            response.extensions_mut().insert(RouteLabelsExt(route_labels));
+            Ok(response)
+        })
+    }
+}

@@ -1,0 +1,47 @@
+//! The rule's request timeout (Gateway API `timeouts.request`): covers every attempt, until the
+//! answer's headers arrive. Streaming bodies after that are not cut.
+
+use super::{ProxyRequest, ProxyResponse, ResponseFuture, RouteDecision};
+use crate::errors::ProxyError;
+use std::task::{Context, Poll};
+use tower::Service;
+
+/// See the module docs.
+#[derive(Clone, Debug)]
+pub struct RequestTimeout<S> {
+    inner: S,
+}
+
+impl<S> RequestTimeout<S> {
+    /// Wraps `inner`.
+    pub fn new(inner: S) -> Self {
+        Self { inner }
+    }
+}
+
+impl<S> Service<ProxyRequest> for RequestTimeout<S>
+where
+    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = ProxyResponse;
+    type Error = ProxyError;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: ProxyRequest) -> ResponseFuture {
+        let timeout = request.extensions().get::<RouteDecision>().and_then(|d| d.rule.request_timeout);
+        let future = self.inner.clone().call(request);
+        match timeout {
+            None => Box::pin(future),
+            Some(after) => Box::pin(async move {
+                tokio::time::timeout(after, future)
+                    .await
+                    .unwrap_or(Err(ProxyError::Timeout { which: "request", after }))
+            }),
+        }
+    }
+}
