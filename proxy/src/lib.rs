@@ -6,12 +6,19 @@
 //! services (metrics, routing, filters, timeouts, retries, load balancing) configured by an
 //! immutable, atomically swapped config snapshot.
 
+pub mod admin;
+pub mod app;
 pub mod balance;
 pub mod body;
+pub mod detect;
+pub mod enrollment;
 pub mod errors;
 pub mod metrics;
+pub mod original_dst;
+pub mod outbound;
 pub mod response;
 pub mod retry_budget;
+pub mod rewind;
 pub mod routes;
 pub mod state;
 pub mod svc;

@@ -107,6 +107,10 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// Config snapshots accepted or rejected.
     pub config_updates: Family<ConfigLabels, Counter>,
+    /// Pods of this node the redirect captures now.
+    pub redirect_enrolled_pods: Gauge,
+    /// Mesh pods of this node whose network namespace was not found yet.
+    pub redirect_missing_pods: Gauge,
 }
 
 impl Default for Metrics {
@@ -131,6 +135,18 @@ impl Metrics {
         let tcp_sent_bytes = Family::default();
         let config_version = Gauge::default();
         let config_updates = Family::default();
+        let redirect_enrolled_pods = Gauge::default();
+        let redirect_missing_pods = Gauge::default();
+        registry.register(
+            "redirect_enrolled_pods",
+            "Pods of this node captured by the redirect",
+            redirect_enrolled_pods.clone(),
+        );
+        registry.register(
+            "redirect_missing_pods",
+            "Mesh pods of this node whose network namespace was not found yet",
+            redirect_missing_pods.clone(),
+        );
         registry.register("requests", "HTTP and gRPC requests, by route, backend and outcome", requests.clone());
         registry.register(
             "request_duration_seconds",
@@ -161,6 +177,8 @@ impl Metrics {
             tcp_sent_bytes,
             config_version,
             config_updates,
+            redirect_enrolled_pods,
+            redirect_missing_pods,
         }
     }
 

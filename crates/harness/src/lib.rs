@@ -16,6 +16,7 @@
 mod cgroup;
 mod error;
 mod lab;
+mod mesh;
 mod netns;
 mod process;
 mod runs;
@@ -24,6 +25,7 @@ mod sys;
 pub use cgroup::{cgroup2_mount, Cgroup};
 pub use error::{HarnessError, Result};
 pub use lab::{check_support, Lab, LabSpec, Node, Pod};
+pub use mesh::{http_get, metric_value, node_gateway, start_echo, NodeProxy, PROXY_ADMIN_PORT, PROXY_OUTBOUND_PORT};
 pub use netns::NetNs;
 pub use process::Process;
 pub use runs::{leftovers_of_run, netns_of_run, remove_stale_runs};

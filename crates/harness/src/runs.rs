@@ -48,6 +48,11 @@ pub(crate) fn cgroup_of_run(cgroup_root: &Path, run_id: &str) -> PathBuf {
     cgroup_root.join(HARNESS_CGROUP_DIR).join(run_id)
 }
 
+/// The directory for files of `run_id` (configs, logs).
+pub(crate) fn work_dir_of_run(run_id: &str) -> PathBuf {
+    Path::new(OWNER_DIR).join(format!("{run_id}.d"))
+}
+
 /// The bpffs directory for the pins of `run_id`.
 pub(crate) fn bpffs_of_run(run_id: &str) -> PathBuf {
     Path::new(BPFFS_DIR).join(run_id)
@@ -62,6 +67,9 @@ pub fn leftovers_of_run(run_id: &str) -> Vec<String> {
         if dir.exists() {
             left.push(format!("cgroup {}", dir.display()));
         }
+    }
+    if work_dir_of_run(run_id).exists() {
+        left.push(format!("work dir {}", work_dir_of_run(run_id).display()));
     }
     if bpffs_of_run(run_id).exists() {
         left.push(format!("bpffs pins {}", bpffs_of_run(run_id).display()));
@@ -114,6 +122,12 @@ pub(crate) fn destroy_run(run_id: &str) -> Result<()> {
             first_error.get_or_insert(io_error("removing", pins)(e));
         }
     }
+    let work = work_dir_of_run(run_id);
+    if let Err(e) = std::fs::remove_dir_all(&work) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            first_error.get_or_insert(io_error("removing", work)(e));
+        }
+    }
     let owner = owner_path(run_id);
     if let Err(e) = std::fs::remove_file(&owner) {
         if e.kind() != std::io::ErrorKind::NotFound {
@@ -145,7 +159,8 @@ pub fn remove_stale_runs() -> Vec<String> {
         run_ids.extend(
             entries
                 .flatten()
-                .filter_map(|e| e.file_name().into_string().ok()?.strip_suffix(".owner").map(str::to_owned)),
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|name| name.strip_suffix(".owner").or_else(|| name.strip_suffix(".d")).map(str::to_owned)),
         );
     }
     run_ids.retain(|id| is_run_id(id));

@@ -10,7 +10,7 @@
 mod bpf_sys;
 mod netns;
 
-pub use netns::{current_netns_cookie, netns_cookie_of};
+pub use netns::{current_netns_cookie, netns_cookie_and_ipv4, netns_cookie_of};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use aya::programs::{CgroupSockAddr, SockOps};
@@ -237,12 +237,18 @@ impl Redirect {
     /// The destination a captured client asked for, found by the client's address (the peer
     /// address of the proxy's accepted socket). `None` if the connection was not captured.
     pub fn original_dst(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, RedirectError> {
-        let key = PeerKey::new(peer.ip().octets(), peer.port());
-        match self.orig_by_peer.get(&key, 0) {
-            Ok(original) => Ok(Some(SocketAddrV4::new(Ipv4Addr::from(original.octets()), original.host_port()))),
-            Err(aya::maps::MapError::KeyNotFound) => Ok(None),
-            Err(e) => Err(RedirectError::Map { map: MAP_ORIG_BY_PEER, detail: e.to_string() }),
-        }
+        lookup_original(&self.orig_by_peer, peer)
+    }
+
+    /// A separate handle on the original-destination map, for the proxy's accept path: it needs
+    /// no lock shared with enrolment.
+    pub fn original_dst_map(&self) -> Result<OriginalDstMap, RedirectError> {
+        let path = self.pin_dir.join("maps").join(MAP_ORIG_BY_PEER);
+        let data = MapData::from_pin(&path)
+            .map_err(|e| RedirectError::Map { map: MAP_ORIG_BY_PEER, detail: e.to_string() })?;
+        let map = HashMap::try_from(aya::maps::Map::LruHashMap(data))
+            .map_err(|e| RedirectError::Map { map: MAP_ORIG_BY_PEER, detail: e.to_string() })?;
+        Ok(OriginalDstMap { map })
     }
 
     /// The programs' counters, summed over CPUs.
@@ -266,6 +272,36 @@ impl Redirect {
         let pin_dir = self.pin_dir.clone();
         drop(self);
         std::fs::remove_dir_all(&pin_dir).map_err(io_err("removing", &pin_dir))
+    }
+}
+
+/// Read access to captured connections' original destinations.
+pub struct OriginalDstMap {
+    map: HashMap<MapData, PeerKey, OriginalDst>,
+}
+
+impl std::fmt::Debug for OriginalDstMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OriginalDstMap")
+    }
+}
+
+impl OriginalDstMap {
+    /// See [`Redirect::original_dst`].
+    pub fn get(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, RedirectError> {
+        lookup_original(&self.map, peer)
+    }
+}
+
+fn lookup_original(
+    map: &HashMap<MapData, PeerKey, OriginalDst>,
+    peer: SocketAddrV4,
+) -> Result<Option<SocketAddrV4>, RedirectError> {
+    let key = PeerKey::new(peer.ip().octets(), peer.port());
+    match map.get(&key, 0) {
+        Ok(original) => Ok(Some(SocketAddrV4::new(Ipv4Addr::from(original.octets()), original.host_port()))),
+        Err(aya::maps::MapError::KeyNotFound) => Ok(None),
+        Err(e) => Err(RedirectError::Map { map: MAP_ORIG_BY_PEER, detail: e.to_string() }),
     }
 }
 

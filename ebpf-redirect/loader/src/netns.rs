@@ -45,3 +45,24 @@ pub fn netns_cookie_of(netns_file: &Path) -> io::Result<u64> {
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
     })
 }
+
+/// The cookie and IPv4 addresses of the network namespace behind `netns_file`: how a node agent
+/// finds which namespace holds a pod whose IP the config names.
+pub fn netns_cookie_and_ipv4(netns_file: &Path) -> io::Result<(u64, Vec<std::net::Ipv4Addr>)> {
+    let file = std::fs::File::open(netns_file)?;
+    std::thread::scope(|scope| {
+        scope
+            .spawn(move || {
+                nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                let cookie = current_netns_cookie()?;
+                let addresses = nix::ifaddrs::getifaddrs()
+                    .map_err(io::Error::from)?
+                    .filter_map(|ifaddr| ifaddr.address?.as_sockaddr_in().map(|sin| sin.ip()))
+                    .filter(|ip| !ip.is_loopback())
+                    .collect();
+                Ok((cookie, addresses))
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}

@@ -7,10 +7,17 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Latency assumed for an endpoint that has not answered yet (Linkerd uses the same).
-const DEFAULT_RTT: Duration = Duration::from_millis(30);
-/// Decay time of the latency average.
-const EWMA_TAU: Duration = Duration::from_secs(10);
+/// Weight of each new answer in the latency average. Per answer rather than per unit of time,
+/// so estimates converge within a few requests even when answers take microseconds.
+const EWMA_ALPHA: f64 = 0.3;
+/// Decay time of an idle endpoint's estimate: one that is not chosen sees its estimate shrink,
+/// so a slow endpoint that recovered is probed again (as Finagle's peak EWMA does).
+const IDLE_DECAY_TAU: Duration = Duration::from_secs(10);
+/// Latencies below this count as equal: on a local network such differences are noise, and
+/// spreading load across endpoints matters more than shaving them.
+const COST_FLOOR: Duration = Duration::from_millis(1);
+/// Estimate of an endpoint that has not answered yet and has no peers to borrow from.
+const DEFAULT_RTT: Duration = COST_FLOOR;
 
 /// What the config says about an endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -53,13 +60,19 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A fresh endpoint.
+    /// A fresh endpoint, assumed as fast as the default estimate.
     pub fn new(meta: EndpointMeta) -> Self {
+        Self::with_estimate(meta, DEFAULT_RTT)
+    }
+
+    /// A fresh endpoint with a starting latency estimate (its peers' mean, so that it is neither
+    /// starved nor flooded before its first answer).
+    pub fn with_estimate(meta: EndpointMeta, estimate: Duration) -> Self {
         Self {
             addr: meta.addr,
             pool: Arc::new(ConnectionPool::new(meta.addr)),
             meta,
-            ewma_ns: AtomicU64::new((DEFAULT_RTT.as_nanos() as f64).to_bits()),
+            ewma_ns: AtomicU64::new((estimate.as_nanos() as f64).to_bits()),
             ewma_at_ms: AtomicU64::new(now_ms()),
             outstanding: AtomicU32::new(0),
             consecutive_failures: AtomicU32::new(0),
@@ -95,9 +108,17 @@ impl Endpoint {
         self.ejected_until_ms.load(Ordering::Relaxed) <= now
     }
 
-    /// Expected cost of sending it one more request: latency estimate × (outstanding + 1).
+    /// The latency estimate.
+    pub fn estimate(&self) -> Duration {
+        Duration::from_nanos(f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) as u64)
+    }
+
+    /// Expected cost of sending it one more request: latency estimate (decayed by idle time, at
+    /// least the floor) × (outstanding + 1).
     pub fn cost(&self) -> f64 {
-        let ewma = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let idle_ms = now_ms().saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)) as f64;
+        let decay = (-idle_ms / IDLE_DECAY_TAU.as_millis() as f64).exp();
+        let ewma = (f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) * decay).max(COST_FLOOR.as_nanos() as f64);
         ewma * f64::from(self.outstanding.load(Ordering::Relaxed) + 1)
     }
 
@@ -115,16 +136,11 @@ impl Endpoint {
     fn observe_latency(&self, rtt: Duration) {
         let now = now_ms();
         let last = self.ewma_at_ms.swap(now, Ordering::Relaxed);
-        let previous = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed));
+        let idle = (-(now.saturating_sub(last) as f64) / IDLE_DECAY_TAU.as_millis() as f64).exp();
+        let previous = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) * idle;
         let rtt = rtt.as_nanos() as f64;
-        // Peak-sensitive: a slower answer takes effect at once, faster ones decay in.
-        let next = if rtt > previous {
-            rtt
-        } else {
-            let elapsed = now.saturating_sub(last) as f64;
-            let decay = (-elapsed / EWMA_TAU.as_millis() as f64).exp();
-            previous * decay + rtt * (1.0 - decay)
-        };
+        // Peak-sensitive: a slower answer takes effect at once, faster ones blend in.
+        let next = if rtt > previous { rtt } else { previous * (1.0 - EWMA_ALPHA) + rtt * EWMA_ALPHA };
         self.ewma_ns.store(next.to_bits(), Ordering::Relaxed);
     }
 

@@ -62,12 +62,20 @@ impl Balancer {
     /// Replaces the endpoint set. Endpoints whose address stays keep their state.
     pub fn update(&self, endpoints: Vec<EndpointMeta>) {
         let current = self.endpoints.load();
+        let mean = if current.is_empty() {
+            None
+        } else {
+            Some(current.iter().map(|e| e.estimate()).sum::<Duration>() / current.len() as u32)
+        };
         let next: Vec<Arc<Endpoint>> = endpoints
             .into_iter()
             .map(|meta| match current.iter().find(|e| e.addr == meta.addr) {
                 Some(existing) if existing.meta() == &meta => existing.clone(),
                 Some(existing) => Arc::new(existing.with_meta(meta)),
-                None => Arc::new(Endpoint::new(meta)),
+                None => Arc::new(match mean {
+                    Some(estimate) => Endpoint::with_estimate(meta, estimate),
+                    None => Endpoint::new(meta),
+                }),
             })
             .collect();
         self.endpoints.store(Arc::new(next));

@@ -44,12 +44,35 @@ fn slow_endpoint_gets_less_traffic() {
     let b = balancer(&[1, 2, 3], policy);
     let slow = b.endpoints().iter().find(|e| e.addr.port() == 1).unwrap().clone();
     let guard = slow.start();
-    std::thread::sleep(Duration::from_millis(60)); // above the 30 ms default estimate
+    std::thread::sleep(Duration::from_millis(60)); // far above the others' estimate
     guard.finish(Outcome::Success, &policy);
     let counts = picks(&b, 3000);
     // The slow one only wins when p2c draws the two others... never: it loses every comparison
     // it is in, so it gets nothing while the others share everything.
     assert_eq!(counts.get(&1), None, "{counts:?}");
+}
+
+#[test]
+fn sub_millisecond_differences_do_not_starve_an_endpoint() {
+    let policy = OutlierPolicy::default();
+    let b = balancer(&[1, 2], policy);
+    for endpoint in b.endpoints().iter() {
+        endpoint.start().finish(Outcome::Success, &policy); // both answer in microseconds
+    }
+    let counts = picks(&b, 2000);
+    assert!(counts[&1] > 800 && counts[&2] > 800, "{counts:?}");
+}
+
+#[test]
+fn a_new_endpoint_starts_at_its_peers_mean_estimate() {
+    let policy = OutlierPolicy::default();
+    let b = balancer(&[1], policy);
+    let guard = b.endpoints()[0].start();
+    std::thread::sleep(Duration::from_millis(20));
+    guard.finish(Outcome::Success, &policy);
+    b.update(vec![meta(1), meta(2)]);
+    let fresh = b.endpoints().iter().find(|e| e.addr.port() == 2).unwrap().clone();
+    assert!(fresh.estimate() >= Duration::from_millis(19), "borrowed its peer's estimate: {:?}", fresh.estimate());
 }
 
 #[test]
@@ -62,19 +85,19 @@ fn consecutive_failures_eject_and_time_readmits_with_backoff() {
     let b = balancer(&[1, 2], policy);
     let bad = b.endpoints().iter().find(|e| e.addr.port() == 1).unwrap().clone();
     assert!(!fail(&bad, &policy, 2), "two failures are below the threshold");
-    assert!(bad.start().finish(Outcome::Success, &policy) == false);
+    assert!(!bad.start().finish(Outcome::Success, &policy));
     assert!(!fail(&bad, &policy, 2), "a success resets the count");
     assert!(fail(&bad, &policy, 1), "the third consecutive failure ejects");
     assert_eq!(picks(&b, 200).get(&1), None, "ejected endpoints get no traffic");
 
     std::thread::sleep(Duration::from_millis(120));
-    assert!(picks(&b, 400).get(&1).is_some(), "re-admitted after the ejection time");
+    assert!(picks(&b, 400).contains_key(&1), "re-admitted after the ejection time");
     // Failing again right away ejects for twice as long.
     assert!(fail(&bad, &policy, 3));
     std::thread::sleep(Duration::from_millis(120));
     assert_eq!(picks(&b, 200).get(&1), None, "second ejection lasts 200 ms");
     std::thread::sleep(Duration::from_millis(100));
-    assert!(picks(&b, 400).get(&1).is_some());
+    assert!(picks(&b, 400).contains_key(&1));
 }
 
 #[test]

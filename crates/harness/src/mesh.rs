@@ -1,0 +1,142 @@
+//! Running the mesh's own processes in a lab: a node proxy per node (with the real eBPF
+//! redirect), echo workloads in pods, and a work directory for config files. The binaries are
+//! passed in by the caller (tests use `env!("CARGO_BIN_EXE_...")`), so the harness depends on
+//! no product crate.
+
+use crate::error::{io_error, HarnessError, Result};
+use crate::lab::{Lab, Node, Pod};
+use crate::netns::NetNs;
+use crate::process::Process;
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The outbound listener port of node proxies in a lab.
+pub const PROXY_OUTBOUND_PORT: u16 = 15001;
+/// The admin port of node proxies in a lab.
+pub const PROXY_ADMIN_PORT: u16 = 15020;
+
+/// A node proxy process.
+#[derive(Debug)]
+pub struct NodeProxy {
+    /// The process (killed on drop).
+    pub process: Process,
+    /// Its node.
+    pub node: String,
+    /// Admin address (in the node's namespace).
+    pub admin: SocketAddr,
+    netns: NetNs,
+}
+
+impl NodeProxy {
+    /// GETs an admin path from inside the node's namespace; returns (status, body).
+    pub fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        let admin = self.admin;
+        let path = path.to_owned();
+        self.netns.run(move || http_get(admin, &path))?
+    }
+
+    /// Polls `/metrics` until `metric` (a sample line prefix, e.g. `nodus_redirect_enrolled_pods`)
+    /// has a value of at least `at_least`.
+    pub fn wait_for_metric(&self, metric: &str, at_least: f64, timeout: Duration) -> Result<f64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let value = self.admin_get("/metrics").ok().and_then(|(_, body)| metric_value(&body, metric));
+            if let Some(value) = value.filter(|v| *v >= at_least) {
+                return Ok(value);
+            }
+            if Instant::now() > deadline {
+                return Err(HarnessError::Usage(format!(
+                    "{}: metric {metric} did not reach {at_least} within {timeout:?} (last: {value:?})",
+                    self.node
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// The value of the first sample whose line starts with `prefix` (name plus optional labels).
+pub fn metric_value(exposition: &str, prefix: &str) -> Option<f64> {
+    exposition
+        .lines()
+        .filter(|line| !line.starts_with('#'))
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A minimal HTTP/1.0 GET (the admin port speaks HTTP/1.1 and closes after HTTP/1.0 requests).
+pub fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    let mut stream =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(io_error("connecting", addr.to_string()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).map_err(io_error("configuring", addr.to_string()))?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: admin\r\n\r\n").map_err(io_error("writing to", addr.to_string()))?;
+    let mut text = String::new();
+    stream.read_to_string(&mut text).map_err(io_error("reading from", addr.to_string()))?;
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
+    Ok((status, body))
+}
+
+impl Lab {
+    /// A directory for this lab's files (configs, logs), removed with the lab.
+    pub fn work_dir(&self) -> Result<PathBuf> {
+        let dir = crate::runs::work_dir_of_run(self.run_id());
+        std::fs::create_dir_all(&dir).map_err(io_error("creating", &dir))?;
+        Ok(dir)
+    }
+
+    /// Starts `proxy_binary` on `node` with the eBPF redirect attached to the node's pods
+    /// cgroup, reading `config_file`, and waits until it listens.
+    pub fn start_node_proxy(
+        &self,
+        node: &Node,
+        proxy_binary: &Path,
+        config_file: &Path,
+        extra_args: &[&str],
+    ) -> Result<NodeProxy> {
+        let mut command = node.command(proxy_binary)?;
+        let netns_prefix = format!("{}-", node.netns().name());
+        command
+            .args(["--node", &node.name])
+            .args(["--outbound-addr", &format!("0.0.0.0:{PROXY_OUTBOUND_PORT}")])
+            .args(["--admin-addr", &format!("0.0.0.0:{PROXY_ADMIN_PORT}")])
+            .arg("--config-file")
+            .arg(config_file)
+            .arg("--redirect-cgroup")
+            .arg(node.pods_cgroup().path())
+            .arg("--bpf-pin-dir")
+            .arg(node.bpf_pin_dir())
+            .args(["--redirect-to", &SocketAddrV4::new(node.ip, PROXY_OUTBOUND_PORT).to_string()])
+            .args(["--netns-prefix", &netns_prefix])
+            .args(extra_args);
+        let mut process = Process::spawn(format!("nodus-proxy on {}", node.name), command)?;
+        process.wait_for_line("nodus-proxy ready", Duration::from_secs(20))?;
+        Ok(NodeProxy {
+            process,
+            node: node.name.clone(),
+            admin: SocketAddr::from((node.ip, PROXY_ADMIN_PORT)),
+            netns: node.netns().clone(),
+        })
+    }
+}
+
+/// Starts the echo server binary in `pod` on `ports`, reporting the pod's name, and waits until
+/// it listens.
+pub fn start_echo(pod: &Pod, echo_binary: &Path, ports: &[u16]) -> Result<Process> {
+    let mut command = pod.command(echo_binary)?;
+    for port in ports {
+        command.args(["--listen", &format!("0.0.0.0:{port}")]);
+    }
+    command.args(["--pod", &pod.name, "--namespace", &pod.namespace]);
+    let mut process = Process::spawn(format!("nodus-echo in {}", pod.name), command)?;
+    process.wait_for_line("nodus-echo listening on", Duration::from_secs(10))?;
+    Ok(process)
+}
+
+/// The gateway address a node's pods use (reachable from them; convenient for admin access).
+pub fn node_gateway(node: &Node) -> Ipv4Addr {
+    node.pod_gateway()
+}

@@ -1,0 +1,150 @@
+//! Assembles a running proxy: config store, metrics, listeners, config source, enrolment.
+//! The binary and the in-process tests both start the proxy through here.
+
+use crate::balance::OutlierPolicy;
+use crate::enrollment::Enrollment;
+use crate::metrics::{ConfigLabels, Metrics};
+use crate::original_dst::OriginalDst;
+use crate::outbound::{Outbound, OutboundSettings};
+use crate::state::{ApplyError, ConfigStore};
+use nodus_config::ConfigSnapshot;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+/// Settings of a proxy process.
+#[derive(Clone, Debug)]
+pub struct ProxySettings {
+    /// Outbound listener address.
+    pub outbound_addr: SocketAddr,
+    /// Admin listener address.
+    pub admin_addr: SocketAddr,
+    /// Outbound listener settings.
+    pub outbound: OutboundSettings,
+    /// Outlier ejection policy of every balancer.
+    pub outlier: OutlierPolicy,
+}
+
+/// The proxy's shared core.
+pub struct Proxy {
+    /// Config in force.
+    pub store: Arc<ConfigStore>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Woken whenever a config is applied (enrolment listens).
+    pub config_applied: Arc<Notify>,
+}
+
+impl Proxy {
+    /// A proxy with no config yet, exporting `metrics`.
+    pub fn new(outlier: OutlierPolicy, metrics: Metrics) -> Self {
+        Self {
+            store: Arc::new(ConfigStore::new(outlier)),
+            metrics: Arc::new(metrics),
+            config_applied: Arc::new(Notify::new()),
+        }
+    }
+
+    /// Applies a snapshot, recording the outcome; the config in force stays on error.
+    pub fn apply(&self, snapshot: ConfigSnapshot) -> Result<u64, ApplyError> {
+        let result = self.store.apply(snapshot);
+        match &result {
+            Ok(version) => {
+                self.metrics.config_updates.get_or_create(&ConfigLabels { result: "accepted" }).inc();
+                self.metrics.config_version.set(*version as i64);
+                self.config_applied.notify_waiters();
+                tracing::info!(version, "config applied");
+            }
+            Err(error) => {
+                self.metrics.config_updates.get_or_create(&ConfigLabels { result: "rejected" }).inc();
+                tracing::warn!(%error, "config rejected; the previous config stays in force");
+            }
+        }
+        result
+    }
+}
+
+/// Addresses a started proxy listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Listening {
+    /// Outbound listener.
+    pub outbound: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Binds the listeners and spawns their tasks on the current runtime.
+pub async fn start(
+    proxy: &Arc<Proxy>,
+    settings: &ProxySettings,
+    original_dst: Arc<dyn OriginalDst>,
+) -> std::io::Result<Listening> {
+    let outbound_listener = TcpListener::bind(settings.outbound_addr).await?;
+    let admin_listener = TcpListener::bind(settings.admin_addr).await?;
+    let listening = Listening { outbound: outbound_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    let outbound =
+        Arc::new(Outbound::new(proxy.store.clone(), proxy.metrics.clone(), original_dst, settings.outbound.clone()));
+    tokio::spawn(async move {
+        if let Err(error) = outbound.serve(outbound_listener).await {
+            tracing::error!(%error, "outbound listener failed");
+        }
+    });
+    let (store, metrics) = (proxy.store.clone(), proxy.metrics.clone());
+    tokio::spawn(async move {
+        if let Err(error) = crate::admin::serve(admin_listener, store, metrics).await {
+            tracing::error!(%error, "admin listener failed");
+        }
+    });
+    Ok(listening)
+}
+
+/// Reads a YAML snapshot file now and whenever it changes (polled), applying each version.
+/// This is the config source until the controller's stream is used, and for the local mesh.
+pub fn watch_config_file(proxy: Arc<Proxy>, path: PathBuf, interval: Duration) {
+    tokio::spawn(async move {
+        let mut seen: Option<(SystemTime, u64)> = None;
+        loop {
+            let stamp = std::fs::metadata(&path).ok().and_then(|m| Some((m.modified().ok()?, m.len())));
+            if stamp.is_some() && stamp != seen {
+                seen = stamp;
+                match std::fs::read_to_string(&path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|text| serde_norway::from_str::<ConfigSnapshot>(&text).map_err(|e| e.to_string()))
+                {
+                    Ok(snapshot) => {
+                        let _ = proxy.apply(snapshot);
+                    }
+                    Err(error) => {
+                        proxy.metrics.config_updates.get_or_create(&ConfigLabels { result: "rejected" }).inc();
+                        tracing::warn!(path = %path.display(), %error, "config file unreadable; keeping the config in force");
+                    }
+                }
+            }
+            tokio::time::sleep(interval).await;
+        }
+    });
+}
+
+/// Reconciles enrolment on every config change and every `interval`.
+pub fn run_enrollment(proxy: Arc<Proxy>, enrollment: Arc<Enrollment>, interval: Duration) {
+    tokio::spawn(async move {
+        loop {
+            let (store, enrollment_now) = (proxy.store.clone(), enrollment.clone());
+            match tokio::task::spawn_blocking(move || enrollment_now.reconcile(&store)).await {
+                Ok(report) => {
+                    proxy.metrics.redirect_enrolled_pods.set(report.enrolled.len() as i64);
+                    proxy.metrics.redirect_missing_pods.set(report.missing.len() as i64);
+                    tracing::debug!(enrolled = ?report.enrolled, missing = ?report.missing, "enrolment");
+                }
+                Err(error) => tracing::warn!(%error, "enrolment task failed"),
+            }
+            tokio::select! {
+                _ = proxy.config_applied.notified() => {}
+                _ = tokio::time::sleep(interval) => {}
+            }
+        }
+    });
+}

@@ -1,0 +1,146 @@
+//! Enrolment: which pods of this node the eBPF redirect captures.
+//!
+//! The config names the node's workloads, their IPs, and whether their namespace is in the mesh
+//! (`nodus.dev/mesh=enabled`). The node's pod network namespaces are found in a netns directory
+//! (`/run/netns`, where containerd and CRI-O bind-mount them) by the addresses inside them; their
+//! cookies are what the redirect keys on. Reconciled on every config change and periodically,
+//! for pods whose namespace appears after their config.
+
+use crate::state::ConfigStore;
+use nodus_redirect::{netns_cookie_and_ipv4, Redirect};
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+/// Where to look for pod network namespaces.
+#[derive(Clone, Debug)]
+pub struct NetnsDiscovery {
+    /// Directory of namespace bind mounts.
+    pub dir: PathBuf,
+    /// Only names starting with this (the mesh harness scopes a node to its own pods with it).
+    pub prefix: String,
+}
+
+/// Keeps the redirect's enrolled set equal to the mesh pods of this node.
+pub struct Enrollment {
+    node: String,
+    discovery: NetnsDiscovery,
+    redirect: Arc<Mutex<Redirect>>,
+}
+
+/// What one reconciliation did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EnrollmentReport {
+    /// Pods (by IP) captured now.
+    pub enrolled: Vec<Ipv4Addr>,
+    /// Mesh pods of this node whose namespace was not found yet.
+    pub missing: Vec<Ipv4Addr>,
+}
+
+impl Enrollment {
+    /// Enrolment for `node`.
+    pub fn new(node: String, discovery: NetnsDiscovery, redirect: Arc<Mutex<Redirect>>) -> Self {
+        Self { node, discovery, redirect }
+    }
+
+    fn scan(&self) -> HashMap<Ipv4Addr, u64> {
+        let mut found = HashMap::new();
+        let Ok(entries) = std::fs::read_dir(&self.discovery.dir) else { return found };
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            if !name.to_string_lossy().starts_with(&self.discovery.prefix) {
+                continue;
+            }
+            match netns_cookie_and_ipv4(&entry.path()) {
+                Ok((cookie, ips)) => found.extend(ips.into_iter().map(|ip| (ip, cookie))),
+                Err(error) => tracing::debug!(netns = ?name, %error, "cannot inspect network namespace"),
+            }
+        }
+        found
+    }
+
+    /// Enrols this node's mesh pods and releases the rest. Blocking (enters namespaces).
+    pub fn reconcile(&self, store: &ConfigStore) -> EnrollmentReport {
+        let Some(state) = store.load() else { return EnrollmentReport::default() };
+        let wanted: HashSet<Ipv4Addr> = state
+            .snapshot
+            .workloads
+            .iter()
+            .filter(|w| w.node == self.node && w.mesh_enabled)
+            .flat_map(|w| w.ips.iter())
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
+        let found = self.scan();
+        let wanted_cookies: HashSet<u64> = wanted.iter().filter_map(|ip| found.get(ip)).copied().collect();
+        let mut report = EnrollmentReport::default();
+        let mut redirect = self.redirect.lock().unwrap_or_else(|p| p.into_inner());
+        for cookie in redirect.enrolled().unwrap_or_default() {
+            if !wanted_cookies.contains(&cookie) {
+                if let Err(error) = redirect.release(cookie) {
+                    tracing::warn!(%error, "releasing a pod failed");
+                }
+            }
+        }
+        for ip in &wanted {
+            match found.get(ip) {
+                Some(cookie) => match redirect.enroll(*cookie) {
+                    Ok(()) => report.enrolled.push(*ip),
+                    Err(error) => tracing::warn!(pod = %ip, %error, "enrolling a pod failed"),
+                },
+                None => report.missing.push(*ip),
+            }
+        }
+        report.enrolled.sort();
+        report.missing.sort();
+        report
+    }
+}
+
+/// Exports the redirect programs' counters (read from their per-CPU map at scrape time).
+#[derive(Debug)]
+pub struct RedirectCollector {
+    redirect: Arc<Mutex<Redirect>>,
+}
+
+impl RedirectCollector {
+    /// Reads counters from `redirect`.
+    pub fn new(redirect: Arc<Mutex<Redirect>>) -> Self {
+        Self { redirect }
+    }
+}
+
+impl prometheus_client::collector::Collector for RedirectCollector {
+    fn encode(&self, mut encoder: prometheus_client::encoding::DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        let counters = match self.redirect.lock().unwrap_or_else(|p| p.into_inner()).counters() {
+            Ok(counters) => counters,
+            Err(error) => {
+                tracing::warn!(%error, "reading redirect counters");
+                return Ok(());
+            }
+        };
+        for (name, help, value) in [
+            ("redirect_captured", "Pod connections redirected to this proxy by eBPF", counters.captured),
+            (
+                "redirect_bypassed",
+                "Enrolled pods' connections left alone (loopback, the proxy itself)",
+                counters.bypassed,
+            ),
+            (
+                "redirect_errors",
+                "Connections refused because their original destination could not be kept",
+                counters.errors,
+            ),
+        ] {
+            let counter = ConstCounter::new(value);
+            let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
+            counter.encode(metric)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,184 @@
+//! The outbound listener: connections captured from the node's pods arrive here. Each is given
+//! its original destination, its protocol is detected, and it is served at L7 (HTTP/1.1, HTTP/2,
+//! gRPC) through the request stack, or forwarded as opaque TCP.
+
+use crate::body::ProxyBody;
+use crate::detect::{detect, Protocol};
+use crate::metrics::{Metrics, TcpLabels};
+use crate::original_dst::OriginalDst;
+use crate::rewind::Rewind;
+use crate::state::ConfigStore;
+use crate::svc::{
+    backend::Backend, context::ConnectionInfo, context::ResolveContext, filters::Filters, mirror::Mirror,
+    observe::Observe, retry::Retry, route::Route, timeout::RequestTimeout,
+};
+use crate::upstream::UpstreamProtocol;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use nodus_config::AppProtocol;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tower::Service;
+use tracing::Instrument;
+
+/// Settings of the outbound listener.
+#[derive(Clone, Debug)]
+pub struct OutboundSettings {
+    /// How long to wait for a client's first bytes before treating it as a server-speaks-first
+    /// protocol (opaque TCP).
+    pub detect_timeout: Duration,
+}
+
+impl Default for OutboundSettings {
+    fn default() -> Self {
+        Self { detect_timeout: Duration::from_secs(1) }
+    }
+}
+
+/// See the module docs.
+pub struct Outbound {
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    original_dst: Arc<dyn OriginalDst>,
+    settings: OutboundSettings,
+}
+
+impl Outbound {
+    /// The listener's shared state.
+    pub fn new(
+        store: Arc<ConfigStore>,
+        metrics: Arc<Metrics>,
+        original_dst: Arc<dyn OriginalDst>,
+        settings: OutboundSettings,
+    ) -> Self {
+        Self { store, metrics, original_dst, settings }
+    }
+
+    /// Accepts connections until the listener fails.
+    pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = listener.accept().await?;
+            let outbound = self.clone();
+            tokio::spawn(async move {
+                let span = tracing::debug_span!("outbound", %peer);
+                outbound.handle(stream, peer).instrument(span).await;
+            });
+        }
+    }
+
+    async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let _ = stream.set_nodelay(true);
+        let Ok(local) = stream.local_addr() else { return };
+        let Some(original_dst) = self.original_dst.lookup(peer, local) else {
+            tracing::debug!("connection was not captured by the redirect; closing");
+            return;
+        };
+        let state = self.store.load();
+        let destination = state.as_ref().and_then(|s| s.destination(original_dst).cloned());
+        let declared_tcp = destination.as_ref().is_some_and(|d| d.protocol == AppProtocol::Tcp);
+        let (protocol, prefix) = if declared_tcp {
+            (Protocol::Opaque, bytes::BytesMut::new())
+        } else {
+            match detect(&mut stream, self.settings.detect_timeout).await {
+                Ok(detected) => detected,
+                Err(error) => {
+                    tracing::debug!(%error, "connection failed during protocol detection");
+                    return;
+                }
+            }
+        };
+        let has_routes = destination.as_ref().is_some_and(|d| d.routes.as_ref().is_some_and(|r| !r.is_empty()));
+        match protocol {
+            // Known Services (or no config yet: the stack answers 503) are served at L7.
+            Protocol::Http1 | Protocol::Http2 if destination.is_some() || state.is_none() => {
+                let upstream =
+                    if protocol == Protocol::Http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
+                let connection = ConnectionInfo { peer, original_dst, protocol: upstream };
+                self.serve_http(Rewind::new(prefix.freeze(), stream), connection).await;
+            }
+            _ if state.is_none() => {
+                // Fail closed: policy may apply and cannot be known.
+                tracing::info!(%original_dst, "no config yet; refusing an opaque connection");
+            }
+            Protocol::Opaque if has_routes => {
+                // L7 routes apply but the bytes are not HTTP: refuse rather than bypass them.
+                tracing::info!(%original_dst, "non-HTTP traffic to a destination with L7 routes; refusing");
+            }
+            _ => {
+                let (target, label) = match &destination {
+                    Some(d) => match d.balancer.pick() {
+                        Some(endpoint) => (endpoint.addr, d.label.to_string()),
+                        None => {
+                            tracing::info!(destination = %d.label, "no endpoint for an opaque connection");
+                            return;
+                        }
+                    },
+                    None => (original_dst, "passthrough".to_owned()),
+                };
+                self.forward_tcp(stream, prefix.freeze(), target, label).await;
+            }
+        }
+    }
+
+    async fn serve_http(&self, io: Rewind<TcpStream>, connection: ConnectionInfo) {
+        let metrics = &self.metrics;
+        let labels =
+            TcpLabels { direction: "outbound", protocol: "http", destination: connection.original_dst.to_string() };
+        metrics.tcp_connections.get_or_create(&labels).inc();
+        metrics.tcp_open.get_or_create(&labels).inc();
+        let stack = Observe::new(
+            ResolveContext::new(
+                Route::new(Filters::new(Mirror::new(RequestTimeout::new(Retry::new(
+                    Backend::new(metrics.clone()),
+                    metrics.clone(),
+                ))))),
+                self.store.clone(),
+                connection,
+            ),
+            metrics.clone(),
+            "outbound",
+        );
+        let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
+            let mut stack = stack.clone();
+            stack.call(request.map(ProxyBody::Incoming))
+        });
+        let io = TokioIo::new(io);
+        let result = match connection.protocol {
+            UpstreamProtocol::Http1 => {
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await
+            }
+            UpstreamProtocol::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
+            }
+        };
+        if let Err(error) = result {
+            tracing::debug!(%error, "HTTP connection ended with an error");
+        }
+        metrics.tcp_open.get_or_create(&labels).dec();
+    }
+
+    async fn forward_tcp(&self, mut client: TcpStream, prefix: bytes::Bytes, target: SocketAddr, destination: String) {
+        let labels = TcpLabels { direction: "outbound", protocol: "opaque", destination };
+        let metrics = &self.metrics;
+        metrics.tcp_connections.get_or_create(&labels).inc();
+        let mut server = match TcpStream::connect(target).await {
+            Ok(server) => server,
+            Err(error) => {
+                tracing::info!(%target, %error, "opaque connection: endpoint unreachable");
+                return;
+            }
+        };
+        let _ = server.set_nodelay(true);
+        metrics.tcp_open.get_or_create(&labels).inc();
+        if server.write_all(&prefix).await.is_ok() {
+            if let Ok((from_client, from_server)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
+                metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_client + prefix.len() as u64);
+                metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_server);
+            }
+        }
+        metrics.tcp_open.get_or_create(&labels).dec();
+    }
+}
