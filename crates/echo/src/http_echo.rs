@@ -1,6 +1,6 @@
 //! The JSON answer to plain HTTP requests.
 
-use crate::server::EchoIdentity;
+use crate::server::{EchoState, SEEN_CAPACITY};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
@@ -16,6 +16,10 @@ pub const STATUS_HEADER: &str = "x-echo-status";
 pub const DELAY_HEADER: &str = "x-echo-delay-ms";
 /// Request header: `name:value` pairs, comma separated, to add to the response.
 pub const SET_HEADER_HEADER: &str = "x-echo-set-header";
+/// Request header: answer 503 if this names the answering pod (a failing replica on demand).
+pub const FAIL_POD_HEADER: &str = "x-echo-fail-pod";
+/// Path listing recent requests (`METHOD path` per line, JSON array), newest last.
+pub const SEEN_PATH: &str = "/.nodus-echo/seen";
 
 /// The longest delay a request may ask for, so a typo cannot park a connection for hours.
 const MAX_DELAY: Duration = Duration::from_secs(300);
@@ -54,10 +58,26 @@ impl EchoReport {
 
 pub(crate) async fn respond(
     request: Request<Incoming>,
-    identity: &EchoIdentity,
+    state: &EchoState,
     remote: SocketAddr,
 ) -> Response<tonic::body::Body> {
+    let identity = &state.identity;
     let (parts, body) = request.into_parts();
+    if parts.uri.path() == SEEN_PATH {
+        let seen: Vec<String> = state.seen.lock().unwrap_or_else(|p| p.into_inner()).iter().cloned().collect();
+        let mut response = Response::new(tonic::body::Body::new(Full::new(Bytes::from(
+            serde_json::to_vec(&seen).unwrap_or_default(),
+        ))));
+        response.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        return response;
+    }
+    {
+        let mut seen = state.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.len() == SEEN_CAPACITY {
+            seen.pop_front();
+        }
+        seen.push_back(format!("{} {}", parts.method, parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")));
+    }
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in &parts.headers {
         headers
@@ -89,7 +109,9 @@ pub(crate) async fn respond(
         body_bytes,
     };
 
+    let fail_here = report.header(FAIL_POD_HEADER).is_some_and(|pod| pod == identity.pod);
     let status = match report.header(STATUS_HEADER).map(str::parse::<u16>) {
+        _ if fail_here => StatusCode::SERVICE_UNAVAILABLE,
         None => StatusCode::OK,
         Some(Ok(code)) => match StatusCode::from_u16(code) {
             Ok(status) => status,

@@ -9,6 +9,9 @@
 //! - `x-echo-status: 503`: answer with that status.
 //! - `x-echo-delay-ms: 2000`: wait that long before answering.
 //! - `x-echo-set-header: name:value, other:value`: add response headers.
+//! - `x-echo-fail-pod: NAME`: answer 503 if this pod is NAME (one failing replica).
+//!
+//! `GET /.nodus-echo/seen` lists the last requests this pod received (mirror tests use it).
 
 mod client;
 mod grpc;
@@ -16,7 +19,7 @@ mod http_echo;
 mod server;
 
 pub use client::{h2c_get, http1_get, ClientError, HttpAnswer};
-pub use http_echo::{EchoReport, DELAY_HEADER, SET_HEADER_HEADER, STATUS_HEADER};
+pub use http_echo::{EchoReport, DELAY_HEADER, FAIL_POD_HEADER, SEEN_PATH, SET_HEADER_HEADER, STATUS_HEADER};
 pub use server::{serve, EchoIdentity};
 
 /// Generated gRPC types of `proto/echo.proto` (package `nodus.echo.v1`).

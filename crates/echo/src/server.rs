@@ -24,9 +24,20 @@ pub struct EchoIdentity {
     pub service: String,
 }
 
+/// What the server remembers across requests.
+#[derive(Debug, Default)]
+pub(crate) struct EchoState {
+    pub(crate) identity: EchoIdentity,
+    /// Recent request lines (`METHOD path`), newest last, for tests that check what arrived.
+    pub(crate) seen: std::sync::Mutex<std::collections::VecDeque<String>>,
+}
+
+/// How many recent requests `/.nodus-echo/seen` lists.
+pub(crate) const SEEN_CAPACITY: usize = 1000;
+
 /// Serves HTTP/1.1, h2c and gRPC on `listener` until the task is dropped or the listener fails.
 pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Result<()> {
-    let identity = Arc::new(identity);
+    let identity = Arc::new(EchoState { identity, seen: Default::default() });
     loop {
         let (stream, remote) = listener.accept().await?;
         let _ = stream.set_nodelay(true);
@@ -45,7 +56,7 @@ pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Re
 
 async fn handle(
     mut request: Request<Incoming>,
-    identity: Arc<EchoIdentity>,
+    identity: Arc<EchoState>,
     remote: SocketAddr,
 ) -> Result<http::Response<tonic::body::Body>, Infallible> {
     let is_grpc = request
@@ -56,7 +67,7 @@ async fn handle(
     if is_grpc {
         let info = CallInfo::from_request(&request, remote);
         request.extensions_mut().insert(info);
-        let mut grpc = EchoServer::new(EchoService::new(identity));
+        let mut grpc = EchoServer::new(EchoService::new(Arc::new(identity.identity.clone())));
         grpc.call(request).await
     } else {
         Ok(http_echo::respond(request, &identity, remote).await)

@@ -85,3 +85,13 @@ async fn grpc_calls_report_the_method_and_metadata() {
     assert_eq!(context.protocol, "HTTP/2.0");
     assert!(context.headers.iter().any(|h| h.name == "x-client" && h.value == "tonic"));
 }
+
+#[tokio::test]
+async fn fail_pod_header_fails_only_the_named_pod_and_seen_lists_requests() {
+    let addr = start_on_loopback().await;
+    assert_eq!(http1_get(addr, "h", "/a", &[("x-echo-fail-pod", "echo-v1-0")]).await.unwrap().status, 503);
+    assert_eq!(http1_get(addr, "h", "/b", &[("x-echo-fail-pod", "other-pod")]).await.unwrap().status, 200);
+    let seen: Vec<String> =
+        serde_json::from_slice(&http1_get(addr, "h", "/.nodus-echo/seen", &[]).await.unwrap().body).unwrap();
+    assert_eq!(seen, vec!["GET /a", "GET /b"]);
+}

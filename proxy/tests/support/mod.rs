@@ -23,6 +23,11 @@ pub struct Mesh {
 
 /// Services and workloads of the test mesh; routes are appended by each test.
 pub fn base_config(version: u64) -> String {
+    config_with_services(version, "")
+}
+
+/// The base config with more Services (YAML list items, indented by two spaces).
+pub fn config_with_services(version: u64, extra_services: &str) -> String {
     format!(
         r#"
 version: {version}
@@ -41,6 +46,7 @@ services:
     clusterIps: [{ECHO_V2}]
     ports: [{{ port: 80, targetPort: 8080 }}, {{ port: 9090, targetPort: 9090, appProtocol: grpc }}]
     endpoints: [{{ address: 10.244.1.3, node: node-1, workload: {{ namespace: demo, name: echo-v2 }} }}]
+{extra_services}
 workloads:
   - {{ id: {{ namespace: demo, name: client }}, node: node-1, ips: [10.244.1.2], owner: client, meshEnabled: true }}
   - {{ id: {{ namespace: demo, name: echo-v2 }}, node: node-1, ips: [10.244.1.3], owner: echo-v2, meshEnabled: true }}
@@ -57,6 +63,11 @@ pub fn write_config(path: &std::path::Path, text: &str) {
 }
 
 pub fn start(routes_yaml: &str, extra_proxy_args: &[&str]) -> Mesh {
+    start_with(&format!("{}{routes_yaml}", base_config(1)), extra_proxy_args)
+}
+
+/// Starts the mesh with a whole config text.
+pub fn start_with(config: &str, extra_proxy_args: &[&str]) -> Mesh {
     let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
     let client = lab.add_pod("node-1", "demo", "client").unwrap(); // 10.244.1.2
     let echo_v2 = lab.add_pod("node-1", "demo", "echo-v2").unwrap(); // 10.244.1.3
@@ -66,7 +77,7 @@ pub fn start(routes_yaml: &str, extra_proxy_args: &[&str]) -> Mesh {
     let echoes =
         vec![start_echo(&echo_v1, &echo, &[8080, 9090]).unwrap(), start_echo(&echo_v2, &echo, &[8080, 9090]).unwrap()];
     let config_path = lab.work_dir().unwrap().join("node-1.yaml");
-    write_config(&config_path, &format!("{}{routes_yaml}", base_config(1)));
+    write_config(&config_path, config);
     let node = lab.node("node-1").unwrap().clone();
     let proxy = lab
         .start_node_proxy(&node, env!("CARGO_BIN_EXE_nodus-proxy").as_ref(), &config_path, extra_proxy_args)
