@@ -5,6 +5,7 @@ response as JSON. Usage: grpc_client.py PROTO_DIR TARGET METHOD MESSAGE
 """
 import importlib
 import json
+import os
 import sys
 import tempfile
 
@@ -25,7 +26,7 @@ def main() -> int:
     with grpc.insecure_channel(target) as channel:
         stub = echo_pb2_grpc.EchoStub(channel)
         response = getattr(stub, method)(
-            echo_pb2.EchoRequest(message=message), metadata=[("x-client", "grpcio")], timeout=10
+            echo_pb2.EchoRequest(message=message), metadata=[("x-client", os.environ.get("NODUS_GRPC_CLIENT_NAME", "grpcio"))], timeout=10
         )
     ctx = response.context
     print(json.dumps({

@@ -24,6 +24,10 @@ pub const PROG_CONNECT4: &str = "nodus_connect4";
 pub const PROG_GETPEERNAME4: &str = "nodus_getpeername4";
 /// See [`PROG_CONNECT4`].
 pub const PROG_SOCK_OPS: &str = "nodus_sock_ops";
+/// IPv6 sockets dialling IPv4-mapped addresses (`::ffff:a.b.c.d`), as dual-stack clients do.
+pub const PROG_CONNECT6: &str = "nodus_connect6";
+/// See [`PROG_CONNECT6`].
+pub const PROG_GETPEERNAME6: &str = "nodus_getpeername6";
 
 /// Entries of the original-destination maps (LRU; entries are also removed when a socket closes).
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;

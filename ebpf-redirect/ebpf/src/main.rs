@@ -8,6 +8,9 @@
 //!   destination is indexed by it too, which is the peer address the proxy sees on accept(). The
 //!   entries are removed when the socket closes.
 //! - `cgroup/getpeername4`: the pod's application still sees the destination it dialled.
+//! - `cgroup/connect6` and `cgroup/getpeername6`: the same for IPv6 sockets dialling IPv4-mapped
+//!   addresses (`::ffff:a.b.c.d`), which dual-stack clients such as gRPC's C core use. Native
+//!   IPv6 destinations are not captured yet.
 //!
 //! The proxy's own sockets live in the node's namespace, which is never enrolled, so its
 //! upstream connections are not captured again.
@@ -28,6 +31,9 @@ use nodus_redirect_common::{
 };
 
 const SOCK_STREAM: u32 = 1;
+const AF_INET6: u32 = 10;
+/// `0000:ffff` in network byte order, as the third word of an IPv4-mapped IPv6 address.
+const V4_MAPPED_WORD: u32 = 0xffff_u32.to_be();
 const TCP_CLOSE: u32 = 7;
 /// connect() may proceed.
 const ALLOW: i32 = 1;
@@ -62,29 +68,34 @@ pub fn nodus_connect4(ctx: SockAddrContext) -> i32 {
     unsafe { try_connect4(&ctx) }
 }
 
-unsafe fn try_connect4(ctx: &SockAddrContext) -> i32 {
-    let sock_addr = ctx.sock_addr;
-    if (*sock_addr).type_ != SOCK_STREAM {
-        return ALLOW;
-    }
+/// What connect4/connect6 decided for a destination.
+enum Decision {
+    /// Leave the connection alone.
+    Pass,
+    /// Refuse connect() (the original destination could not be kept).
+    Refuse,
+    /// Rewrite the destination to the proxy.
+    Redirect(RedirectConfig),
+}
+
+/// The shared capture logic, for an IPv4 destination (plain or IPv4-mapped).
+unsafe fn decide(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Decision {
     let netns = bpf_get_netns_cookie(ctx.as_ptr());
     match NODUS_ENROLLED.get(&netns) {
         Some(enrollment) if enrollment.flags & ENROLL_OUTBOUND != 0 => {}
-        _ => return ALLOW,
+        _ => return Decision::Pass,
     }
     let Some(config) = NODUS_CONFIG.get(0) else {
-        return ALLOW;
+        return Decision::Pass;
     };
     if config.proxy_ip4 == 0 {
-        return ALLOW;
+        return Decision::Pass;
     }
-    let dst_ip4 = (*sock_addr).user_ip4;
-    let dst_port = (*sock_addr).user_port as u16;
     // First octet in network order is the lowest byte of the native little-endian u32.
     let is_loopback = (dst_ip4 & 0xff) == 127;
     if is_loopback || (dst_ip4 == config.proxy_ip4 && dst_port == config.proxy_port) {
         count(Counter::Bypassed);
-        return ALLOW;
+        return Decision::Pass;
     }
     let cookie = bpf_get_socket_cookie(ctx.as_ptr());
     let original = OriginalDst { ip4: dst_ip4, port: dst_port, _pad: 0 };
@@ -92,12 +103,63 @@ unsafe fn try_connect4(ctx: &SockAddrContext) -> i32 {
         // Without the original destination the proxy could not route or enforce policy: refuse
         // rather than let the connection bypass the mesh.
         count(Counter::Errors);
-        return REFUSE;
+        return Decision::Refuse;
     }
-    (*sock_addr).user_ip4 = config.proxy_ip4;
-    (*sock_addr).user_port = config.proxy_port as u32;
     count(Counter::Captured);
+    Decision::Redirect(*config)
+}
+
+#[cgroup_sock_addr(connect6)]
+pub fn nodus_connect6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: the kernel passes a valid bpf_sock_addr for the program's lifetime.
+    unsafe {
+        let sock_addr = ctx.sock_addr;
+        if (*sock_addr).type_ != SOCK_STREAM {
+            return ALLOW;
+        }
+        let ip6 = (*sock_addr).user_ip6;
+        if ip6[0] != 0 || ip6[1] != 0 || ip6[2] != V4_MAPPED_WORD {
+            return ALLOW;
+        }
+        match decide(&ctx, ip6[3], (*sock_addr).user_port as u16) {
+            Decision::Pass => ALLOW,
+            Decision::Refuse => REFUSE,
+            Decision::Redirect(config) => {
+                (*sock_addr).user_ip6[3] = config.proxy_ip4;
+                (*sock_addr).user_port = config.proxy_port as u32;
+                ALLOW
+            }
+        }
+    }
+}
+
+#[cgroup_sock_addr(getpeername6)]
+pub fn nodus_getpeername6(ctx: SockAddrContext) -> i32 {
+    // SAFETY: as in nodus_connect6.
+    unsafe {
+        let cookie = bpf_get_socket_cookie(ctx.as_ptr());
+        if let Some(original) = NODUS_ORIG_CK.get(&cookie) {
+            (*ctx.sock_addr).user_ip6 = [0, 0, V4_MAPPED_WORD, original.ip4];
+            (*ctx.sock_addr).user_port = original.port as u32;
+        }
+    }
     ALLOW
+}
+
+unsafe fn try_connect4(ctx: &SockAddrContext) -> i32 {
+    let sock_addr = ctx.sock_addr;
+    if (*sock_addr).type_ != SOCK_STREAM {
+        return ALLOW;
+    }
+    match decide(ctx, (*sock_addr).user_ip4, (*sock_addr).user_port as u16) {
+        Decision::Pass => ALLOW,
+        Decision::Refuse => REFUSE,
+        Decision::Redirect(config) => {
+            (*sock_addr).user_ip4 = config.proxy_ip4;
+            (*sock_addr).user_port = config.proxy_port as u32;
+            ALLOW
+        }
+    }
 }
 
 #[cgroup_sock_addr(getpeername4)]
@@ -124,8 +186,17 @@ pub fn nodus_sock_ops(ctx: SockOpsContext) -> u32 {
 }
 
 fn peer_key(ctx: &SockOpsContext) -> PeerKey {
+    // An IPv6 socket connected to an IPv4-mapped address reaches the proxy's IPv4 listener
+    // from the IPv4 part of its local address.
+    // Both fields are read with fixed offsets before choosing: the verifier rejects a context
+    // load whose offset the compiler computed at run time.
+    // SAFETY: ctx.ops is the kernel's valid bpf_sock_ops for this program run.
+    let (v4, v6) = unsafe {
+        (core::ptr::read_volatile(&(*ctx.ops).local_ip4), core::ptr::read_volatile(&(*ctx.ops).local_ip6[3]))
+    };
+    let ip4 = if ctx.family() == AF_INET6 { v6 } else { v4 };
     // local_port is in host byte order in bpf_sock_ops, unlike the other port fields.
-    PeerKey { ip4: ctx.local_ip4(), port: (ctx.local_port() as u16).to_be(), _pad: 0 }
+    PeerKey { ip4, port: (ctx.local_port() as u16).to_be(), _pad: 0 }
 }
 
 fn on_established(ctx: &SockOpsContext) {

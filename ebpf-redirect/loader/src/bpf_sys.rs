@@ -20,7 +20,9 @@ const BPF_LINK_UPDATE: libc::c_long = 29;
 pub(crate) enum AttachType {
     CgroupSockOps = 3,
     CgroupInet4Connect = 10,
+    CgroupInet6Connect = 11,
     CgroupInet4Getpeername = 29,
+    CgroupInet6Getpeername = 30,
 }
 
 /// `union bpf_attr` is 144 bytes on current kernels; unused bytes must be zero.

@@ -18,7 +18,7 @@ use aya::{Ebpf, EbpfLoader};
 use bpf_sys::AttachType;
 use nodus_redirect_common::{
     Counter, Enrollment, OriginalDst, PeerKey, RedirectConfig, ENROLL_OUTBOUND, MAP_CONFIG, MAP_COUNTERS, MAP_ENROLLED,
-    MAP_ORIG_BY_PEER, PROG_CONNECT4, PROG_GETPEERNAME4, PROG_SOCK_OPS,
+    MAP_ORIG_BY_PEER, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SOCK_OPS,
 };
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -140,9 +140,11 @@ impl std::fmt::Debug for Redirect {
     }
 }
 
-const LINKS: [(&str, AttachType); 3] = [
+const LINKS: [(&str, AttachType); 5] = [
     (PROG_CONNECT4, AttachType::CgroupInet4Connect),
+    (PROG_CONNECT6, AttachType::CgroupInet6Connect),
     (PROG_GETPEERNAME4, AttachType::CgroupInet4Getpeername),
+    (PROG_GETPEERNAME6, AttachType::CgroupInet6Getpeername),
     (PROG_SOCK_OPS, AttachType::CgroupSockOps),
 ];
 

@@ -20,11 +20,27 @@ reply = s.recv(100).decode()
 print(json.dumps({"peer": "%s:%d" % s.getpeername(), "reply": reply}))
 "#;
 
+/// The same from a dual-stack IPv6 socket dialling the IPv4-mapped address, as gRPC's C core does.
+const CLIENT_V4_MAPPED: &str = r#"
+import json, socket, sys
+s = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+s.settimeout(5)
+s.connect(("::ffff:" + sys.argv[1], int(sys.argv[2])))
+s.sendall(b"hello")
+reply = s.recv(100).decode()
+peer = s.getpeername()
+print(json.dumps({"peer": "%s:%d" % (peer[0].replace("::ffff:", ""), peer[1]), "reply": reply}))
+"#;
+
 fn run_client(pod: &Pod, target: SocketAddrV4) -> serde_json::Value {
+    run_script(pod, CLIENT, target)
+}
+
+fn run_script(pod: &Pod, script: &str, target: SocketAddrV4) -> serde_json::Value {
     let out = pod
         .command("python3")
         .unwrap()
-        .args(["-c", CLIENT, &target.ip().to_string(), &target.port().to_string()])
+        .args(["-c", script, &target.ip().to_string(), &target.port().to_string()])
         .output()
         .unwrap();
     assert!(out.status.success(), "client failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -105,6 +121,29 @@ fn enrolled_pod_is_captured_with_its_original_destination_and_others_are_not() {
 
     let counters = redirect.counters().unwrap();
     assert_eq!((counters.captured, counters.errors), (1, 0), "{counters:?}");
+}
+
+#[test]
+fn dual_stack_sockets_dialling_ipv4_mapped_addresses_are_captured_too() {
+    skip_unless_lab_supported!();
+    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+    let client = lab.add_pod("node-1", "mesh", "client").unwrap();
+    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
+    let node1 = lab.node("node-1").unwrap().clone();
+    let mut redirect = Redirect::attach(&spec(&node1)).unwrap();
+    redirect.enroll(netns_cookie_of(&client.netns().path()).unwrap()).unwrap();
+    let redirect = std::sync::Arc::new(redirect);
+    let proxy = listen(node1.netns(), SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
+    let lookup = {
+        let redirect = redirect.clone();
+        move |peer| redirect.original_dst(peer).unwrap()
+    };
+    let proxy_thread = serve(proxy, "proxy", 1, lookup);
+    let target = SocketAddrV4::new(server.ip, 8080);
+    let captured = run_script(&client, CLIENT_V4_MAPPED, target);
+    assert_eq!(captured["reply"], format!("proxy original={target}"));
+    assert_eq!(captured["peer"], target.to_string(), "getpeername6 restores the mapped original");
+    proxy_thread.join().unwrap();
 }
 
 #[test]
