@@ -86,6 +86,23 @@ impl Balancer {
         self.endpoints.load_full()
     }
 
+    /// Like [`Balancer::pick`], but avoiding endpoints this request already tried (retries go
+    /// elsewhere when anywhere else is available).
+    pub fn pick_avoiding(&self, tried: &[std::net::SocketAddr]) -> Option<Arc<Endpoint>> {
+        let first = self.pick()?;
+        if tried.is_empty() || !tried.contains(&first.addr) {
+            return Some(first);
+        }
+        let now = now_ms();
+        let endpoints = self.endpoints.load();
+        let other = endpoints
+            .iter()
+            .filter(|e| !tried.contains(&e.addr) && e.available(now))
+            .min_by(|x, y| x.cost().total_cmp(&y.cost()))
+            .cloned();
+        Some(other.unwrap_or(first))
+    }
+
     /// Picks an endpoint: two at random, the one with the lower expected cost; ejected
     /// endpoints are skipped unless every endpoint is ejected (then trying one beats failing
     /// every request).

@@ -122,3 +122,14 @@ fn updates_keep_the_state_of_endpoints_that_stay() {
     assert!(!kept.available(now_ms()), "still ejected after the update");
     assert!(b.endpoints().iter().all(|e| e.addr.port() != 2), "removed endpoints are gone");
 }
+
+#[test]
+fn retries_avoid_endpoints_already_tried() {
+    let b = balancer(&[1, 2, 3], OutlierPolicy::default());
+    let tried = [SocketAddr::from(([10, 0, 0, 1], 1)), SocketAddr::from(([10, 0, 0, 1], 2))];
+    for _ in 0..100 {
+        assert_eq!(b.pick_avoiding(&tried).unwrap().addr.port(), 3);
+    }
+    let all: Vec<_> = (1..=3).map(|p| SocketAddr::from(([10, 0, 0, 1], p))).collect();
+    assert!(b.pick_avoiding(&all).is_some(), "with nowhere else to go, an endpoint is still picked");
+}

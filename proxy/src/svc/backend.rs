@@ -3,7 +3,7 @@
 //! and feeds the outcome back to the balancer. Upgrades (WebSocket) are relayed byte for byte once
 //! the endpoint answers 101.
 
-use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision};
+use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, TriedEndpoints};
 use crate::balance::Outcome;
 use crate::errors::ProxyError;
 use crate::metrics::{BackendLabels, Metrics};
@@ -100,8 +100,17 @@ impl Service<ProxyRequest> for Backend {
             strip_hop_by_hop(request.headers_mut(), upgrade);
             let downstream_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
 
-            let endpoint =
-                balancer.pick().ok_or_else(|| ProxyError::NoEndpoints { backend: backend.label.to_string() })?;
+            let tried = request.extensions_mut().remove::<TriedEndpoints>();
+            let endpoint = match &tried {
+                None => balancer.pick(),
+                Some(tried) => {
+                    let mut tried = tried.0.lock().unwrap_or_else(|p| p.into_inner());
+                    let endpoint = balancer.pick_avoiding(&tried);
+                    tried.extend(endpoint.as_ref().map(|e| e.addr));
+                    endpoint
+                }
+            }
+            .ok_or_else(|| ProxyError::NoEndpoints { backend: backend.label.to_string() })?;
             let guard = endpoint.start();
             let send = endpoint.pool.send(request, context.protocol);
             let result = match rule.backend_timeout {

@@ -65,6 +65,11 @@ pub struct RouteDecision {
     pub matched_prefix: Option<Arc<str>>,
 }
 
+/// Endpoints earlier attempts of this request used; the retry layer shares it with the backend
+/// layer so that retries go to other endpoints.
+#[derive(Clone, Debug, Default)]
+pub struct TriedEndpoints(pub Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>);
+
 /// The backend label the backend layer chose, passed back in response extensions.
 #[derive(Clone, Debug)]
 pub struct BackendLabel(pub Arc<str>);

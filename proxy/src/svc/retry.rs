@@ -4,7 +4,7 @@
 //! load in an outage. Bodies up to [`MAX_RETRIED_BODY`] are buffered to be sent again; larger
 //! requests get one attempt.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision};
+use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, TriedEndpoints};
 use crate::body::{buffer_up_to, ProxyBody};
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RetryLabels};
@@ -88,6 +88,7 @@ where
                 Err(error) => return Err(ProxyError::RequestBody(error.to_string())),
             };
             let context = parts.extensions.get::<RequestContext>().cloned();
+            let tried = TriedEndpoints::default();
             let attempt_request = |body: ProxyBody| {
                 let mut attempt = Request::new(body);
                 *attempt.method_mut() = parts.method.clone();
@@ -98,6 +99,7 @@ where
                     attempt.extensions_mut().insert(context.clone());
                 }
                 attempt.extensions_mut().insert(decision.clone());
+                attempt.extensions_mut().insert(tried.clone());
                 attempt
             };
             let labels = |outcome| RetryLabels {
