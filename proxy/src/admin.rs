@@ -1,4 +1,4 @@
-//! The admin port: `/metrics` (OpenMetrics), `/ready`, `/live`, `/config_dump` (the snapshot in
+//! The admin port: `/metrics` (OpenMetrics when asked for, else Prometheus text 0.0.4), `/ready`, `/live`, `/config_dump` (the snapshot in
 //! force, as JSON). It never serves keys or secrets.
 
 use crate::metrics::Metrics;
@@ -26,7 +26,18 @@ async fn handle(
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     Ok(match request.uri().path() {
         "/metrics" => {
-            answer(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+            // Prometheus asks for OpenMetrics; curl and promtool get the classic text format.
+            let wants_openmetrics = request
+                .headers()
+                .get(http::header::ACCEPT)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.contains("application/openmetrics-text"));
+            if wants_openmetrics {
+                answer(StatusCode::OK, "application/openmetrics-text; version=1.0.0; charset=utf-8", metrics.encode())
+            } else {
+                let text = crate::metrics::openmetrics_to_prometheus_text(&metrics.encode());
+                answer(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
+            }
         }
         "/live" => answer(StatusCode::OK, "text/plain", "live\n"),
         "/ready" => match store.load() {

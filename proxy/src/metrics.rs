@@ -202,6 +202,34 @@ impl Metrics {
     }
 }
 
+/// Rewrites an OpenMetrics exposition as Prometheus text format 0.0.4 (for clients that do not
+/// ask for OpenMetrics: curl, promtool, older scrapers): counters' HELP and TYPE carry the
+/// `_total` sample name, `# UNIT` and `# EOF` lines go.
+pub fn openmetrics_to_prometheus_text(openmetrics: &str) -> String {
+    let counters: std::collections::HashSet<&str> = openmetrics
+        .lines()
+        .filter_map(|line| line.strip_prefix("# TYPE "))
+        .filter_map(|rest| rest.strip_suffix(" counter"))
+        .collect();
+    let mut out = String::with_capacity(openmetrics.len());
+    for line in openmetrics.lines() {
+        if line == "# EOF" || line.starts_with("# UNIT ") {
+            continue;
+        }
+        let renamed = ["# HELP ", "# TYPE "].iter().find_map(|prefix| {
+            let rest = line.strip_prefix(prefix)?;
+            let (name, tail) = rest.split_once(' ')?;
+            counters.contains(name).then(|| format!("{prefix}{name}_total {tail}"))
+        });
+        match renamed {
+            Some(line) => out.push_str(&line),
+            None => out.push_str(line),
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// Methods as bounded label values.
 pub fn method_label(method: &http::Method) -> &'static str {
     match *method {
@@ -270,5 +298,20 @@ impl Drop for ResponseObserver {
     fn drop(&mut self) {
         // Answers cut short (client went away) are still counted.
         self.finish(None);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn openmetrics_counters_become_prometheus_text_counters() {
+        let om = "# HELP nodus_requests Requests.\n# TYPE nodus_requests counter\nnodus_requests_total{a=\"b\"} 3\n# HELP nodus_config_version Version.\n# TYPE nodus_config_version gauge\nnodus_config_version 7\n# EOF\n";
+        let text = openmetrics_to_prometheus_text(om);
+        assert_eq!(
+            text,
+            "# HELP nodus_requests_total Requests.\n# TYPE nodus_requests_total counter\nnodus_requests_total{a=\"b\"} 3\n# HELP nodus_config_version Version.\n# TYPE nodus_config_version gauge\nnodus_config_version 7\n"
+        );
     }
 }

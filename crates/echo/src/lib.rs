@@ -11,6 +11,8 @@
 //! - `x-echo-set-header: name:value, other:value`: add response headers.
 //! - `x-echo-fail-pod: NAME`: answer 503 if this pod is NAME (one failing replica).
 //!
+//! `Upgrade: nodus-echo` switches the connection to a raw byte echo (WebSocket-like).
+//!
 //! `GET /.nodus-echo/seen` lists the last requests this pod received (mirror tests use it).
 
 mod client;
@@ -20,7 +22,7 @@ mod server;
 
 pub use client::{h2c_get, http1_get, ClientError, HttpAnswer};
 pub use http_echo::{EchoReport, DELAY_HEADER, FAIL_POD_HEADER, SEEN_PATH, SET_HEADER_HEADER, STATUS_HEADER};
-pub use server::{serve, EchoIdentity};
+pub use server::{serve, EchoIdentity, UPGRADE_PROTOCOL};
 
 /// Generated gRPC types of `proto/echo.proto` (package `nodus.echo.v1`).
 #[allow(missing_docs, clippy::all)]

@@ -32,6 +32,9 @@ pub(crate) struct EchoState {
     pub(crate) seen: std::sync::Mutex<std::collections::VecDeque<String>>,
 }
 
+/// `Upgrade:` protocol name the echo server accepts; the upgraded connection echoes bytes.
+pub const UPGRADE_PROTOCOL: &str = "nodus-echo";
+
 /// How many recent requests `/.nodus-echo/seen` lists.
 pub(crate) const SEEN_CAPACITY: usize = 1000;
 
@@ -64,6 +67,25 @@ async fn handle(
         .get(http::header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("application/grpc"));
+    let wants_upgrade = request
+        .headers()
+        .get(http::header::UPGRADE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(UPGRADE_PROTOCOL.as_bytes()));
+    if wants_upgrade {
+        // An upgraded connection echoes raw bytes back: proxies must relay it both ways.
+        let upgrade = hyper::upgrade::on(&mut request);
+        tokio::spawn(async move {
+            if let Ok(upgraded) = upgrade.await {
+                let (mut reader, mut writer) = tokio::io::split(TokioIo::new(upgraded));
+                let _ = tokio::io::copy(&mut reader, &mut writer).await;
+            }
+        });
+        let mut response = http::Response::new(tonic::body::Body::empty());
+        *response.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+        response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("upgrade"));
+        response.headers_mut().insert(http::header::UPGRADE, http::HeaderValue::from_static(UPGRADE_PROTOCOL));
+        return Ok(response);
+    }
     if is_grpc {
         let info = CallInfo::from_request(&request, remote);
         request.extensions_mut().insert(info);
