@@ -1,20 +1,21 @@
 //! `nodusctl demo`: the local mesh on one machine.
 //!
-//! Builds a two-node lab (network namespaces, veths, cgroups), runs the echo workload in pods on
-//! both nodes, and drives HTTP/1.1, h2c and gRPC traffic from a client pod, reporting per
-//! destination what answered, success rate, rate and latency. Everything is torn down on Ctrl-C,
-//! SIGTERM, after `--duration`, or if anything fails.
+//! Builds a two-node lab (network namespaces, veths, cgroups), starts a real node proxy on each
+//! node with the real eBPF redirect, runs the echo workload in pods on both nodes, and drives
+//! HTTP and gRPC traffic from client processes in a client pod — captured by eBPF like any
+//! application. Routes come from a config snapshot file (`examples/local-mesh/snapshot.yaml`,
+//! copied so it can be edited live). It reports, per interval, which pods answered, success rate,
+//! rate and latency as the clients saw them, and per route what the node proxy's own metrics say.
+//! Everything is torn down on Ctrl-C, SIGTERM, after `--duration`, or if anything fails.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nodus_echo::proto::{echo_client::EchoClient, EchoRequest};
-use nodus_harness::{Lab, LabSpec, Pod, Process};
+use nodus_harness::{metric_value, start_echo, Lab, LabSpec, NodeProxy, Process};
 use std::collections::BTreeMap;
-use std::io::Write;
-use std::net::SocketAddr;
-use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::process::{ExitCode, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 /// Options of `nodusctl demo`.
@@ -26,31 +27,26 @@ pub struct DemoArgs {
     /// Time between reports.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     interval: Duration,
-    /// Requests per second the client sends, over all destinations and protocols.
-    #[arg(long, default_value_t = 60)]
+    /// Requests per second of each client (one HTTP, one gRPC).
+    #[arg(long, default_value_t = 50)]
     rate: u32,
+    /// The config snapshot to serve and watch (default: a copy of the example, whose path is
+    /// printed so you can edit it while the demo runs).
+    #[arg(long)]
+    config: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     nodus_config::parse_gateway_duration(text)
 }
 
-const ECHO_PORT: u16 = 8080;
-const PROTOCOLS: [&str; 3] = ["HTTP/1.1", "HTTP/2", "gRPC"];
+/// The example snapshot, built into the binary so the demo runs from any directory.
+const EXAMPLE_SNAPSHOT: &str = include_str!("../../examples/local-mesh/snapshot.yaml");
 
-/// Where the demo's pods go: (node, namespace, name, runs the echo server).
+/// Pods, in creation order (their IPs are fixed by it): (node, namespace, name, echo server).
 const PODS: [(&str, &str, &str, bool); 3] =
-    [("node-1", "demo", "client", false), ("node-2", "demo", "echo-v1", true), ("node-1", "demo", "echo-v2", true)];
-
-#[derive(Default)]
-struct Window {
-    requests: u64,
-    ok: u64,
-    latencies: Vec<Duration>,
-}
-
-/// Per (destination pod, protocol) statistics since the last report.
-type Stats = Arc<Mutex<BTreeMap<(String, &'static str), Window>>>;
+    [("node-1", "demo", "client", false), ("node-1", "demo", "echo-v2-0", true), ("node-2", "demo", "echo-v1-0", true)];
+const ECHO_SERVICE: &str = "10.96.0.10";
 
 fn step(text: &str) -> Instant {
     print!("  {text} ... ");
@@ -62,6 +58,29 @@ fn done(started: Instant) {
     println!("done ({} ms)", started.elapsed().as_millis());
 }
 
+/// Finds a binary built next to this one (`cargo build` puts workspace binaries together).
+fn sibling_binary(name: &str) -> Result<PathBuf> {
+    let me = std::env::current_exe().context("locating nodusctl")?;
+    let path = me.with_file_name(name);
+    if !path.exists() {
+        bail!(
+            "{} not found next to nodusctl: build it with `cargo build -p nodus-proxy -p nodus-echo`",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// One client's summary line (see `nodus-echo-client`).
+#[derive(serde::Deserialize, Debug, Default)]
+struct Summary {
+    requests: u64,
+    ok: u64,
+    by_pod: BTreeMap<String, u64>,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.rate == 0 {
         bail!("--rate must be at least 1");
@@ -69,8 +88,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if let Some(reason) = nodus_harness::check_support().err() {
         bail!("the local mesh cannot run here: {reason}");
     }
+    let proxy_binary = sibling_binary("nodus-proxy")?;
+    let echo_binary = sibling_binary("nodus-echo")?;
+    let client_binary = sibling_binary("nodus-echo-client")?;
+
     println!("Nodus local mesh");
-    let started = step("[1/3] building the lab: 2 nodes, 3 pods");
+    let started = step("[1/4] building the lab: 2 nodes, 3 pods");
     let mut lab = Lab::new(LabSpec { nodes: 2 }).context("building the lab")?;
     let mut pods = Vec::new();
     for (node, namespace, name, _) in PODS {
@@ -86,226 +109,228 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         println!("        {} ({})  {}", node.name, node.ip, here.join(", "));
     }
 
-    let started = step("[2/3] starting the echo workload in its pods");
-    let echo_binary = sibling_binary("nodus-echo")?;
-    let mut servers: Vec<Process> = Vec::new();
-    let mut targets: Vec<Pod> = Vec::new();
-    for (pod, (_, _, _, is_server)) in pods.iter().zip(PODS) {
-        if !is_server {
-            continue;
+    let config_path = match &args.config {
+        Some(path) => path.clone(),
+        None => {
+            let path = lab.work_dir()?.join("snapshot.yaml");
+            std::fs::write(&path, EXAMPLE_SNAPSHOT).with_context(|| format!("writing {}", path.display()))?;
+            path
         }
-        let mut command = pod.command(&echo_binary)?;
-        command.args(["--listen", &format!("0.0.0.0:{ECHO_PORT}"), "--pod", &pod.name, "--namespace", &pod.namespace]);
-        let mut process = Process::spawn(format!("nodus-echo in {}", pod.name), command)?;
-        process.wait_for_line("nodus-echo listening on", Duration::from_secs(10))?;
-        servers.push(process);
-        targets.push(pod.clone());
+    };
+    let started = step("[2/4] starting a node proxy with the eBPF redirect on each node");
+    let mut proxies: Vec<NodeProxy> = Vec::new();
+    for node in lab.nodes() {
+        proxies.push(
+            lab.start_node_proxy(node, &proxy_binary, &config_path, &[])
+                .with_context(|| format!("proxy on {}", node.name))?,
+        );
+    }
+    // Mesh pods are captured once their proxy has found them.
+    proxies[0].wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15))?;
+    done(started);
+
+    let started = step("[3/4] starting the echo workload (HTTP/1.1, HTTP/2, gRPC) in its pods");
+    let mut servers: Vec<Process> = Vec::new();
+    for (pod, (_, _, _, is_server)) in pods.iter().zip(PODS) {
+        if is_server {
+            servers.push(start_echo(pod, &echo_binary, &[8080, 9090])?);
+        }
     }
     done(started);
 
-    let client = pods[0].clone();
+    let client = &pods[0];
     println!(
-        "  [3/3] traffic from {}/{} on {}: {} req/s, round robin over {} destinations x {}",
-        client.namespace,
-        client.name,
-        client.node,
-        args.rate,
-        targets.len(),
-        PROTOCOLS.join(", ")
+        "  [4/4] traffic from {}/{} on {} to Service demo/echo ({ECHO_SERVICE}), {} req/s per client",
+        client.namespace, client.name, client.node, args.rate
     );
-    println!("        path: direct pod to pod across the lab network (the node proxy is not in the path yet)");
-    let stats: Stats = Arc::default();
-    let stop = Arc::new(AtomicBool::new(false));
-    let traffic = {
-        let (stats, stop, targets) = (stats.clone(), stop.clone(), targets.clone());
-        let pace = Duration::from_secs_f64(1.0 / f64::from(args.rate));
-        std::thread::spawn(move || {
-            client.netns().run(move || drive_traffic(targets, pace, stats, stop)).map_err(anyhow::Error::from)?
-        })
-    };
+    println!("        HTTP:  HTTPRoute demo/echo-split (weights v1 80 / v2 20)");
+    println!("        gRPC:  GRPCRoute demo/echo-by-method (EchoTwo -> v2, rest -> v1), method alternating");
+    println!(
+        "        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod (same node, or node-2 over the lab network)"
+    );
+    println!("        mTLS:  not yet between nodes (plaintext); arrives with workload identities");
+    println!("        edit   {}   to shift the split live", config_path.display());
 
-    let totals = report_until_stopped(&args, &stats, &traffic)?;
-    stop.store(true, Ordering::SeqCst);
-    match traffic.join() {
-        Ok(result) => result.context("traffic generator")?,
-        Err(_) => bail!("the traffic generator panicked"),
+    let duration_secs = args.duration.map_or(86_400.0, |d| d.as_secs_f64());
+    let report_every = args.interval.as_secs_f64().to_string();
+    let rate = args.rate.to_string();
+    let duration = duration_secs.to_string();
+    let streams: [(&str, Vec<&str>); 3] = [
+        ("HTTP/1.1", vec!["--protocol", "h1", "--host", "echo.demo.svc"]),
+        ("gRPC Echo", vec!["--protocol", "grpc", "--grpc-method", "Echo"]),
+        ("gRPC EchoTwo", vec!["--protocol", "grpc", "--grpc-method", "EchoTwo"]),
+    ];
+    let (tx, rx) = mpsc::channel::<(usize, Summary)>();
+    let mut clients = Vec::new();
+    for (index, (_, extra)) in streams.iter().enumerate() {
+        let port = if index == 0 { "80" } else { "9090" };
+        let target = format!("{ECHO_SERVICE}:{port}");
+        let mut command = client.command(&client_binary)?;
+        command
+            .args(["--target", &target, "--duration-secs", &duration, "--report-every", &report_every, "--rate", &rate])
+            .args(extra)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null());
+        let mut child = command.spawn().context("starting a client in the client pod")?;
+        let stdout = child.stdout.take().context("client stdout")?;
+        let tx = tx.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
+                if let Ok(summary) = serde_json::from_str::<Summary>(&line) {
+                    let _ = tx.send((index, summary));
+                }
+            }
+        });
+        clients.push(child);
+    }
+    drop(tx);
+
+    let totals = report(&args, &rx, &streams.iter().map(|(n, _)| *n).collect::<Vec<_>>(), &proxies[0])?;
+    for mut child in clients {
+        let _ = child.kill();
+        let _ = child.wait();
     }
     drop(servers);
+    drop(proxies);
     lab.teardown().context("tearing down the lab")?;
     println!(
-        "\n  {} requests, {} answered by the pod they were sent to ({:.2}%); lab torn down.",
+        "\n  {} requests, {} succeeded ({:.2}%); lab torn down.",
         totals.0,
         totals.1,
-        percent(totals.1, totals.0)
+        if totals.0 == 0 { 0.0 } else { 100.0 * totals.1 as f64 / totals.0 as f64 }
     );
     Ok(if totals.1 > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Finds a binary built next to this one (`cargo build` puts workspace binaries together).
-fn sibling_binary(name: &str) -> Result<std::path::PathBuf> {
-    let me = std::env::current_exe().context("locating nodusctl")?;
-    let path = me.with_file_name(name);
-    if !path.exists() {
-        bail!("{} not found next to nodusctl: build it with `cargo build -p {name}`", path.display());
-    }
-    Ok(path)
-}
-
-/// Prints a report every interval until Ctrl-C, SIGTERM or the duration. Returns the totals
-/// (requests, correct answers).
-fn report_until_stopped(
+/// Prints client summaries and proxy route metrics each interval until stopped.
+fn report(
     args: &DemoArgs,
-    stats: &Stats,
-    traffic: &std::thread::JoinHandle<Result<()>>,
+    rx: &mpsc::Receiver<(usize, Summary)>,
+    names: &[&str],
+    proxy: &NodeProxy,
 ) -> Result<(u64, u64)> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async {
-        let start = Instant::now();
-        let mut totals = (0u64, 0u64);
-        let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + args.interval, args.interval);
-        let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        let deadline = async {
-            match args.duration {
-                Some(duration) => tokio::time::sleep(duration).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::pin!(deadline);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => {
-                    let (requests, ok) = print_report(start.elapsed(), args.interval, stats);
-                    totals = (totals.0 + requests, totals.1 + ok);
-                    if traffic.is_finished() {
-                        println!("  the traffic generator stopped early");
-                        break;
-                    }
-                }
-                _ = tokio::signal::ctrl_c() => { println!("\n  Ctrl-C: stopping"); break; }
-                _ = terminate.recv() => { println!("\n  SIGTERM: stopping"); break; }
-                _ = &mut deadline => {
-                    let (requests, ok) = print_report(start.elapsed(), args.interval, stats);
-                    totals = (totals.0 + requests, totals.1 + ok);
-                    break;
-                }
-            }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    for signal in [signal_hook_like::SIGINT, signal_hook_like::SIGTERM] {
+        signal_hook_like::register(signal, stop.clone())?;
+    }
+    let started = Instant::now();
+    let deadline = args.duration.map(|d| started + d + Duration::from_millis(500));
+    let mut totals = (0u64, 0u64);
+    let mut window: BTreeMap<usize, Summary> = BTreeMap::new();
+    let mut last_print = Instant::now();
+    let mut previous_routes = BTreeMap::new();
+    loop {
+        if stop.load(std::sync::atomic::Ordering::SeqCst) {
+            println!("\n  stopping");
+            break;
         }
-        Ok(totals)
-    })
+        match rx.recv_timeout(Duration::from_millis(100)) {
+            Ok((index, summary)) => {
+                totals.0 += summary.requests;
+                totals.1 += summary.ok;
+                window.insert(index, summary);
+            }
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(mpsc::RecvTimeoutError::Timeout) => {}
+        }
+        let expired = deadline.is_some_and(|d| Instant::now() >= d);
+        if window.len() == names.len()
+            || (expired && !window.is_empty())
+            || last_print.elapsed() > args.interval * 2 && !window.is_empty()
+        {
+            print_window(started.elapsed(), args.interval, names, &std::mem::take(&mut window));
+            print_routes(proxy, &mut previous_routes);
+            last_print = Instant::now();
+        }
+        if expired {
+            break;
+        }
+    }
+    Ok(totals)
 }
 
-fn percent(part: u64, whole: u64) -> f64 {
-    if whole == 0 {
-        0.0
-    } else {
-        100.0 * part as f64 / whole as f64
-    }
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn print_report(elapsed: Duration, interval: Duration, stats: &Stats) -> (u64, u64) {
-    let window = std::mem::take(&mut *stats.lock().unwrap_or_else(|p| p.into_inner()));
-    if window.is_empty() {
-        return (0, 0);
-    }
+fn print_window(elapsed: Duration, interval: Duration, names: &[&str], window: &BTreeMap<usize, Summary>) {
     println!(
-        "\n  t={:>4.0}s  {:<22} {:<9} {:>6} {:>8} {:>7} {:>9} {:>9}",
+        "\n  t={:>4.0}s  {:<14} {:>6} {:>8} {:>7} {:>9} {:>9}   ANSWERED BY",
         elapsed.as_secs_f64(),
-        "DESTINATION",
-        "PROTOCOL",
+        "CLIENT",
         "REQS",
         "SUCCESS",
         "RPS",
         "P50",
         "P99"
     );
-    let (mut requests, mut ok) = (0, 0);
-    for ((destination, protocol), mut w) in window {
-        w.latencies.sort();
+    for (index, s) in window {
+        let split: Vec<String> = s
+            .by_pod
+            .iter()
+            .map(|(pod, n)| format!("{pod} {:.0}%", 100.0 * *n as f64 / s.requests.max(1) as f64))
+            .collect();
         println!(
-            "          {:<22} {:<9} {:>6} {:>7.1}% {:>7.1} {:>7.2}ms {:>7.2}ms",
-            destination,
-            protocol,
-            w.requests,
-            percent(w.ok, w.requests),
-            w.requests as f64 / interval.as_secs_f64(),
-            percentile(&w.latencies, 50.0).as_secs_f64() * 1e3,
-            percentile(&w.latencies, 99.0).as_secs_f64() * 1e3,
+            "          {:<14} {:>6} {:>7.1}% {:>7.1} {:>7.2}ms {:>7.2}ms   {}",
+            names.get(*index).copied().unwrap_or("?"),
+            s.requests,
+            100.0 * s.ok as f64 / s.requests.max(1) as f64,
+            s.requests as f64 / interval.as_secs_f64(),
+            s.p50_ms,
+            s.p99_ms,
+            split.join(", ")
         );
-        requests += w.requests;
-        ok += w.ok;
     }
-    (requests, ok)
 }
 
-/// Runs in the client pod's network namespace: sends one request per `pace`, rotating over
-/// destinations and protocols, and records whether the intended pod answered.
-fn drive_traffic(targets: Vec<Pod>, pace: Duration, stats: Stats, stop: Arc<AtomicBool>) -> Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    runtime.block_on(async move {
-        let mut grpc_clients: BTreeMap<String, EchoClient<tonic::transport::Channel>> = BTreeMap::new();
-        let mut ticker = tokio::time::interval(pace);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut turn = 0usize;
-        while !stop.load(Ordering::SeqCst) {
-            ticker.tick().await;
-            let target = targets[turn % targets.len()].clone();
-            let protocol = PROTOCOLS[(turn / targets.len()) % PROTOCOLS.len()];
-            turn += 1;
-            let addr = SocketAddr::from((target.ip, ECHO_PORT));
-            let grpc = if protocol == "gRPC" {
-                let entry = grpc_clients.entry(target.name.clone());
-                Some(match entry {
-                    std::collections::btree_map::Entry::Occupied(e) => e.get().clone(),
-                    std::collections::btree_map::Entry::Vacant(e) => {
-                        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?.connect_lazy();
-                        e.insert(EchoClient::new(channel)).clone()
-                    }
-                })
-            } else {
-                None
-            };
-            let stats = stats.clone();
-            tokio::spawn(async move {
-                let started = Instant::now();
-                let answered_by = match (protocol, grpc) {
-                    ("HTTP/1.1", _) => nodus_echo::http1_get(addr, "echo.demo", "/", &[])
-                        .await
-                        .ok()
-                        .and_then(|a| a.report().ok())
-                        .map(|r| r.pod),
-                    ("HTTP/2", _) => nodus_echo::h2c_get(addr, "echo.demo", "/", &[])
-                        .await
-                        .ok()
-                        .and_then(|a| a.report().ok())
-                        .map(|r| r.pod),
-                    (_, Some(mut client)) => client
-                        .echo(EchoRequest { message: "demo".into() })
-                        .await
-                        .ok()
-                        .and_then(|r| r.into_inner().context)
-                        .map(|c| c.pod),
-                    _ => None,
-                };
-                let latency = started.elapsed();
-                let mut stats = stats.lock().unwrap_or_else(|p| p.into_inner());
-                let window = stats
-                    .entry((format!("{}/{} {}", target.namespace, target.name, target.node), protocol))
-                    .or_default();
-                window.requests += 1;
-                if answered_by.as_deref() == Some(target.name.as_str()) {
-                    window.ok += 1;
-                    window.latencies.push(latency);
-                }
-            });
+/// Per-route request counts from the node proxy's /metrics, since the last report.
+fn print_routes(proxy: &NodeProxy, previous: &mut BTreeMap<String, f64>) {
+    let Ok((200, metrics)) = proxy.admin_get("/metrics") else { return };
+    let mut current: BTreeMap<String, f64> = BTreeMap::new();
+    for line in metrics.lines().filter(|l| l.starts_with("nodus_requests_total{")) {
+        let label = |name: &str| {
+            line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("").to_owned()
+        };
+        let key = format!(
+            "{} {} rule {} -> {} [{}]",
+            label("route_kind"),
+            label("route_name"),
+            label("route_rule"),
+            label("backend"),
+            label("status_code")
+        );
+        *current.entry(key).or_default() += metric_value(line, "nodus_requests_total").unwrap_or(0.0);
+    }
+    println!("          node-1 proxy, by route (from its /metrics):");
+    for (key, value) in &current {
+        let delta = value - previous.get(key).copied().unwrap_or(0.0);
+        if delta > 0.0 {
+            println!("            {key:<70} {delta:>6.0}");
         }
+    }
+    *previous = current;
+}
+
+/// Ctrl-C and SIGTERM set a flag (the demo's main loop polls it), so teardown always runs.
+mod signal_hook_like {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::{Arc, OnceLock};
+
+    pub use nix::sys::signal::Signal::{SIGINT, SIGTERM};
+
+    static FLAG: OnceLock<Arc<AtomicBool>> = OnceLock::new();
+
+    extern "C" fn on_signal(_: nix::libc::c_int) {
+        if let Some(flag) = FLAG.get() {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+
+    pub fn register(signal: nix::sys::signal::Signal, flag: Arc<AtomicBool>) -> anyhow::Result<()> {
+        let _ = FLAG.set(flag);
+        let action = nix::sys::signal::SigAction::new(
+            nix::sys::signal::SigHandler::Handler(on_signal),
+            nix::sys::signal::SaFlags::empty(),
+            nix::sys::signal::SigSet::empty(),
+        );
+        // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
+        unsafe { nix::sys::signal::sigaction(signal, &action) }?;
         Ok(())
-    })
+    }
 }

@@ -112,6 +112,10 @@ impl Lab {
             .args(["--redirect-to", &SocketAddrV4::new(node.ip, PROXY_OUTBOUND_PORT).to_string()])
             .args(["--netns-prefix", &netns_prefix])
             .args(extra_args);
+        // The proxy's log goes to the lab's work directory (kept until teardown).
+        let log_path = self.work_dir()?.join(format!("proxy-{}.log", node.name));
+        let log = std::fs::File::create(&log_path).map_err(io_error("creating", &log_path))?;
+        command.stderr(log);
         let mut process = Process::spawn(format!("nodus-proxy on {}", node.name), command)?;
         process.wait_for_line("nodus-proxy ready", Duration::from_secs(20))?;
         Ok(NodeProxy {
