@@ -6,13 +6,13 @@ CARGO ?= cargo
 # CI sets this so that a test needing root fails instead of skipping.
 export NODUS_REQUIRE_PRIVILEGED_TESTS ?= 0
 
-.PHONY: setup demo test fmt-check clippy unit-and-integration build-release
+.PHONY: setup demo test fmt-check clippy unit-and-integration bench micro-bench
 
 setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo
+	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy
 	target/release/nodusctl demo $(DEMO_ARGS)
 
 test: setup fmt-check clippy unit-and-integration
@@ -27,3 +27,14 @@ clippy:
 unit-and-integration:
 	$(CARGO) test --workspace --doc --quiet
 	$(CARGO) nextest run --workspace --profile ci
+
+# Side-by-side benchmarks (docs/benchmarks.md): direct, Nodus, nginx, haproxy in one run.
+BENCH_ARGS ?=
+bench:
+	@scripts/setup-bench.sh
+	$(CARGO) build --release --quiet -p nodus-proxy -p nodus-bench
+	target/release/nodus-bench --out bench-results/$$(date +%Y-%m-%d) $(BENCH_ARGS)
+
+# criterion micro-benchmarks of the request path's pure parts.
+micro-bench: setup
+	$(CARGO) bench -p nodus-proxy --bench route_matching

@@ -53,10 +53,15 @@ impl Body for ResponseBody {
             Source::Local(body) => Pin::new(body).poll_frame(cx),
             Source::Upstream(body) => Pin::new(body).poll_frame(cx),
         };
+        let ended = match &this.source {
+            Source::Local(body) => body.is_end_stream(),
+            Source::Upstream(body) => body.is_end_stream(),
+        };
         if let Some(observer) = this.observer.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => observer.finish(frame.trailers_ref()),
                 Poll::Ready(None) | Poll::Ready(Some(Err(_))) => observer.finish(None),
+                Poll::Ready(Some(Ok(_))) if ended => observer.finish(None),
                 _ => {}
             }
         }

@@ -201,7 +201,10 @@ impl Body for UpstreamBody {
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
-        if let Poll::Ready(None) = polled {
+        // Readers stop polling once the body says it has ended (content-length reached), so the
+        // connection goes back as soon as that is true, not only on a final `None`.
+        let ended = matches!(polled, Poll::Ready(None)) || (polled.is_ready() && this.inner.is_end_stream());
+        if ended {
             if let Some((pool, sender)) = this.checkin.take() {
                 pool.checkin(sender);
             }

@@ -192,3 +192,28 @@ async fn upgraded_connections_are_relayed_both_ways() {
     tokio::time::timeout(Duration::from_secs(3), client.read_exact(&mut echoed)).await.unwrap().unwrap();
     assert_eq!(&echoed, b"ping over the upgraded connection");
 }
+
+#[tokio::test]
+async fn upstream_connections_are_reused_across_requests() {
+    let echo_port = start_echo().await;
+    let (proxy, listening) = start_proxy(80).await;
+    proxy.apply(config(80, echo_port, "detect", "")).unwrap();
+    // One client connection, many requests: the proxy should keep one upstream connection too.
+    let stream = TcpStream::connect(listening.outbound).await.unwrap();
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(connection);
+    let mut upstream_ports = std::collections::BTreeSet::new();
+    for _ in 0..50 {
+        let request = http::Request::builder()
+            .uri("/")
+            .header("host", "echo")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        let response = sender.send_request(request).await.unwrap();
+        let body = http_body_util::BodyExt::collect(response.into_body()).await.unwrap().to_bytes();
+        let report: nodus_echo::EchoReport = serde_json::from_slice(&body).unwrap();
+        upstream_ports.insert(report.remote_addr);
+    }
+    assert_eq!(upstream_ports.len(), 1, "50 requests should share one pooled connection: {upstream_ports:?}");
+}

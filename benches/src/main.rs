@@ -1,0 +1,417 @@
+//! `nodus-bench`: Nodus side by side with direct traffic and real peers, in one run.
+//!
+//! Scenario A (one node, plaintext L7): a client pod loads a backend pod (nginx answering 12
+//! bytes, as in the peer table of shared/README.md) four ways — directly; through Nodus (the
+//! client pod is enrolled, so eBPF captures its connections into the node proxy); through nginx
+//! and through haproxy from Debian, each a reverse proxy in the node's namespace with one worker
+//! and upstream keep-alive, as equivalent as their configs allow. Contenders are interleaved
+//! (A B C D, A B C D, ...) so that machine noise hits them alike; medians and ranges are
+//! reported, and only ratios within this run are meant to be compared.
+//!
+//! Per contender and round: closed-loop throughput (wrk, 2 threads, 50 connections); latency at
+//! a fixed rate with coordinated-omission correction (oha `-q --latency-correction`); proxy CPU
+//! seconds per 10k requests (from /proc); proxy peak RSS.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use nodus_harness::{Lab, LabSpec, Pod, Process};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+/// Benchmarks Nodus against direct traffic, nginx and haproxy.
+#[derive(Parser, Debug)]
+#[command(version)]
+struct Args {
+    /// Rounds; each runs every contender once.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds of each closed-loop and each fixed-rate run.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Fixed request rate for the latency runs.
+    #[arg(long, default_value_t = 5000)]
+    rate: u32,
+    /// Connections of the load generators.
+    #[arg(long, default_value_t = 50)]
+    connections: u32,
+    /// Where to write results (results.md, results.json).
+    #[arg(long, default_value = "bench-results")]
+    out: PathBuf,
+}
+
+const SERVICE_VIP: &str = "10.96.0.10";
+const BACKEND_PORT: u16 = 8080;
+const NGINX_PROXY_PORT: u16 = 8081;
+const HAPROXY_PORT: u16 = 8082;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Contender {
+    Direct,
+    Nodus,
+    Nginx,
+    Haproxy,
+}
+
+impl Contender {
+    const ALL: [Contender; 4] = [Contender::Direct, Contender::Nodus, Contender::Nginx, Contender::Haproxy];
+    fn name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct (no proxy)",
+            Contender::Nodus => "Nodus (eBPF redirect + node proxy)",
+            Contender::Nginx => "nginx 1.22 (Debian), L7",
+            Contender::Haproxy => "haproxy 2.6 (Debian), L7",
+        }
+    }
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+struct Measure {
+    closed_loop_rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+    p999_ms: f64,
+    cpu_s_per_10k: Option<f64>,
+    rss_mib: Option<f64>,
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    for tool in ["wrk", "oha", "nginx", "haproxy"] {
+        if Command::new("sh").args(["-c", &format!("command -v {tool}")]).output()?.stdout.is_empty() {
+            bail!("{tool} is not installed: run scripts/setup-bench.sh (make bench does)");
+        }
+    }
+    if let Some(reason) = nodus_harness::check_support().err() {
+        bail!("benchmarks need the mesh harness: {reason}");
+    }
+    let proxy_binary = std::env::current_exe()?.with_file_name("nodus-proxy");
+    if !proxy_binary.exists() {
+        bail!("{} not found: build with `cargo build --release -p nodus-proxy`", proxy_binary.display());
+    }
+
+    let mut lab = Lab::new(LabSpec { nodes: 1 })?;
+    let backend = lab.add_pod("node-1", "bench", "backend")?;
+    let client_plain = lab.add_pod("node-1", "plain", "client")?;
+    let client_mesh = lab.add_pod("node-1", "demo", "client")?;
+    let node = lab.node("node-1").context("node-1")?.clone();
+    let work = lab.work_dir()?;
+
+    let _backend = start_nginx_backend(&backend, &work)?;
+    let config = work.join("snapshot.yaml");
+    std::fs::write(&config, snapshot(&backend, &client_mesh))?;
+    let nodus = lab.start_node_proxy(&node, &proxy_binary, &config, &["--workers", "1"])?;
+    nodus.wait_for_metric("nodus_redirect_enrolled_pods", 1.0, Duration::from_secs(10))?;
+    let nginx = start_nginx_proxy(&node, &backend, &work)?;
+    let haproxy = start_haproxy(&node, &backend, &work)?;
+    let pids = BTreeMap::from([
+        (Contender::Nodus, nodus.process.id()),
+        (Contender::Nginx, nginx.id()),
+        (Contender::Haproxy, haproxy.id()),
+    ]);
+
+    let mut results: BTreeMap<Contender, Vec<Measure>> = BTreeMap::new();
+    for round in 1..=args.rounds {
+        for contender in Contender::ALL {
+            let (pod, target) = match contender {
+                Contender::Direct => (&client_plain, format!("{}:{BACKEND_PORT}", backend.ip)),
+                Contender::Nodus => (&client_mesh, format!("{SERVICE_VIP}:80")),
+                Contender::Nginx => (&client_plain, format!("{}:{NGINX_PROXY_PORT}", node.ip)),
+                Contender::Haproxy => (&client_plain, format!("{}:{HAPROXY_PORT}", node.ip)),
+            };
+            eprintln!("round {round}/{}: {}", args.rounds, contender.name());
+            let pid = pids.get(&contender).copied();
+            let cpu_before = pid.map(process_tree_cpu_seconds).transpose()?;
+            let (rps, closed_requests) = wrk(pod, &target, &args)?;
+            let (p50, p99, p999, fixed_requests) = oha(pod, &target, &args)?;
+            let cpu_after = pid.map(process_tree_cpu_seconds).transpose()?;
+            let cpu = match (cpu_before, cpu_after) {
+                (Some(before), Some(after)) => Some((after - before) / (closed_requests + fixed_requests) * 10_000.0),
+                _ => None,
+            };
+            let rss = pid.map(process_tree_peak_rss_mib).transpose()?;
+            results.entry(contender).or_default().push(Measure {
+                closed_loop_rps: rps,
+                p50_ms: p50,
+                p99_ms: p99,
+                p999_ms: p999,
+                cpu_s_per_10k: cpu,
+                rss_mib: rss,
+            });
+        }
+    }
+    let idle_rss = process_tree_rss_mib(nodus.process.id())?;
+    let report = render(&args, &results, idle_rss);
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.md"), &report)?;
+    std::fs::write(
+        args.out.join("results.json"),
+        serde_json::to_vec_pretty(&results.iter().map(|(c, m)| (c.name(), m)).collect::<BTreeMap<_, _>>())?,
+    )?;
+    println!("{report}");
+    drop((nginx, haproxy, nodus));
+    lab.teardown()?;
+    Ok(())
+}
+
+fn snapshot(backend: &Pod, client: &Pod) -> String {
+    format!(
+        r#"version: 1
+services:
+  - id: {{ namespace: bench, name: backend }}
+    clusterIps: [{SERVICE_VIP}]
+    ports: [{{ port: 80, targetPort: {BACKEND_PORT}, appProtocol: http }}]
+    endpoints: [{{ address: {backend_ip} }}]
+workloads:
+  - {{ id: {{ namespace: demo, name: client }}, node: node-1, ips: [{client_ip}], owner: client, meshEnabled: true }}
+httpRoutes:
+  - id: {{ namespace: bench, name: backend }}
+    parents: [{{ service: {{ namespace: bench, name: backend }}, port: 80 }}]
+    rules: [{{ backends: [{{ service: {{ namespace: bench, name: backend }}, port: 80 }}] }}]
+"#,
+        backend_ip = backend.ip,
+        client_ip = client.ip
+    )
+}
+
+fn nginx_common(work: &Path, name: &str) -> String {
+    let dir = work.join(name);
+    let _ = std::fs::create_dir_all(&dir);
+    let d = dir.display();
+    format!(
+        "daemon off; worker_processes 1; pid {d}/nginx.pid; error_log {d}/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d}; fastcgi_temp_path {d}; \
+         uwsgi_temp_path {d}; scgi_temp_path {d};\n"
+    )
+}
+
+fn spawn_logged(name: &str, mut command: Command, work: &Path) -> Result<Process> {
+    let log = work.join(format!("{name}.log"));
+    command.stderr(std::fs::File::create(&log)?);
+    let mut process = Process::spawn(name, command)?;
+    std::thread::sleep(Duration::from_millis(500));
+    if let Some(status) = process.try_wait() {
+        bail!("{name} exited ({status}): {}", std::fs::read_to_string(&log).unwrap_or_default());
+    }
+    Ok(process)
+}
+
+fn start_nginx_backend(pod: &Pod, work: &Path) -> Result<Process> {
+    let conf = format!(
+        "{}server {{ listen {BACKEND_PORT} reuseport; keepalive_requests 1000000; location / {{ return 200 \"hello world\\n\"; }} }} }}\n",
+        nginx_common(work, "backend")
+    );
+    let path = work.join("backend.conf");
+    std::fs::write(&path, conf)?;
+    let mut command = pod.command("nginx")?;
+    command.arg("-c").arg(&path);
+    spawn_logged("backend-nginx", command, work)
+}
+
+fn start_nginx_proxy(node: &nodus_harness::Node, backend: &Pod, work: &Path) -> Result<Process> {
+    let conf = format!(
+        "{}upstream backend {{ server {}:{BACKEND_PORT}; keepalive 64; }}\n\
+         server {{ listen {NGINX_PROXY_PORT}; keepalive_requests 1000000; location / {{ proxy_pass http://backend; \
+         proxy_http_version 1.1; proxy_set_header Connection \"\"; }} }} }}\n",
+        nginx_common(work, "proxy-nginx"),
+        backend.ip
+    );
+    let path = work.join("proxy-nginx.conf");
+    std::fs::write(&path, conf)?;
+    let mut command = node.command("nginx")?;
+    command.arg("-c").arg(&path);
+    spawn_logged("proxy-nginx", command, work)
+}
+
+fn start_haproxy(node: &nodus_harness::Node, backend: &Pod, work: &Path) -> Result<Process> {
+    let conf = format!(
+        "global\n  nbthread 1\n  maxconn 8000\ndefaults\n  mode http\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\n  \
+         option http-keep-alive\n  http-reuse always\nfrontend fe\n  bind :{HAPROXY_PORT}\n  default_backend be\n\
+         backend be\n  server s1 {}:{BACKEND_PORT}\n",
+        backend.ip
+    );
+    let path = work.join("haproxy.cfg");
+    std::fs::write(&path, conf)?;
+    let mut command = node.command("haproxy")?;
+    command.arg("-db").arg("-f").arg(&path);
+    spawn_logged("proxy-haproxy", command, work)
+}
+
+/// Closed loop: returns (requests per second, requests).
+fn wrk(pod: &Pod, target: &str, args: &Args) -> Result<(f64, f64)> {
+    let out = pod
+        .command("wrk")?
+        .args([
+            "-t2",
+            &format!("-c{}", args.connections),
+            &format!("-d{}s", args.seconds),
+            &format!("http://{target}/"),
+        ])
+        .output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk output: {text}{}", String::from_utf8_lossy(&out.stderr)))?;
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    if text.contains("Non-2xx") || text.contains("Socket errors") {
+        bail!("wrk saw errors against {target}: {text}");
+    }
+    Ok((rps, requests))
+}
+
+/// Fixed rate with latency correction: returns (p50, p99, p99.9) in ms and requests.
+fn oha(pod: &Pod, target: &str, args: &Args) -> Result<(f64, f64, f64, f64)> {
+    let out = pod
+        .command("oha")?
+        .args([
+            "--no-tui",
+            "--output-format",
+            "json",
+            "--latency-correction",
+            "-q",
+            &args.rate.to_string(),
+            "-c",
+            &args.connections.to_string(),
+            "-z",
+            &format!("{}s", args.seconds),
+            &format!("http://{target}/"),
+        ])
+        .output()?;
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).with_context(|| {
+        format!("oha output: {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })?;
+    let percentile = |key: &str| json["latencyPercentiles"][key].as_f64().map(|s| s * 1e3).unwrap_or(f64::NAN);
+    let ok = json["statusCodeDistribution"]["200"].as_f64().unwrap_or(0.0);
+    let total: f64 =
+        json["statusCodeDistribution"].as_object().map(|m| m.values().filter_map(|v| v.as_f64()).sum()).unwrap_or(0.0);
+    if ok < total || ok == 0.0 {
+        bail!("oha saw non-200 answers against {target}: {}", json["statusCodeDistribution"]);
+    }
+    Ok((percentile("p50"), percentile("p99"), percentile("p99.9"), total))
+}
+
+fn children(pid: u32) -> Vec<u32> {
+    let mut out = vec![pid];
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let ppid =
+                stat.rsplit(')').next().and_then(|r| r.split_whitespace().nth(1)).and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(pid) {
+                out.push(child);
+            }
+        }
+    }
+    out
+}
+
+/// User + system CPU seconds of a process and its children (nginx's workers).
+fn process_tree_cpu_seconds(pid: u32) -> Result<f64> {
+    let ticks = 100.0; // USER_HZ on Linux
+    let mut total = 0.0;
+    for p in children(pid) {
+        let stat = std::fs::read_to_string(format!("/proc/{p}/stat"))?;
+        let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+        total += (utime + stime) / ticks;
+    }
+    Ok(total)
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn process_tree_peak_rss_mib(pid: u32) -> Result<f64> {
+    Ok(children(pid).into_iter().map(|p| status_kib(p, "VmHWM:")).sum::<f64>() / 1024.0)
+}
+
+fn process_tree_rss_mib(pid: u32) -> Result<f64> {
+    Ok(children(pid).into_iter().map(|p| status_kib(p, "VmRSS:")).sum::<f64>() / 1024.0)
+}
+
+fn median_range(values: &mut [f64]) -> (f64, f64, f64) {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return (f64::NAN, f64::NAN, f64::NAN);
+    }
+    (values[values.len() / 2], values[0], values[values.len() - 1])
+}
+
+fn render(args: &Args, results: &BTreeMap<Contender, Vec<Measure>>, nodus_rss_after: f64) -> String {
+    let pick = |c: Contender, f: &dyn Fn(&Measure) -> Option<f64>| {
+        let mut v: Vec<f64> = results.get(&c).map(|m| m.iter().filter_map(f).collect()).unwrap_or_default();
+        median_range(&mut v)
+    };
+    let mut out = String::new();
+    let _ = writeln!(out, "## Scenario A: one node, plaintext L7\n");
+    let _ = writeln!(
+        out,
+        "{} rounds interleaved; each: wrk -t2 -c{} -d{}s (closed loop), then oha -q {} --latency-correction -c{} -z {}s. \
+         Backend: nginx returning 12 bytes. Medians, [min-max].\n",
+        args.rounds, args.connections, args.seconds, args.rate, args.connections, args.seconds
+    );
+    let _ = writeln!(out, "| path | closed loop req/s | p50 / p99 / p99.9 at {} req/s (ms) | proxy CPU-s per 10k req | proxy peak RSS (MiB) |", args.rate);
+    let _ = writeln!(out, "|---|---|---|---|---|");
+    for c in Contender::ALL {
+        let (rps, rps_lo, rps_hi) = pick(c, &|m| Some(m.closed_loop_rps));
+        let (p50, ..) = pick(c, &|m| Some(m.p50_ms));
+        let (p99, p99_lo, p99_hi) = pick(c, &|m| Some(m.p99_ms));
+        let (p999, ..) = pick(c, &|m| Some(m.p999_ms));
+        let (cpu, cpu_lo, cpu_hi) = pick(c, &|m| m.cpu_s_per_10k);
+        let (rss, ..) = pick(c, &|m| m.rss_mib);
+        let cpu = if cpu.is_nan() { "-".into() } else { format!("{cpu:.3} [{cpu_lo:.3}-{cpu_hi:.3}]") };
+        let rss = if rss.is_nan() { "-".into() } else { format!("{rss:.1}") };
+        let _ = writeln!(
+            out,
+            "| {} | {rps:.0} [{rps_lo:.0}-{rps_hi:.0}] | {p50:.2} / {p99:.2} [{p99_lo:.2}-{p99_hi:.2}] / {p999:.2} | {cpu} | {rss} |",
+            c.name()
+        );
+    }
+    let ratio = |a: Contender, b: Contender, f: &dyn Fn(&Measure) -> Option<f64>| pick(a, f).0 / pick(b, f).0;
+    let rps = |m: &Measure| Some(m.closed_loop_rps);
+    let _ = writeln!(out, "\nRatios (medians, this run):\n");
+    let _ = writeln!(
+        out,
+        "- Nodus throughput / nginx: {:.2}x; / haproxy: {:.2}x; / direct: {:.2}x",
+        ratio(Contender::Nodus, Contender::Nginx, &rps),
+        ratio(Contender::Nodus, Contender::Haproxy, &rps),
+        ratio(Contender::Nodus, Contender::Direct, &rps)
+    );
+    let _ = writeln!(
+        out,
+        "- Nodus CPU per request / nginx: {:.2}x",
+        ratio(Contender::Nodus, Contender::Nginx, &|m| m.cpu_s_per_10k)
+    );
+    let added = |c: Contender, f: &dyn Fn(&Measure) -> Option<f64>| pick(c, f).0 - pick(Contender::Direct, f).0;
+    for c in [Contender::Nodus, Contender::Nginx, Contender::Haproxy] {
+        let _ = writeln!(
+            out,
+            "- {} added over direct at {} req/s: p50 {:+.3} ms, p99 {:+.3} ms",
+            c.name(),
+            args.rate,
+            added(c, &|m| Some(m.p50_ms)),
+            added(c, &|m| Some(m.p99_ms))
+        );
+    }
+    let _ = writeln!(out, "- Nodus node proxy RSS after the run: {nodus_rss_after:.1} MiB");
+    out
+}
