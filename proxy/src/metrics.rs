@@ -12,27 +12,36 @@ use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::Instant;
 
-/// Labels of a request, known once its route and backend are chosen.
+/// Labels of a request, known once its route and backend are chosen. Values are shared
+/// (`Arc<str>` from the compiled config), so building them per request allocates nothing.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet, Default)]
 pub struct RouteLabels {
     /// `outbound` (client side) or `inbound` (server side).
     pub direction: &'static str,
     /// Client's namespace (`unknown` outside the mesh).
-    pub src_namespace: String,
+    pub src_namespace: Arc<str>,
     /// Client's workload (owner) name.
-    pub src_workload: String,
+    pub src_workload: Arc<str>,
     /// Destination Service namespace.
-    pub dst_namespace: String,
+    pub dst_namespace: Arc<str>,
     /// Destination Service name.
-    pub dst_service: String,
+    pub dst_service: Arc<str>,
+    /// Workload (owner) of the endpoint that answered, when it is in the mesh.
+    pub dst_workload: Arc<str>,
     /// `HTTPRoute`, `GRPCRoute`, or `default` when no route is attached.
     pub route_kind: &'static str,
     /// Route `namespace/name`, empty for the default route.
-    pub route_name: String,
+    pub route_name: Arc<str>,
     /// Rule name (or index).
-    pub route_rule: String,
+    pub route_rule: Arc<str>,
     /// Backend `namespace/name:port`.
-    pub backend: String,
+    pub backend: Arc<str>,
+}
+
+/// The label value for clients and endpoints outside the mesh.
+pub fn unknown_label() -> Arc<str> {
+    static UNKNOWN: std::sync::OnceLock<Arc<str>> = std::sync::OnceLock::new();
+    UNKNOWN.get_or_init(|| Arc::from("unknown")).clone()
 }
 
 /// Labels of a finished request: route labels plus method and outcome.
@@ -42,7 +51,7 @@ pub struct RequestLabels {
     route: RouteLabels,
     method: &'static str,
     status_code: u16,
-    grpc_status: String,
+    grpc_status: Option<Arc<str>>,
 }
 
 /// Labels of a TCP connection.
@@ -246,6 +255,17 @@ pub fn method_label(method: &http::Method) -> &'static str {
     }
 }
 
+/// gRPC status codes 0-16 as shared label values; anything else (a broken server) as `other`.
+fn grpc_status_label(code: &str) -> Arc<str> {
+    static CODES: std::sync::OnceLock<Vec<Arc<str>>> = std::sync::OnceLock::new();
+    let codes =
+        CODES.get_or_init(|| (0..=16).map(|c: u8| Arc::from(c.to_string())).chain([Arc::from("other")]).collect());
+    match code.parse::<usize>() {
+        Ok(c) if c <= 16 => codes[c].clone(),
+        _ => codes[17].clone(),
+    }
+}
+
 /// Records one request when its answer ends (for gRPC the status arrives in trailers).
 #[derive(Debug)]
 pub struct ResponseObserver {
@@ -253,7 +273,7 @@ pub struct ResponseObserver {
     labels: RouteLabels,
     method: &'static str,
     status: u16,
-    grpc_status: Option<String>,
+    grpc_status: Option<Arc<str>>,
     started: Instant,
     recorded: bool,
 }
@@ -268,7 +288,7 @@ impl ResponseObserver {
         headers: &http::HeaderMap,
         started: Instant,
     ) -> Self {
-        let grpc_status = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(str::to_owned);
+        let grpc_status = headers.get("grpc-status").and_then(|v| v.to_str().ok()).map(grpc_status_label);
         Self { metrics, labels, method, status, grpc_status, started, recorded: false }
     }
 
@@ -281,9 +301,8 @@ impl ResponseObserver {
         let grpc_status = trailers
             .and_then(|t| t.get("grpc-status"))
             .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-            .or_else(|| self.grpc_status.take())
-            .unwrap_or_default();
+            .map(grpc_status_label)
+            .or_else(|| self.grpc_status.take());
         let labels = RequestLabels {
             route: std::mem::take(&mut self.labels),
             method: self.method,

@@ -23,6 +23,10 @@ pub struct Destination {
     pub port: u16,
     /// `namespace/name:port`.
     pub label: Arc<str>,
+    /// The Service's namespace, as metrics label it.
+    pub namespace_label: Arc<str>,
+    /// The Service's name, as metrics label it.
+    pub name_label: Arc<str>,
     /// Declared protocol.
     pub protocol: AppProtocol,
     /// Routes attached to this port, if any.
@@ -139,6 +143,8 @@ impl ProxyState {
                     service: service.id.clone(),
                     port: port.port,
                     label: balancer.label.clone(),
+                    namespace_label: Arc::from(service.id.namespace.as_str()),
+                    name_label: Arc::from(service.id.name.as_str()),
                     protocol: port.app_protocol,
                     routes: routes.port(&service.id.namespace, &service.id.name, port.port).cloned(),
                     balancer: balancer.clone(),

@@ -59,6 +59,8 @@ pub struct CompiledRule {
     pub rule_index: usize,
     /// The rule's name, or its index, as metrics label it.
     pub rule_label: Arc<str>,
+    /// `namespace/name` of the route, as metrics label it.
+    pub route_label: Arc<str>,
     /// Filters, in order.
     pub filters: Vec<HttpFilter>,
     /// Weighted backends.
@@ -84,6 +86,7 @@ impl CompiledRule {
             route: service.clone(),
             rule_index: 0,
             rule_label: Arc::from(""),
+            route_label: Arc::from(""),
             filters: Vec::new(),
             backends: vec![RuleBackend { label: balancer.label.clone(), reference, balancer: Some(balancer) }],
             total_weight: 1,
@@ -129,6 +132,7 @@ impl CompiledRule {
             route: route.clone(),
             rule_index,
             rule_label: name.map(|n| Arc::from(n.as_str())).unwrap_or_else(|| Arc::from(rule_index.to_string())),
+            route_label: Arc::from(route.to_string()),
             filters: filters.to_vec(),
             backends: backends
                 .iter()

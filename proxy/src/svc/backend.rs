@@ -144,7 +144,9 @@ impl Service<ProxyRequest> for Backend {
             }
             let (parts, body) = response.into_parts();
             let mut response = http::Response::from_parts(parts, ResponseBody::upstream(body));
-            response.extensions_mut().insert(BackendLabel(backend.label.clone()));
+            response
+                .extensions_mut()
+                .insert(BackendLabel { backend: backend.label.clone(), workload: endpoint.meta().workload.clone() });
             Ok(response)
         })
     }

@@ -70,9 +70,15 @@ pub struct RouteDecision {
 #[derive(Clone, Debug, Default)]
 pub struct TriedEndpoints(pub Arc<std::sync::Mutex<Vec<std::net::SocketAddr>>>);
 
-/// The backend label the backend layer chose, passed back in response extensions.
+/// The backend the backend layer chose and the workload of the endpoint that answered, passed
+/// back in response extensions.
 #[derive(Clone, Debug)]
-pub struct BackendLabel(pub Arc<str>);
+pub struct BackendLabel {
+    /// Backend `namespace/name:port`.
+    pub backend: Arc<str>,
+    /// The endpoint's workload, if known.
+    pub workload: Option<Arc<str>>,
+}
 
 /// Route labels reported back to the metrics layer in response extensions.
 #[derive(Clone, Debug)]

@@ -57,8 +57,9 @@ where
             };
             let mut labels = response.extensions_mut().remove::<RouteLabelsExt>().map(|l| l.0).unwrap_or_default();
             labels.direction = direction;
-            if let Some(BackendLabel(backend)) = response.extensions_mut().remove::<BackendLabel>() {
-                labels.backend = backend.to_string();
+            if let Some(chosen) = response.extensions_mut().remove::<BackendLabel>() {
+                labels.backend = chosen.backend;
+                labels.dst_workload = chosen.workload.unwrap_or_else(crate::metrics::unknown_label);
             }
             let status = response.status().as_u16();
             let observer = ResponseObserver::new(metrics, labels, method, status, response.headers(), started);

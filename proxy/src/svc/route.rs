@@ -2,8 +2,9 @@
 
 use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, RouteLabelsExt};
 use crate::errors::ProxyError;
-use crate::metrics::RouteLabels;
+use crate::metrics::{unknown_label, RouteLabels};
 use crate::routes::{RequestView, RouteKind};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
 
@@ -22,24 +23,25 @@ impl<S> Route<S> {
 
 fn labels(context: &RequestContext, decision: Option<&RouteDecision>) -> RouteLabels {
     let (src_namespace, src_workload) = match &context.source {
-        Some(source) => (source.namespace.to_string(), source.workload.to_string()),
-        None => ("unknown".to_owned(), "unknown".to_owned()),
+        Some(source) => (source.namespace.clone(), source.workload.clone()),
+        None => (unknown_label(), unknown_label()),
     };
     let (route_kind, route_name, route_rule) = match decision {
-        Some(d) if d.rule.kind == RouteKind::Default => ("default", String::new(), String::new()),
-        Some(d) => (d.rule.kind.as_str(), d.rule.route.to_string(), d.rule.rule_label.to_string()),
-        None => ("none", String::new(), String::new()),
+        Some(d) if d.rule.kind == RouteKind::Default => ("default", Arc::default(), Arc::default()),
+        Some(d) => (d.rule.kind.as_str(), d.rule.route_label.clone(), d.rule.rule_label.clone()),
+        None => ("none", Arc::default(), Arc::default()),
     };
     RouteLabels {
         direction: "outbound",
         src_namespace,
         src_workload,
-        dst_namespace: context.destination.service.namespace.clone(),
-        dst_service: context.destination.service.name.clone(),
+        dst_namespace: context.destination.namespace_label.clone(),
+        dst_service: context.destination.name_label.clone(),
+        dst_workload: Arc::default(),
         route_kind,
         route_name,
         route_rule,
-        backend: String::new(),
+        backend: Arc::default(),
     }
 }
 
