@@ -29,7 +29,9 @@ fn service_traffic_without_routes_reaches_every_endpoint_over_h1_h2_and_grpc() {
     assert_eq!(status, 200);
     assert!(metrics.contains("nodus_requests_total{"), "{metrics}");
     // Source and destination are named by workload (owner), never by pod.
-    for expected in [r#"src_namespace="demo",src_workload="client""#, r#"dst_workload="echo-v1""#, r#"dst_workload="echo-v2""#] {
+    for expected in
+        [r#"src_namespace="demo",src_workload="client""#, r#"dst_workload="echo-v1""#, r#"dst_workload="echo-v2""#]
+    {
         assert!(metrics.contains(expected), "{expected} in {metrics}");
     }
     // One connection per client run (keep-alive, multiplexing): three captured connections.

@@ -37,6 +37,11 @@ impl NodeProxy {
         self.netns.run(move || http_get(admin, &path))?
     }
 
+    /// Kills the proxy process at once (SIGKILL), as a crash would, and reaps it.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
     /// Polls `/metrics` until `metric` (a sample line prefix, e.g. `nodus_redirect_enrolled_pods`)
     /// has a value of at least `at_least`.
     pub fn wait_for_metric(&self, metric: &str, at_least: f64, timeout: Duration) -> Result<f64> {

@@ -68,6 +68,12 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 
+    /// Kills the process (SIGKILL) and reaps it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// Sends SIGTERM and waits up to `grace` for a clean exit, then kills.
     pub fn terminate(mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
