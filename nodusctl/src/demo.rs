@@ -145,10 +145,9 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     println!("        HTTP:  HTTPRoute demo/echo-split (weights v1 80 / v2 20)");
     println!("        gRPC:  GRPCRoute demo/echo-by-method (EchoTwo -> v2, rest -> v1), method alternating");
-    println!(
-        "        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod (same node, or node-2 over the lab network)"
-    );
-    println!("        mTLS:  not yet between nodes (plaintext); arrives with workload identities");
+    println!("        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod on node-1, or");
+    println!("               -> HTTP/2 CONNECT tunnel -> node-2 proxy (inbound :15008) -> pod on node-2");
+    println!("        mTLS:  not yet: the tunnel between node proxies is plaintext until workload identities land");
     println!("        edit   {}   to shift the split live", config_path.display());
 
     let duration_secs = args.duration.map_or(86_400.0, |d| d.as_secs_f64());

@@ -70,6 +70,7 @@ fn demo_runs_the_mesh_and_reports_routes_split_and_metrics() {
         "node-1 (10.100.0.11)",
         "node-2 (10.100.0.12)",
         "starting a node proxy with the eBPF redirect on each node",
+        "HTTP/2 CONNECT tunnel -> node-2 proxy",
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v1:80 [200]",
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v2:80 [200]",
         "GRPCRoute demo/echo-by-method rule echo-two -> demo/echo-v2:9090 [200]",

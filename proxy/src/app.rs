@@ -22,6 +22,8 @@ pub struct ProxySettings {
     pub outbound_addr: SocketAddr,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
+    /// Inbound (tunnel) listener address, if this proxy accepts tunnels from other nodes.
+    pub inbound_addr: Option<SocketAddr>,
     /// Outbound listener settings.
     pub outbound: OutboundSettings,
     /// Outlier ejection policy of every balancer.
@@ -41,11 +43,16 @@ pub struct Proxy {
 impl Proxy {
     /// A proxy with no config yet, exporting `metrics`.
     pub fn new(outlier: OutlierPolicy, metrics: Metrics) -> Self {
-        Self {
-            store: Arc::new(ConfigStore::new(outlier)),
-            metrics: Arc::new(metrics),
-            config_applied: Arc::new(Notify::new()),
-        }
+        Self::with_store(ConfigStore::new(outlier), metrics)
+    }
+
+    /// The proxy of `node`: endpoints on other nodes are reached through their node's proxy.
+    pub fn for_node(outlier: OutlierPolicy, metrics: Metrics, node: &str) -> Self {
+        Self::with_store(ConfigStore::for_node(outlier, node), metrics)
+    }
+
+    fn with_store(store: ConfigStore, metrics: Metrics) -> Self {
+        Self { store: Arc::new(store), metrics: Arc::new(metrics), config_applied: Arc::new(Notify::new()) }
     }
 
     /// Applies a snapshot, recording the outcome; the config in force stays on error.
@@ -74,6 +81,8 @@ pub struct Listening {
     pub outbound: SocketAddr,
     /// Admin listener.
     pub admin: SocketAddr,
+    /// Inbound (tunnel) listener.
+    pub inbound: Option<SocketAddr>,
 }
 
 /// Binds the listeners and spawns their tasks on the current runtime.
@@ -84,7 +93,23 @@ pub async fn start(
 ) -> std::io::Result<Listening> {
     let outbound_listener = TcpListener::bind(settings.outbound_addr).await?;
     let admin_listener = TcpListener::bind(settings.admin_addr).await?;
-    let listening = Listening { outbound: outbound_listener.local_addr()?, admin: admin_listener.local_addr()? };
+    let inbound_listener = match settings.inbound_addr {
+        Some(addr) => Some(TcpListener::bind(addr).await?),
+        None => None,
+    };
+    let listening = Listening {
+        outbound: outbound_listener.local_addr()?,
+        admin: admin_listener.local_addr()?,
+        inbound: inbound_listener.as_ref().map(TcpListener::local_addr).transpose()?,
+    };
+    if let Some(listener) = inbound_listener {
+        let inbound = Arc::new(crate::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone()));
+        tokio::spawn(async move {
+            if let Err(error) = inbound.serve(listener).await {
+                tracing::error!(%error, "inbound listener failed");
+            }
+        });
+    }
     let outbound =
         Arc::new(Outbound::new(proxy.store.clone(), proxy.metrics.clone(), original_dst, settings.outbound.clone()));
     tokio::spawn(async move {

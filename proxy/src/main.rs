@@ -24,6 +24,9 @@ struct Args {
     /// Outbound listener (captured pod connections arrive here).
     #[arg(long, default_value = "0.0.0.0:15001")]
     outbound_addr: SocketAddr,
+    /// Inbound listener: tunnels from other nodes' proxies to this node's pods.
+    #[arg(long, default_value = "0.0.0.0:15008")]
+    inbound_addr: SocketAddr,
     /// Admin listener (/metrics, /ready, /live, /config_dump).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_addr: SocketAddr,
@@ -85,6 +88,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let settings = ProxySettings {
         outbound_addr: args.outbound_addr,
         admin_addr: args.admin_addr,
+        inbound_addr: Some(args.inbound_addr),
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(args.detect_timeout_ms) },
         outlier,
     };
@@ -106,7 +110,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(fixed)) => Arc::new(FixedOriginalDst(fixed)),
         (None, None) => bail!("either --redirect-cgroup (eBPF capture) or --fixed-original-dst is needed"),
     };
-    let proxy = Arc::new(Proxy::new(outlier, metrics));
+    let proxy = Arc::new(Proxy::for_node(outlier, metrics, &args.node));
     app::watch_config_file(proxy.clone(), args.config_file.clone(), Duration::from_millis(250));
     if let Some(redirect) = redirect_handle {
         let discovery = NetnsDiscovery { dir: args.netns_dir.clone(), prefix: args.netns_prefix.clone() };
@@ -115,7 +119,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     let listening = app::start(&proxy, &settings, original_dst).await.context("binding listeners")?;
     // Harnesses wait for this line.
-    println!("nodus-proxy ready outbound={} admin={}", listening.outbound, listening.admin);
+    println!(
+        "nodus-proxy ready outbound={} inbound={} admin={}",
+        listening.outbound,
+        listening.inbound.map_or("-".to_owned(), |a| a.to_string()),
+        listening.admin
+    );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

@@ -108,17 +108,17 @@ impl Outbound {
                 tracing::info!(%original_dst, "non-HTTP traffic to a destination with L7 routes; refusing");
             }
             _ => {
-                let (target, label) = match &destination {
+                let (target, via, label) = match &destination {
                     Some(d) => match d.balancer.pick() {
-                        Some(endpoint) => (endpoint.addr, d.label.to_string()),
+                        Some(endpoint) => (endpoint.addr, endpoint.meta().via, d.label.to_string()),
                         None => {
                             tracing::info!(destination = %d.label, "no endpoint for an opaque connection");
                             return;
                         }
                     },
-                    None => (original_dst, "passthrough".to_owned()),
+                    None => (original_dst, None, "passthrough".to_owned()),
                 };
-                self.forward_tcp(stream, prefix.freeze(), target, label).await;
+                self.forward_tcp(stream, prefix.freeze(), target, via, label).await;
             }
         }
     }
@@ -160,25 +160,43 @@ impl Outbound {
         metrics.tcp_open.get_or_create(&labels).dec();
     }
 
-    async fn forward_tcp(&self, mut client: TcpStream, prefix: bytes::Bytes, target: SocketAddr, destination: String) {
+    async fn forward_tcp(
+        &self,
+        client: TcpStream,
+        prefix: bytes::Bytes,
+        target: SocketAddr,
+        via: Option<SocketAddr>,
+        destination: String,
+    ) {
         let labels = TcpLabels { direction: "outbound", protocol: "opaque", destination };
+        self.metrics.tcp_connections.get_or_create(&labels).inc();
+        match via {
+            Some(peer) => match crate::tunnel::open(peer, target).await {
+                Ok(tunnel) => self.relay(client, TokioIo::new(tunnel), prefix, &labels).await,
+                Err(error) => tracing::info!(%target, %error, "opaque connection: tunnel failed"),
+            },
+            None => match TcpStream::connect(target).await {
+                Ok(server) => {
+                    let _ = server.set_nodelay(true);
+                    self.relay(client, server, prefix, &labels).await
+                }
+                Err(error) => tracing::info!(%target, %error, "opaque connection: endpoint unreachable"),
+            },
+        }
+    }
+
+    async fn relay<S>(&self, mut client: TcpStream, mut server: S, prefix: bytes::Bytes, labels: &TcpLabels)
+    where
+        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    {
         let metrics = &self.metrics;
-        metrics.tcp_connections.get_or_create(&labels).inc();
-        let mut server = match TcpStream::connect(target).await {
-            Ok(server) => server,
-            Err(error) => {
-                tracing::info!(%target, %error, "opaque connection: endpoint unreachable");
-                return;
-            }
-        };
-        let _ = server.set_nodelay(true);
-        metrics.tcp_open.get_or_create(&labels).inc();
+        metrics.tcp_open.get_or_create(labels).inc();
         if server.write_all(&prefix).await.is_ok() {
             if let Ok((from_client, from_server)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_client + prefix.len() as u64);
-                metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_server);
+                metrics.tcp_received_bytes.get_or_create(labels).inc_by(from_client + prefix.len() as u64);
+                metrics.tcp_sent_bytes.get_or_create(labels).inc_by(from_server);
             }
         }
-        metrics.tcp_open.get_or_create(&labels).dec();
+        metrics.tcp_open.get_or_create(labels).dec();
     }
 }

@@ -81,7 +81,13 @@ impl ProxyState {
     }
 
     /// Compiles a validated snapshot, reusing long-lived balancers from `registry`.
-    fn compile(snapshot: ConfigSnapshot, registry: &BalancerRegistry) -> Result<Self, ApplyError> {
+    fn compile(
+        snapshot: ConfigSnapshot,
+        registry: &BalancerRegistry,
+        local_node: Option<&str>,
+    ) -> Result<Self, ApplyError> {
+        let tunnels: HashMap<&str, SocketAddr> =
+            snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address)).collect();
         let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
             snapshot.workloads.iter().map(|w| ((w.id.namespace.as_str(), w.id.name.as_str()), w)).collect();
         let mut workloads = HashMap::new();
@@ -117,6 +123,10 @@ impl ProxyState {
                             namespace: e.workload.as_ref().map(|r| Arc::from(r.namespace.as_str())),
                             workload: workload.map(|w| Arc::from(w.owner.as_deref().unwrap_or(&w.id.name))),
                             node: e.node.as_deref().map(Arc::from),
+                            via: match (e.node.as_deref(), local_node) {
+                                (Some(node), Some(local)) if node != local => tunnels.get(node).copied(),
+                                _ => None,
+                            },
                         }
                     })
                     .collect::<Vec<_>>();
@@ -175,13 +185,25 @@ pub enum ApplyError {
 pub struct ConfigStore {
     current: ArcSwapOption<ProxyState>,
     registry: BalancerRegistry,
+    node: Option<String>,
 }
 
 impl ConfigStore {
     /// An empty store: until a snapshot is applied the proxy refuses traffic it would have to
     /// route (fail closed).
     pub fn new(policy: OutlierPolicy) -> Self {
-        Self { current: ArcSwapOption::empty(), registry: BalancerRegistry::new(policy) }
+        Self { current: ArcSwapOption::empty(), registry: BalancerRegistry::new(policy), node: None }
+    }
+
+    /// A store for the proxy of `node`: endpoints on other nodes with a known proxy are reached
+    /// through that proxy's tunnel.
+    pub fn for_node(policy: OutlierPolicy, node: impl Into<String>) -> Self {
+        Self { node: Some(node.into()), ..Self::new(policy) }
+    }
+
+    /// The node this proxy serves, if set.
+    pub fn node(&self) -> Option<&str> {
+        self.node.as_deref()
     }
 
     /// The state in force, if any snapshot was applied.
@@ -192,7 +214,7 @@ impl ConfigStore {
     /// Validates, compiles and installs a snapshot. On error the state in force stays.
     pub fn apply(&self, snapshot: ConfigSnapshot) -> Result<u64, ApplyError> {
         snapshot.validate()?;
-        let state = ProxyState::compile(snapshot, &self.registry)?;
+        let state = ProxyState::compile(snapshot, &self.registry, self.node.as_deref())?;
         let version = state.version;
         self.current.store(Some(Arc::new(state)));
         Ok(version)

@@ -59,23 +59,28 @@ pub enum UpstreamError {
 #[derive(Debug)]
 pub struct ConnectionPool {
     addr: SocketAddr,
+    via: Option<SocketAddr>,
     idle_http1: ArrayQueue<http1::SendRequest<ProxyBody>>,
     http2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
     http2_connecting: tokio::sync::Mutex<()>,
 }
 
 impl ConnectionPool {
-    /// An empty pool for `addr`.
-    pub fn new(addr: SocketAddr) -> Self {
+    /// An empty pool for `addr`, reached directly or, with `via`, through a peer node proxy.
+    pub fn new(addr: SocketAddr, via: Option<SocketAddr>) -> Self {
         Self {
             addr,
+            via,
             idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1),
             http2: ArcSwapOption::empty(),
             http2_connecting: tokio::sync::Mutex::new(()),
         }
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    async fn connect(&self) -> Result<UpstreamIo, UpstreamError> {
+        if let Some(peer) = self.via {
+            return crate::tunnel::open(peer, self.addr).await.map(UpstreamIo::Tunnel);
+        }
         let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
         let stream = match connect.await {
             Ok(Ok(stream)) => stream,
@@ -83,7 +88,7 @@ impl ConnectionPool {
             Err(_) => return Err(UpstreamError::Connect { addr: self.addr, reason: "timed out".into() }),
         };
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(UpstreamIo::Tcp(TokioIo::new(stream)))
     }
 
     /// Sends `request` over a pooled or new connection.
@@ -218,5 +223,50 @@ impl Body for UpstreamBody {
 
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
+    }
+}
+
+/// A connection to an endpoint: a TCP stream, or a stream of a tunnel through a peer node proxy.
+#[derive(Debug)]
+pub enum UpstreamIo {
+    /// Direct TCP.
+    Tcp(TokioIo<TcpStream>),
+    /// An HTTP/2 CONNECT stream through the endpoint's node proxy.
+    Tunnel(hyper::upgrade::Upgraded),
+}
+
+impl hyper::rt::Read for UpstreamIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => Pin::new(io).poll_read(cx, buf),
+            UpstreamIo::Tunnel(io) => Pin::new(io).poll_read(cx, buf),
+        }
+    }
+}
+
+impl hyper::rt::Write for UpstreamIo {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => Pin::new(io).poll_write(cx, buf),
+            UpstreamIo::Tunnel(io) => Pin::new(io).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => Pin::new(io).poll_flush(cx),
+            UpstreamIo::Tunnel(io) => Pin::new(io).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpstreamIo::Tcp(io) => Pin::new(io).poll_shutdown(cx),
+            UpstreamIo::Tunnel(io) => Pin::new(io).poll_shutdown(cx),
+        }
     }
 }

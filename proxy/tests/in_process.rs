@@ -23,6 +23,7 @@ async fn start_proxy(service_port: u16) -> (Arc<Proxy>, app::Listening) {
     let settings = ProxySettings {
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
+        inbound_addr: None,
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(200) },
         outlier: OutlierPolicy::default(),
     };

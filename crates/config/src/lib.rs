@@ -70,6 +70,20 @@ pub struct ConfigSnapshot {
     /// GRPCRoutes attached to services (GAMMA).
     #[serde(default)]
     pub grpc_routes: Vec<GrpcRoute>,
+    /// Node proxies and where they accept tunnels from other nodes. An endpoint on a listed node
+    /// other than the proxy's own is reached through that node's proxy; otherwise directly.
+    #[serde(default)]
+    pub nodes: Vec<NodeInfo>,
+}
+
+/// A node and its proxy's tunnel address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NodeInfo {
+    /// Node name (as workloads and endpoints name it).
+    pub name: String,
+    /// Where the node's proxy accepts tunnels (its inbound listener).
+    pub tunnel_address: std::net::SocketAddr,
 }
 
 impl ConfigSnapshot {

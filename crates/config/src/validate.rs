@@ -73,6 +73,12 @@ impl ConfigSnapshot {
             }
         }
         let mut seen = HashSet::new();
+        for node in &self.nodes {
+            if !seen.insert(&node.name) {
+                return Err(ValidationError::Duplicate { kind: "node", id: ObjectRef::new("", node.name.clone()) });
+            }
+        }
+        let mut seen = HashSet::new();
         for workload in &self.workloads {
             if !seen.insert(&workload.id) {
                 return Err(ValidationError::Duplicate { kind: "workload", id: workload.id.clone() });

@@ -14,6 +14,8 @@ use std::time::{Duration, Instant};
 
 /// The outbound listener port of node proxies in a lab.
 pub const PROXY_OUTBOUND_PORT: u16 = 15001;
+/// The inbound (tunnel) port of node proxies in a lab.
+pub const PROXY_INBOUND_PORT: u16 = 15008;
 /// The admin port of node proxies in a lab.
 pub const PROXY_ADMIN_PORT: u16 = 15020;
 
@@ -108,6 +110,7 @@ impl Lab {
             .args(["--node", &node.name])
             .args(["--outbound-addr", &format!("0.0.0.0:{PROXY_OUTBOUND_PORT}")])
             .args(["--admin-addr", &format!("0.0.0.0:{PROXY_ADMIN_PORT}")])
+            .args(["--inbound-addr", &format!("0.0.0.0:{PROXY_INBOUND_PORT}")])
             .arg("--config-file")
             .arg(config_file)
             .arg("--redirect-cgroup")

@@ -30,6 +30,9 @@ pub struct EndpointMeta {
     pub workload: Option<Arc<str>>,
     /// The node the pod runs on.
     pub node: Option<Arc<str>>,
+    /// The peer node proxy's tunnel address, when the endpoint is on another node whose proxy
+    /// is known: requests then travel through that proxy.
+    pub via: Option<SocketAddr>,
 }
 
 /// The result of one request, as the balancer learns from it.
@@ -70,7 +73,7 @@ impl Endpoint {
     pub fn with_estimate(meta: EndpointMeta, estimate: Duration) -> Self {
         Self {
             addr: meta.addr,
-            pool: Arc::new(ConnectionPool::new(meta.addr)),
+            pool: Arc::new(ConnectionPool::new(meta.addr, meta.via)),
             meta,
             ewma_ns: AtomicU64::new((estimate.as_nanos() as f64).to_bits()),
             ewma_at_ms: AtomicU64::new(now_ms()),
@@ -85,9 +88,15 @@ impl Endpoint {
     pub(crate) fn with_meta(&self, meta: EndpointMeta) -> Self {
         let copy = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
         let copy32 = |a: &AtomicU32| AtomicU32::new(a.load(Ordering::Relaxed));
+        // A changed route to the endpoint (direct or through a peer) needs fresh connections.
+        let pool = if meta.via == self.meta.via {
+            self.pool.clone()
+        } else {
+            Arc::new(ConnectionPool::new(meta.addr, meta.via))
+        };
         Self {
             addr: meta.addr,
-            pool: self.pool.clone(),
+            pool,
             meta,
             ewma_ns: copy(&self.ewma_ns),
             ewma_at_ms: copy(&self.ewma_at_ms),

@@ -2,7 +2,13 @@ use super::*;
 use std::net::SocketAddr;
 
 fn meta(port: u16) -> EndpointMeta {
-    EndpointMeta { addr: SocketAddr::from(([10, 0, 0, 1], port)), namespace: None, workload: None, node: None }
+    EndpointMeta {
+        addr: SocketAddr::from(([10, 0, 0, 1], port)),
+        namespace: None,
+        workload: None,
+        node: None,
+        via: None,
+    }
 }
 
 fn balancer(ports: &[u16], policy: OutlierPolicy) -> Balancer {

@@ -13,6 +13,8 @@ pub const ECHO_V2: &str = "10.96.0.12";
 
 pub struct Mesh {
     pub proxy: NodeProxy,
+    /// node-2's proxy, when the test starts one.
+    pub peer: Option<NodeProxy>,
     pub client: Pod,
     pub pods: Vec<Pod>,
     pub config_path: PathBuf,
@@ -84,7 +86,7 @@ pub fn start_with(config: &str, extra_proxy_args: &[&str]) -> Mesh {
         .unwrap();
     // The client and echo-v2 on node-1 are mesh pods: wait until the redirect captures them.
     proxy.wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(10)).unwrap();
-    Mesh { proxy, client, pods: vec![echo_v1, echo_v2], config_path, _echoes: echoes, lab }
+    Mesh { proxy, peer: None, client, pods: vec![echo_v1, echo_v2], config_path, _echoes: echoes, lab }
 }
 
 /// Runs `nodus-echo-client` in the client pod (so it is captured) and parses its JSON lines.
@@ -107,4 +109,22 @@ pub fn by_pod(outcomes: &[serde_json::Value]) -> std::collections::BTreeMap<Stri
         *counts.entry(pod).or_default() += 1;
     }
     counts
+}
+
+/// The node list that makes proxies tunnel to each other.
+pub const NODES: &str = r#"
+nodes:
+  - { name: node-1, tunnelAddress: 10.100.0.11:15008 }
+  - { name: node-2, tunnelAddress: 10.100.0.12:15008 }
+"#;
+
+/// Starts the mesh with proxies on both nodes, tunnelling between them.
+pub fn start_two_nodes(routes_yaml: &str) -> Mesh {
+    let mut mesh = start_with(&format!("{}{NODES}{routes_yaml}", base_config(1)), &[]);
+    let node = mesh.lab.node("node-2").unwrap().clone();
+    let peer =
+        mesh.lab.start_node_proxy(&node, env!("CARGO_BIN_EXE_nodus-proxy").as_ref(), &mesh.config_path, &[]).unwrap();
+    peer.wait_for_metric("nodus_config_version", 1.0, Duration::from_secs(10)).unwrap();
+    mesh.peer = Some(peer);
+    mesh
 }
