@@ -70,6 +70,10 @@ httpRoutes:
         matches: [{ path: { type: PathPrefix, value: /slow } }]
         timeouts: { request: 300ms }
         backends: [{ service: { namespace: demo, name: echo-v1 }, port: 80 }]
+      - name: attempt-timeout
+        matches: [{ path: { type: PathPrefix, value: /attempt } }]
+        timeouts: { request: 5s, backendRequest: 200ms }
+        backends: [{ service: { namespace: demo, name: echo-v1 }, port: 80 }]
       - name: missing-backend-weight
         matches: [{ path: { type: PathPrefix, value: /zero } }]
         backends: [{ service: { namespace: demo, name: echo-v1 }, port: 80, weight: 0 }]
@@ -144,6 +148,10 @@ fn matches_and_filters_route_as_the_spec_says() {
     assert_eq!(slow["status"], 504, "{slow}");
     assert!(slow["latency_ms"].as_f64().unwrap() < 900.0, "{slow}");
     assert_eq!(get(&mesh, "/slow", &["-H", "x-echo-delay-ms:50"])["status"], 200);
+    // Per-attempt timeout: each attempt may take 200 ms, the whole request 5 s.
+    let attempt = get(&mesh, "/attempt", &["-H", "x-echo-delay-ms:1000"]);
+    assert_eq!(attempt["status"], 504, "{attempt}");
+    assert!(attempt["latency_ms"].as_f64().unwrap() < 800.0, "{attempt}");
 
     // A rule whose backends all weigh 0 answers 500; a backend Service with no endpoint, 503.
     assert_eq!(get(&mesh, "/zero", &[])["status"], 500);
