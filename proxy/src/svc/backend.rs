@@ -48,8 +48,26 @@ pub fn pick_backend(backends: &[RuleBackend], total_weight: u64) -> Option<&Rule
     })
 }
 
+/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those `Connection` names; static names, so
+/// that checking them parses nothing.
+const HOP_BY_HOP: [http::HeaderName; 5] = [
+    http::HeaderName::from_static("keep-alive"),
+    http::HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::PROXY_AUTHENTICATE,
+    http::header::PROXY_AUTHORIZATION,
+];
+
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those it names.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    for name in &HOP_BY_HOP {
+        if headers.contains_key(name) {
+            headers.remove(name);
+        }
+    }
+    if !headers.contains_key(http::header::CONNECTION) && !headers.contains_key(http::header::UPGRADE) {
+        return;
+    }
     let named: Vec<http::HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
@@ -64,11 +82,6 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         headers.remove(http::header::CONNECTION);
         headers.remove(http::header::UPGRADE);
     }
-    for name in ["keep-alive", "proxy-connection", "transfer-encoding"] {
-        headers.remove(name);
-    }
-    headers.remove(http::header::PROXY_AUTHENTICATE);
-    headers.remove(http::header::PROXY_AUTHORIZATION);
 }
 
 impl Service<ProxyRequest> for Backend {
