@@ -50,16 +50,19 @@ const HAPROXY_PORT: u16 = 8082;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Contender {
     Direct,
+    NodusL4,
     Nodus,
     Nginx,
     Haproxy,
 }
 
 impl Contender {
-    const ALL: [Contender; 4] = [Contender::Direct, Contender::Nodus, Contender::Nginx, Contender::Haproxy];
+    const ALL: [Contender; 5] =
+        [Contender::Direct, Contender::NodusL4, Contender::Nodus, Contender::Nginx, Contender::Haproxy];
     fn name(self) -> &'static str {
         match self {
             Contender::Direct => "direct (no proxy)",
+            Contender::NodusL4 => "Nodus L4 (eBPF redirect + byte relay, appProtocol tcp)",
             Contender::Nodus => "Nodus (eBPF redirect + node proxy)",
             Contender::Nginx => "nginx 1.22 (Debian), L7",
             Contender::Haproxy => "haproxy 2.6 (Debian), L7",
@@ -108,6 +111,7 @@ fn main() -> Result<()> {
     let haproxy = start_haproxy(&node, &backend, &work)?;
     let pids = BTreeMap::from([
         (Contender::Nodus, nodus.process.id()),
+        (Contender::NodusL4, nodus.process.id()),
         (Contender::Nginx, nginx.id()),
         (Contender::Haproxy, haproxy.id()),
     ]);
@@ -118,6 +122,7 @@ fn main() -> Result<()> {
             let (pod, target) = match contender {
                 Contender::Direct => (&client_plain, format!("{}:{BACKEND_PORT}", backend.ip)),
                 Contender::Nodus => (&client_mesh, format!("{SERVICE_VIP}:80")),
+                Contender::NodusL4 => (&client_mesh, format!("{SERVICE_VIP}:81")),
                 Contender::Nginx => (&client_plain, format!("{}:{NGINX_PROXY_PORT}", node.ip)),
                 Contender::Haproxy => (&client_plain, format!("{}:{HAPROXY_PORT}", node.ip)),
             };
@@ -162,7 +167,7 @@ fn snapshot(backend: &Pod, client: &Pod) -> String {
 services:
   - id: {{ namespace: bench, name: backend }}
     clusterIps: [{SERVICE_VIP}]
-    ports: [{{ port: 80, targetPort: {BACKEND_PORT}, appProtocol: http }}]
+    ports: [{{ port: 80, targetPort: {BACKEND_PORT}, appProtocol: http }}, {{ port: 81, targetPort: {BACKEND_PORT}, appProtocol: tcp }}]
     endpoints: [{{ address: {backend_ip} }}]
 workloads:
   - {{ id: {{ namespace: demo, name: client }}, node: node-1, ips: [{client_ip}], owner: client, meshEnabled: true }}
@@ -402,7 +407,12 @@ fn render(args: &Args, results: &BTreeMap<Contender, Vec<Measure>>, nodus_rss_af
         ratio(Contender::Nodus, Contender::Nginx, &|m| m.cpu_s_per_10k)
     );
     let added = |c: Contender, f: &dyn Fn(&Measure) -> Option<f64>| pick(c, f).0 - pick(Contender::Direct, f).0;
-    for c in [Contender::Nodus, Contender::Nginx, Contender::Haproxy] {
+    let _ = writeln!(
+        out,
+        "- The redirect and a byte relay alone (Nodus L4) / direct throughput: {:.2}x",
+        ratio(Contender::NodusL4, Contender::Direct, &rps)
+    );
+    for c in [Contender::NodusL4, Contender::Nodus, Contender::Nginx, Contender::Haproxy] {
         let _ = writeln!(
             out,
             "- {} added over direct at {} req/s: p50 {:+.3} ms, p99 {:+.3} ms",
