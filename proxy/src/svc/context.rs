@@ -1,6 +1,6 @@
 //! Loads the config snapshot in force for this request and resolves who is calling what.
 
-use super::{is_grpc, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture};
+use super::{is_grpc, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService};
 use crate::errors::ProxyError;
 use crate::state::ConfigStore;
 use crate::upstream::UpstreamProtocol;
@@ -37,8 +37,7 @@ impl<S> ResolveContext<S> {
 
 impl<S> Service<ProxyRequest> for ResolveContext<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;

@@ -1,7 +1,7 @@
 //! Gateway API filters: RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect and
 //! URLRewrite. The edits are pure functions over request/response parts, tested below.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision};
+use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, StackService};
 use crate::body::ProxyBody;
 use crate::errors::ProxyError;
 use crate::response::ResponseBody;
@@ -143,8 +143,7 @@ pub fn rewrite_request(request: &mut ProxyRequest, filter: &UrlRewriteFilter, ma
 
 impl<S> Service<ProxyRequest> for Filters<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;

@@ -1,7 +1,7 @@
 //! RequestMirror: a copy of each request goes to another backend in the background; its answer
 //! is ignored and can never delay or fail the real request.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision};
+use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, StackService};
 use crate::body::buffer_up_to;
 use crate::errors::ProxyError;
 use http::Request;
@@ -27,8 +27,7 @@ impl<S> Mirror<S> {
 
 impl<S> Service<ProxyRequest> for Mirror<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;

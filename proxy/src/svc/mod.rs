@@ -41,6 +41,21 @@ pub type ProxyResponse = Response<ResponseBody>;
 /// The future of every stack service.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
 
+/// What every layer of the stack wraps: a cloneable service from proxy requests to answers whose
+/// futures can move between worker threads.
+pub trait StackService:
+    tower::Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send> + Clone + Send + 'static
+{
+}
+
+impl<S> StackService for S where
+    S: tower::Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send>
+        + Clone
+        + Send
+        + 'static
+{
+}
+
 /// What the context layer learned; every inner layer reads it.
 #[derive(Clone, Debug)]
 pub struct RequestContext {

@@ -1,8 +1,7 @@
 //! The outermost layer: turns errors into answers and records every request in metrics when its
 //! answer ends.
 
-use super::{is_grpc, BackendLabel, ProxyRequest, ProxyResponse, RouteLabelsExt};
-use crate::errors::ProxyError;
+use super::{is_grpc, BackendLabel, ProxyRequest, ProxyResponse, RouteLabelsExt, StackService};
 use crate::metrics::{method_label, Metrics, ResponseObserver};
 use std::convert::Infallible;
 use std::future::Future;
@@ -29,8 +28,7 @@ impl<S> Observe<S> {
 
 impl<S> Service<ProxyRequest> for Observe<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = Infallible;

@@ -4,7 +4,7 @@
 //! load in an outage. Bodies up to [`MAX_RETRIED_BODY`] are buffered to be sent again; larger
 //! requests get one attempt.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, TriedEndpoints};
+use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, StackService, TriedEndpoints};
 use crate::body::{buffer_up_to, ProxyBody};
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RetryLabels};
@@ -56,8 +56,7 @@ fn backoff(base: Duration, retry: u32) -> Duration {
 
 impl<S> Service<ProxyRequest> for Retry<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;

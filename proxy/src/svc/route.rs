@@ -1,6 +1,6 @@
 //! Picks the rule that handles a request, and reports route labels for metrics.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, RouteLabelsExt};
+use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, RouteLabelsExt, StackService};
 use crate::errors::ProxyError;
 use crate::metrics::{unknown_label, RouteLabels};
 use crate::routes::{RequestView, RouteKind};
@@ -47,8 +47,7 @@ fn labels(context: &RequestContext, decision: Option<&RouteDecision>) -> RouteLa
 
 impl<S> Service<ProxyRequest> for Route<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;

@@ -1,7 +1,7 @@
 //! The rule's request timeout (Gateway API `timeouts.request`): covers every attempt, until the
 //! answer's headers arrive. Streaming bodies after that are not cut.
 
-use super::{ProxyRequest, ProxyResponse, ResponseFuture, RouteDecision};
+use super::{ProxyRequest, ProxyResponse, ResponseFuture, RouteDecision, StackService};
 use crate::errors::ProxyError;
 use std::task::{Context, Poll};
 use tower::Service;
@@ -21,8 +21,7 @@ impl<S> RequestTimeout<S> {
 
 impl<S> Service<ProxyRequest> for RequestTimeout<S>
 where
-    S: Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError> + Clone + Send + 'static,
-    S::Future: Send,
+    S: StackService,
 {
     type Response = ProxyResponse;
     type Error = ProxyError;
