@@ -224,6 +224,9 @@ fn report(
             break;
         }
         match rx.recv_timeout(Duration::from_millis(100)) {
+            // A client's last summary can cover no request at all (it lands after the load
+            // stopped): nothing to report.
+            Ok((_, summary)) if summary.requests == 0 => {}
             Ok((index, summary)) => {
                 totals.0 += summary.requests;
                 totals.1 += summary.ok;
