@@ -1,5 +1,6 @@
 //! `nodusctl`: the Nodus command line.
 
+mod admin;
 mod check;
 mod demo;
 
@@ -22,6 +23,11 @@ enum Command {
     /// Check that this machine can run Nodus's node agent: privileges, kernel features, bpffs,
     /// cgroup v2. Exits 0 when everything passes, 1 otherwise.
     Check(check::CheckArgs),
+    /// Golden metrics of a node proxy per route and backend: success rate, requests per second,
+    /// p50 and p99 latency over a short window.
+    Stat(admin::StatArgs),
+    /// The effective config of a node proxy (the snapshot in force), as JSON.
+    ProxyConfig(admin::ProxyConfigArgs),
 }
 
 fn main() -> ExitCode {
@@ -33,6 +39,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
+        Command::Stat(args) => admin::stat(args),
+        Command::ProxyConfig(args) => admin::proxy_config(args),
     };
     match result {
         Ok(code) => code,

@@ -114,3 +114,49 @@ fn editing_the_snapshot_while_the_demo_runs_moves_the_split() {
     assert!(http_rows.last().unwrap().contains("echo-v2-0 100%"), "after the edit v2 takes all: {http_rows:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn stat_and_proxy_config_read_a_running_proxy() {
+    skip_unless_lab_supported!();
+    use std::io::BufRead;
+    let mut demo = nodusctl()
+        .args(["demo", "--duration", "8s", "--interval", "4s", "--rate", "80"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The demo names its snapshot file /run/nodus-harness/<run id>.d/snapshot.yaml.
+    let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
+    let run_id = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            line.split("/run/nodus-harness/").nth(1).and_then(|rest| rest.split(".d/").next()).map(str::to_owned)
+        })
+        .expect("the demo prints its snapshot path");
+    let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let netns = format!("nodus-{run_id}-node-1");
+    let target = ["--admin", "10.100.0.11:15020", "--netns", &netns];
+
+    let out = nodusctl().arg("stat").args(target).args(["--window", "2s"]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    let canary = text
+        .lines()
+        .find(|l| l.contains("HTTPRoute demo/echo-split [canary] -> demo/echo-v1:80"))
+        .unwrap_or_else(|| panic!("{text}"));
+    assert!(canary.contains("100.00%"), "{text}");
+    assert!(text.contains("GRPCRoute demo/echo-by-method [echo-two] -> demo/echo-v2:9090"), "{text}");
+
+    let out = nodusctl().arg("proxy-config").args(target).output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(dump["snapshot"]["httpRoutes"][0]["id"]["name"], "echo-split");
+
+    let out = nodusctl().args(["stat", "--admin", "127.0.0.1:1"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "an unreachable proxy is an error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("127.0.0.1:1"));
+
+    assert!(demo.wait().unwrap().success());
+    drain.join().unwrap();
+}

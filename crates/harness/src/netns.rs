@@ -33,6 +33,11 @@ impl NetNs {
         Self { name }
     }
 
+    /// A handle to a namespace named under `/run/netns` (for tools that reach into a lab).
+    pub fn named(name: String) -> Self {
+        Self { name }
+    }
+
     /// The namespace's name (as `ip netns list` shows it).
     pub fn name(&self) -> &str {
         &self.name
