@@ -26,8 +26,6 @@ pub struct ProxySettings {
     pub inbound_addr: Option<SocketAddr>,
     /// Outbound listener settings.
     pub outbound: OutboundSettings,
-    /// Outlier ejection policy of every balancer.
-    pub outlier: OutlierPolicy,
 }
 
 /// The proxy's shared core.

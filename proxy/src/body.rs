@@ -2,7 +2,6 @@
 //! (stream through, empty, small buffered) cost no allocation.
 
 use bytes::Bytes;
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::collections::VecDeque;
@@ -65,12 +64,6 @@ fn clone_frame(frame: &Frame<Bytes>) -> Frame<Bytes> {
         (Some(data), _) => Frame::data(data.clone()),
         (None, Some(trailers)) => Frame::trailers(trailers.clone()),
         (None, None) => Frame::data(Bytes::new()),
-    }
-}
-
-impl Clone for ProxyBodySnapshot {
-    fn clone(&self) -> Self {
-        Self(self.0.iter().map(clone_frame).collect())
     }
 }
 
@@ -155,14 +148,4 @@ impl Body for ProxyBody {
             }
         }
     }
-}
-
-/// Trailers of a gRPC answer made by the proxy itself.
-pub fn grpc_trailers(status: u16, message: &str) -> HeaderMap {
-    let mut trailers = HeaderMap::new();
-    trailers.insert("grpc-status", http::HeaderValue::from(status));
-    if let Ok(value) = http::HeaderValue::from_str(message) {
-        trailers.insert("grpc-message", value);
-    }
-    trailers
 }

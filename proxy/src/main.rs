@@ -90,7 +90,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         admin_addr: args.admin_addr,
         inbound_addr: Some(args.inbound_addr),
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(args.detect_timeout_ms) },
-        outlier,
     };
     let mut metrics = Metrics::new();
     let mut redirect_handle = None;

@@ -185,11 +185,6 @@ impl ConnectionPool {
             let _ = self.idle_http1.push(sender);
         }
     }
-
-    /// Idle HTTP/1.1 connections now in the pool.
-    pub fn idle_http1(&self) -> usize {
-        self.idle_http1.len()
-    }
 }
 
 /// An endpoint's answer body; returns its HTTP/1.1 connection to the pool once fully read.

@@ -25,7 +25,6 @@ async fn start_proxy(service_port: u16) -> (Arc<Proxy>, app::Listening) {
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         inbound_addr: None,
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(200) },
-        outlier: OutlierPolicy::default(),
     };
     let original = SocketAddr::new(VIP.parse().unwrap(), service_port);
     let listening = app::start(&proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap();

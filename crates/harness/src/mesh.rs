@@ -8,7 +8,7 @@ use crate::lab::{Lab, Node, Pod};
 use crate::netns::NetNs;
 use crate::process::Process;
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream};
+use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -146,9 +146,4 @@ pub fn start_echo(pod: &Pod, echo_binary: &Path, ports: &[u16]) -> Result<Proces
     let mut process = Process::spawn(format!("nodus-echo in {}", pod.name), command)?;
     process.wait_for_line("nodus-echo listening on", Duration::from_secs(10))?;
     Ok(process)
-}
-
-/// The gateway address a node's pods use (reachable from them; convenient for admin access).
-pub fn node_gateway(node: &Node) -> Ipv4Addr {
-    node.pod_gateway()
 }
