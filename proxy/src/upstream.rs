@@ -55,40 +55,94 @@ pub enum UpstreamError {
     },
 }
 
+/// Connects to `addr` within the connect timeout, with Nagle's algorithm off. The error is the
+/// reason, for the caller to wrap.
+pub(crate) async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, String> {
+    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => {
+            let _ = stream.set_nodelay(true);
+            Ok(stream)
+        }
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("timed out".into()),
+    }
+}
+
+/// One multiplexed HTTP/2 client connection shared by every caller: re-established when it
+/// closes, by one caller while the others wait for it. Endpoint pools and node-to-node tunnels
+/// both hold one.
+#[derive(Debug)]
+pub(crate) struct SharedHttp2<B> {
+    sender: ArcSwapOption<http2::SendRequest<B>>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
+impl<B> SharedHttp2<B>
+where
+    B: Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    pub(crate) fn new() -> Self {
+        Self { sender: ArcSwapOption::empty(), connecting: tokio::sync::Mutex::new(()) }
+    }
+
+    fn live(&self) -> Option<http2::SendRequest<B>> {
+        self.sender.load().as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
+    }
+
+    /// The live connection, or a new one made over the IO `connect` opens.
+    pub(crate) async fn get<T, E, F>(
+        &self,
+        connect: impl FnOnce() -> F,
+        handshake_failed: impl FnOnce(hyper::Error) -> E,
+    ) -> Result<http2::SendRequest<B>, E>
+    where
+        F: std::future::Future<Output = Result<T, E>>,
+        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        if let Some(sender) = self.live() {
+            return Ok(sender);
+        }
+        let _connecting = self.connecting.lock().await;
+        if let Some(sender) = self.live() {
+            return Ok(sender);
+        }
+        let io = connect().await?;
+        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
+            .adaptive_window(true)
+            .handshake(io)
+            .await
+            .map_err(handshake_failed)?;
+        tokio::spawn(connection);
+        self.sender.store(Some(Arc::new(sender.clone())));
+        Ok(sender)
+    }
+}
+
 /// The connections to one endpoint.
 #[derive(Debug)]
 pub struct ConnectionPool {
     addr: SocketAddr,
     via: Option<SocketAddr>,
     idle_http1: ArrayQueue<http1::SendRequest<ProxyBody>>,
-    http2: ArcSwapOption<http2::SendRequest<ProxyBody>>,
-    http2_connecting: tokio::sync::Mutex<()>,
+    http2: SharedHttp2<ProxyBody>,
 }
 
 impl ConnectionPool {
     /// An empty pool for `addr`, reached directly or, with `via`, through a peer node proxy.
     pub fn new(addr: SocketAddr, via: Option<SocketAddr>) -> Self {
-        Self {
-            addr,
-            via,
-            idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1),
-            http2: ArcSwapOption::empty(),
-            http2_connecting: tokio::sync::Mutex::new(()),
-        }
+        Self { addr, via, idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1), http2: SharedHttp2::new() }
     }
 
     async fn connect(&self) -> Result<UpstreamIo, UpstreamError> {
         if let Some(peer) = self.via {
             return crate::tunnel::open(peer, self.addr).await.map(UpstreamIo::Tunnel);
         }
-        let connect = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr));
-        let stream = match connect.await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(e)) => return Err(UpstreamError::Connect { addr: self.addr, reason: e.to_string() }),
-            Err(_) => return Err(UpstreamError::Connect { addr: self.addr, reason: "timed out".into() }),
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(UpstreamIo::Tcp(TokioIo::new(stream)))
+        connect_tcp(self.addr)
+            .await
+            .map(|stream| UpstreamIo::Tcp(TokioIo::new(stream)))
+            .map_err(|reason| UpstreamError::Connect { addr: self.addr, reason })
     }
 
     /// Sends `request` over a pooled or new connection.
@@ -148,35 +202,13 @@ impl ConnectionPool {
         self: &Arc<Self>,
         request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut sender = match self.live_http2() {
-            Some(sender) => sender,
-            None => {
-                let _connecting = self.http2_connecting.lock().await;
-                match self.live_http2() {
-                    Some(sender) => sender,
-                    None => {
-                        let io = self.connect().await?;
-                        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-                            .adaptive_window(true)
-                            .handshake(io)
-                            .await
-                            .map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
-                        tokio::spawn(connection);
-                        self.http2.store(Some(Arc::new(sender.clone())));
-                        sender
-                    }
-                }
-            }
-        };
+        let mut sender =
+            self.http2.get(|| self.connect(), |source| UpstreamError::Http { addr: self.addr, source }).await?;
         sender.ready().await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
         let (parts, body) = response.into_parts();
         Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin: None }))
-    }
-
-    fn live_http2(&self) -> Option<http2::SendRequest<ProxyBody>> {
-        self.http2.load().as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
     }
 
     fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {
