@@ -73,7 +73,8 @@ struct Totals {
     buckets: BTreeMap<u64, f64>,
 }
 
-fn label<'a>(line: &'a str, name: &str) -> &'a str {
+/// The value of label `name` in one exposition line, or `""`.
+pub(crate) fn label<'a>(line: &'a str, name: &str) -> &'a str {
     line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("")
 }
 

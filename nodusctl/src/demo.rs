@@ -286,9 +286,7 @@ fn print_routes(proxy: &NodeProxy, previous: &mut BTreeMap<String, f64>) {
     let Ok((200, metrics)) = proxy.admin_get("/metrics") else { return };
     let mut current: BTreeMap<String, f64> = BTreeMap::new();
     for line in metrics.lines().filter(|l| l.starts_with("nodus_requests_total{")) {
-        let label = |name: &str| {
-            line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("").to_owned()
-        };
+        let label = |name: &str| crate::admin::label(line, name);
         let key = format!(
             "{} {} rule {} -> {} [{}]",
             label("route_kind"),

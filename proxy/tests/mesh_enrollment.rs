@@ -5,8 +5,8 @@
 
 mod support;
 
-use nodus_harness::{metric_value, skip_unless_lab_supported};
-use std::time::{Duration, Instant};
+use nodus_harness::skip_unless_lab_supported;
+use std::time::Duration;
 use support::*;
 
 /// echo-v1's pod IP, dialled directly (not a Service): captured connections reach it from the
@@ -20,15 +20,10 @@ fn seen_from(mesh: &Mesh) -> String {
 }
 
 fn wait_for_enrolled(mesh: &Mesh, count: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, metrics) = mesh.proxy.admin_get("/metrics").unwrap();
-        if metric_value(&metrics, "nodus_redirect_enrolled_pods") == Some(count) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "enrolled pods never became {count}: {metrics}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let goal = format!("become {count}");
+    mesh.proxy
+        .wait_for_metric_where("nodus_redirect_enrolled_pods", &goal, |v| v == count, Duration::from_secs(10))
+        .unwrap();
 }
 
 #[test]

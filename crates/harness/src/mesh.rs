@@ -47,15 +47,27 @@ impl NodeProxy {
     /// Polls `/metrics` until `metric` (a sample line prefix, e.g. `nodus_redirect_enrolled_pods`)
     /// has a value of at least `at_least`.
     pub fn wait_for_metric(&self, metric: &str, at_least: f64, timeout: Duration) -> Result<f64> {
+        self.wait_for_metric_where(metric, &format!("reach {at_least}"), |v| v >= at_least, timeout)
+    }
+
+    /// Polls `/metrics` until `metric` has a value for which `wanted` holds; `goal` says what is
+    /// awaited, for the error.
+    pub fn wait_for_metric_where(
+        &self,
+        metric: &str,
+        goal: &str,
+        wanted: impl Fn(f64) -> bool,
+        timeout: Duration,
+    ) -> Result<f64> {
         let deadline = Instant::now() + timeout;
         loop {
             let value = self.admin_get("/metrics").ok().and_then(|(_, body)| metric_value(&body, metric));
-            if let Some(value) = value.filter(|v| *v >= at_least) {
+            if let Some(value) = value.filter(|v| wanted(*v)) {
                 return Ok(value);
             }
             if Instant::now() > deadline {
                 return Err(HarnessError::Usage(format!(
-                    "{}: metric {metric} did not reach {at_least} within {timeout:?} (last: {value:?})",
+                    "{}: metric {metric} did not {goal} within {timeout:?} (last: {value:?})",
                     self.node
                 )));
             }
