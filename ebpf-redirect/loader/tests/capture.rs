@@ -72,6 +72,14 @@ fn listen(netns_owner: &nodus_harness::NetNs, addr: SocketAddr) -> TcpListener {
     netns_owner.run(|| TcpListener::bind(addr)).unwrap().unwrap()
 }
 
+/// A stand-in node proxy: accepts `count` connections on the node's proxy port and answers each
+/// with the original destination the redirect recorded for it.
+fn serve_as_proxy(node: &Node, redirect: &std::sync::Arc<Redirect>, count: usize) -> JoinHandle<Vec<SocketAddr>> {
+    let proxy = listen(node.netns(), SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
+    let redirect = redirect.clone();
+    serve(proxy, "proxy", count, move |peer| redirect.original_dst(peer).unwrap())
+}
+
 fn spec(node: &Node) -> RedirectSpec {
     RedirectSpec {
         cgroup: node.pods_cgroup().path().to_path_buf(),
@@ -96,12 +104,7 @@ fn enrolled_pod_is_captured_with_its_original_destination_and_others_are_not() {
     assert_eq!(redirect.enrolled().unwrap(), vec![client_cookie]);
     let redirect = std::sync::Arc::new(redirect);
 
-    let proxy = listen(node1.netns(), SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
-    let lookup = {
-        let redirect = redirect.clone();
-        move |peer| redirect.original_dst(peer).unwrap()
-    };
-    let proxy_thread = serve(proxy, "proxy", 1, lookup);
+    let proxy_thread = serve_as_proxy(&node1, &redirect, 1);
     let server_listener = listen(server.netns(), SocketAddr::from((server.ip, 8080)));
     let server_thread = serve(server_listener, "server", 1, |_| None);
     let target = SocketAddrV4::new(server.ip, 8080);
@@ -133,12 +136,7 @@ fn dual_stack_sockets_dialling_ipv4_mapped_addresses_are_captured_too() {
     let mut redirect = Redirect::attach(&spec(&node1)).unwrap();
     redirect.enroll(netns_cookie_of(&client.netns().path()).unwrap()).unwrap();
     let redirect = std::sync::Arc::new(redirect);
-    let proxy = listen(node1.netns(), SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
-    let lookup = {
-        let redirect = redirect.clone();
-        move |peer| redirect.original_dst(peer).unwrap()
-    };
-    let proxy_thread = serve(proxy, "proxy", 1, lookup);
+    let proxy_thread = serve_as_proxy(&node1, &redirect, 1);
     let target = SocketAddrV4::new(server.ip, 8080);
     let captured = run_script(&client, CLIENT_V4_MAPPED, target);
     assert_eq!(captured["reply"], format!("proxy original={target}"));
