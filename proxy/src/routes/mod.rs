@@ -268,16 +268,26 @@ impl TableBuilder<'_> {
             .collect()
     }
 
-    fn builders(
+    /// Calls `add` with the builders of every Service port the route attaches to: the producer
+    /// set when the route is in the Service's namespace, else its namespace's consumer set.
+    fn for_each_attachment(
         &mut self,
-        key: ServicePortKey,
-        route_namespace: &str,
-    ) -> &mut (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder) {
-        if &*key.0 == route_namespace {
-            self.sets.entry(key).or_default()
-        } else {
-            self.consumer_sets.entry((key, Box::from(route_namespace))).or_default()
+        snapshot: &ConfigSnapshot,
+        route: &ObjectRef,
+        parents: &[RouteParent],
+        mut add: impl FnMut(&mut (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)) -> Result<(), regex::Error>,
+    ) -> Result<(), regex::Error> {
+        for parent in parents {
+            for key in Self::parent_ports(snapshot, parent) {
+                let builders = if *key.0 == *route.namespace {
+                    self.sets.entry(key).or_default()
+                } else {
+                    self.consumer_sets.entry((key, Box::from(route.namespace.as_str()))).or_default()
+                };
+                add(builders)?;
+            }
         }
+        Ok(())
     }
 
     fn add_http(&mut self, snapshot: &ConfigSnapshot, order: usize, route: &HttpRoute) -> Result<(), regex::Error> {
@@ -299,15 +309,13 @@ impl TableBuilder<'_> {
                 ))
             })
             .collect();
-        for parent in &route.parents {
-            for key in Self::parent_ports(snapshot, parent) {
-                let (http, _) = self.builders(key, &route.id.namespace);
-                for (index, rule) in route.rules.iter().enumerate() {
-                    http.add_rule(order, &route.hostnames, rule, &rules[index])?;
-                }
-            }
-        }
-        Ok(())
+        self.for_each_attachment(snapshot, &route.id, &route.parents, |(http, _)| {
+            route
+                .rules
+                .iter()
+                .zip(&rules)
+                .try_for_each(|(rule, compiled)| http.add_rule(order, &route.hostnames, rule, compiled))
+        })
     }
 
     fn add_grpc(&mut self, snapshot: &ConfigSnapshot, order: usize, route: &GrpcRoute) -> Result<(), regex::Error> {
@@ -329,15 +337,13 @@ impl TableBuilder<'_> {
                 ))
             })
             .collect();
-        for parent in &route.parents {
-            for key in Self::parent_ports(snapshot, parent) {
-                let (_, grpc) = self.builders(key, &route.id.namespace);
-                for (index, rule) in route.rules.iter().enumerate() {
-                    grpc.add_rule(order, &route.hostnames, rule, &rules[index])?;
-                }
-            }
-        }
-        Ok(())
+        self.for_each_attachment(snapshot, &route.id, &route.parents, |(_, grpc)| {
+            route
+                .rules
+                .iter()
+                .zip(&rules)
+                .try_for_each(|(rule, compiled)| grpc.add_rule(order, &route.hostnames, rule, compiled))
+        })
     }
 
     fn finish(self) -> RouteTable {
