@@ -10,6 +10,7 @@ pub mod admin;
 pub mod app;
 pub mod balance;
 pub mod body;
+pub mod control;
 pub mod detect;
 pub mod enrollment;
 pub mod errors;

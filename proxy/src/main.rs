@@ -30,9 +30,12 @@ struct Args {
     /// Admin listener (/metrics, /ready, /live, /config_dump).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_addr: SocketAddr,
-    /// A config snapshot file (YAML), re-read when it changes.
-    #[arg(long)]
-    config_file: PathBuf,
+    /// The controller's config service, e.g. `http://nodus-controller:15012`.
+    #[arg(long, env = "NODUS_CONTROLLER", required_unless_present = "config_file")]
+    controller: Option<String>,
+    /// Instead of a controller: a config snapshot file (YAML), re-read when it changes.
+    #[arg(long, conflicts_with = "controller")]
+    config_file: Option<PathBuf>,
     /// Attach the eBPF redirect to this cgroup (the one holding the node's pods).
     #[arg(long, requires = "bpf_pin_dir")]
     redirect_cgroup: Option<PathBuf>,
@@ -110,7 +113,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => bail!("either --redirect-cgroup (eBPF capture) or --fixed-original-dst is needed"),
     };
     let proxy = Arc::new(Proxy::for_node(outlier, metrics, &args.node));
-    app::watch_config_file(proxy.clone(), args.config_file.clone(), Duration::from_millis(250));
+    match (&args.controller, &args.config_file) {
+        (Some(controller), _) => {
+            drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()))
+        }
+        (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),
+        (None, None) => bail!("either --controller or --config-file is needed"),
+    }
     if let Some(redirect) = redirect_handle {
         let discovery = NetnsDiscovery { dir: args.netns_dir.clone(), prefix: args.netns_prefix.clone() };
         let enrollment = Arc::new(Enrollment::new(args.node.clone(), discovery, redirect));

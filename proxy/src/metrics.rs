@@ -114,6 +114,8 @@ pub struct Metrics {
     pub tcp_sent_bytes: Family<TcpLabels, Counter>,
     /// Version of the config in force.
     pub config_version: Gauge,
+    /// 1 while the control-plane stream is up.
+    pub control_plane_connected: Gauge,
     /// Config snapshots accepted or rejected.
     pub config_updates: Family<ConfigLabels, Counter>,
     /// Pods of this node the redirect captures now.
@@ -143,6 +145,7 @@ impl Metrics {
         let tcp_received_bytes = Family::default();
         let tcp_sent_bytes = Family::default();
         let config_version = Gauge::default();
+        let control_plane_connected = Gauge::default();
         let config_updates = Family::default();
         let redirect_enrolled_pods = Gauge::default();
         let redirect_missing_pods = Gauge::default();
@@ -173,6 +176,11 @@ impl Metrics {
         registry.register("tcp_received_bytes", "Bytes received from clients", tcp_received_bytes.clone());
         registry.register("tcp_sent_bytes", "Bytes sent to clients", tcp_sent_bytes.clone());
         registry.register("config_version", "Version of the config snapshot in force", config_version.clone());
+        registry.register(
+            "control_plane_connected",
+            "1 while the stream to the controller is up (the last good config is served either way)",
+            control_plane_connected.clone(),
+        );
         registry.register("config_updates", "Config snapshots accepted or rejected", config_updates.clone());
         Self {
             registry,
@@ -185,6 +193,7 @@ impl Metrics {
             tcp_received_bytes,
             tcp_sent_bytes,
             config_version,
+            control_plane_connected,
             config_updates,
             redirect_enrolled_pods,
             redirect_missing_pods,

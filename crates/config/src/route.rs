@@ -226,6 +226,11 @@ pub struct BackendRef {
     /// Filters applied only when this backend is chosen.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub filters: Vec<HttpFilter>,
+    /// Set by the controller when the reference cannot be used (the Service does not exist, or a
+    /// cross-namespace reference no ReferenceGrant permits): the text says why. The backend keeps
+    /// its weight and the requests it would get are answered 500, as Gateway API requires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unresolved: Option<String>,
 }
 
 fn default_weight() -> u32 {

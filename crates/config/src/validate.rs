@@ -136,7 +136,10 @@ impl ConfigSnapshot {
         backends: &[BackendRef],
     ) -> Result<(), ValidationError> {
         for backend in backends {
-            self.check_service_port(route, "backendRef", &backend.service, Some(backend.port))?;
+            // An unresolved reference is legitimate config: the proxy answers its share with 500.
+            if backend.unresolved.is_none() {
+                self.check_service_port(route, "backendRef", &backend.service, Some(backend.port))?;
+            }
             for filter in &backend.filters {
                 self.validate_filter(route, rule, filter, false)?;
             }
@@ -189,7 +192,8 @@ impl ConfigSnapshot {
         Ok(())
     }
 
-    fn validate_http_route(&self, route: &HttpRoute) -> Result<(), ValidationError> {
+    /// Checks one HTTPRoute against the snapshot's Services (what a controller checks route by route).
+    pub fn validate_http_route(&self, route: &HttpRoute) -> Result<(), ValidationError> {
         self.validate_parents(&route.id, &route.parents)?;
         for (index, rule) in route.rules.iter().enumerate() {
             let invalid =
@@ -248,7 +252,8 @@ impl ConfigSnapshot {
         Ok(())
     }
 
-    fn validate_grpc_route(&self, route: &GrpcRoute) -> Result<(), ValidationError> {
+    /// Checks one GRPCRoute against the snapshot's Services.
+    pub fn validate_grpc_route(&self, route: &GrpcRoute) -> Result<(), ValidationError> {
         self.validate_parents(&route.id, &route.parents)?;
         for (index, rule) in route.rules.iter().enumerate() {
             let invalid =

@@ -188,3 +188,18 @@ fn snapshot_round_trips_through_json() {
     let back: ConfigSnapshot = serde_json::from_str(&json).unwrap();
     assert_eq!(snapshot, back);
 }
+
+#[test]
+fn unresolved_backends_are_valid_config_and_keep_their_reason() {
+    // The controller marks references it could not resolve instead of dropping them: the
+    // proxy must still answer that backend's share of requests (with 500).
+    let snapshot = snapshot_with(&http_rule(
+        r#"      - backends:
+          - { service: { namespace: demo, name: web }, port: 80, weight: 50 }
+          - { service: { namespace: other, name: gone }, port: 80, weight: 50, unresolved: "BackendNotFound: service other/gone does not exist" }"#,
+    ))
+    .expect("parses");
+    snapshot.validate().expect("an unresolved backend is not a validation error");
+    let backends = &snapshot.http_routes[0].rules[0].backends;
+    assert_eq!(backends[1].unresolved.as_deref(), Some("BackendNotFound: service other/gone does not exist"));
+}

@@ -80,7 +80,7 @@ pub struct CompiledRule {
 impl CompiledRule {
     /// The rule used when no route is attached: everything to the Service port itself.
     pub fn default_for(service: &ObjectRef, port: u16, balancer: Arc<Balancer>) -> Self {
-        let reference = BackendRef { service: service.clone(), port, weight: 1, filters: Vec::new() };
+        let reference = BackendRef { service: service.clone(), port, weight: 1, filters: Vec::new(), unresolved: None };
         Self {
             kind: RouteKind::Default,
             route: service.clone(),
@@ -138,7 +138,7 @@ impl CompiledRule {
                 .iter()
                 .map(|b| RuleBackend {
                     reference: b.clone(),
-                    balancer: resolve(&b.service, b.port),
+                    balancer: if b.unresolved.is_some() { None } else { resolve(&b.service, b.port) },
                     label: Arc::from(format!("{}:{}", b.service, b.port)),
                 })
                 .collect(),

@@ -172,7 +172,13 @@ mod tests {
 
     fn backend(name: &str, weight: u32) -> RuleBackend {
         RuleBackend {
-            reference: BackendRef { service: ObjectRef::new("demo", name), port: 80, weight, filters: vec![] },
+            reference: BackendRef {
+                service: ObjectRef::new("demo", name),
+                port: 80,
+                weight,
+                filters: vec![],
+                unresolved: None,
+            },
             balancer: None,
             label: Arc::from(name),
         }

@@ -1,0 +1,156 @@
+//! The Kubernetes objects the controller translates, held by namespace/name.
+//!
+//! Both inputs fill the same [`ClusterState`]: watches on an API server (`kube_io`) and a
+//! directory of manifests (`manifests`). Translation only ever reads a `ClusterState`, so there
+//! is one translation code path whatever the source.
+
+use gateway_api::apis::standard::{grpcroutes::GrpcRoute, httproutes::HttpRoute, referencegrants::ReferenceGrant};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::ObjectMeta;
+use kube::{Resource, ResourceExt};
+use nodus_config::ObjectRef;
+use std::collections::BTreeMap;
+
+/// One object of a kind the controller watches.
+#[derive(Clone, Debug)]
+pub enum ClusterObject {
+    /// A Namespace (carries the mesh label).
+    Namespace(Box<Namespace>),
+    /// A Service.
+    Service(Box<Service>),
+    /// An EndpointSlice (endpoints of a Service).
+    EndpointSlice(Box<EndpointSlice>),
+    /// A Pod (a workload).
+    Pod(Box<Pod>),
+    /// A Gateway API HTTPRoute.
+    HttpRoute(Box<HttpRoute>),
+    /// A Gateway API GRPCRoute.
+    GrpcRoute(Box<GrpcRoute>),
+    /// A Gateway API ReferenceGrant.
+    ReferenceGrant(Box<ReferenceGrant>),
+}
+
+impl ClusterObject {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            ClusterObject::Namespace(o) => o.meta(),
+            ClusterObject::Service(o) => o.meta(),
+            ClusterObject::EndpointSlice(o) => o.meta(),
+            ClusterObject::Pod(o) => o.meta(),
+            ClusterObject::HttpRoute(o) => o.meta(),
+            ClusterObject::GrpcRoute(o) => o.meta(),
+            ClusterObject::ReferenceGrant(o) => o.meta(),
+        }
+    }
+
+    /// `namespace/name` (namespace empty for cluster-scoped kinds).
+    pub fn key(&self) -> ObjectRef {
+        let meta = self.meta();
+        ObjectRef::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
+    }
+
+    /// The kind, as Kubernetes spells it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ClusterObject::Namespace(_) => "Namespace",
+            ClusterObject::Service(_) => "Service",
+            ClusterObject::EndpointSlice(_) => "EndpointSlice",
+            ClusterObject::Pod(_) => "Pod",
+            ClusterObject::HttpRoute(_) => "HTTPRoute",
+            ClusterObject::GrpcRoute(_) => "GRPCRoute",
+            ClusterObject::ReferenceGrant(_) => "ReferenceGrant",
+        }
+    }
+}
+
+/// Every watched object, by kind and namespace/name.
+#[derive(Clone, Debug, Default)]
+pub struct ClusterState {
+    /// Namespaces by name (the key's namespace is empty).
+    pub namespaces: BTreeMap<ObjectRef, Namespace>,
+    /// Services.
+    pub services: BTreeMap<ObjectRef, Service>,
+    /// EndpointSlices.
+    pub endpoint_slices: BTreeMap<ObjectRef, EndpointSlice>,
+    /// Pods.
+    pub pods: BTreeMap<ObjectRef, Pod>,
+    /// HTTPRoutes.
+    pub http_routes: BTreeMap<ObjectRef, HttpRoute>,
+    /// GRPCRoutes.
+    pub grpc_routes: BTreeMap<ObjectRef, GrpcRoute>,
+    /// ReferenceGrants.
+    pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
+}
+
+impl ClusterState {
+    /// Builds a state from a list of objects (later ones replace earlier ones of the same key).
+    pub fn from_objects(objects: impl IntoIterator<Item = ClusterObject>) -> Self {
+        let mut state = Self::default();
+        for object in objects {
+            state.apply(object);
+        }
+        state
+    }
+
+    /// Adds or replaces an object.
+    pub fn apply(&mut self, object: ClusterObject) {
+        let key = object.key();
+        match object {
+            ClusterObject::Namespace(o) => {
+                self.namespaces.insert(key, *o);
+            }
+            ClusterObject::Service(o) => {
+                self.services.insert(key, *o);
+            }
+            ClusterObject::EndpointSlice(o) => {
+                self.endpoint_slices.insert(key, *o);
+            }
+            ClusterObject::Pod(o) => {
+                self.pods.insert(key, *o);
+            }
+            ClusterObject::HttpRoute(o) => {
+                self.http_routes.insert(key, *o);
+            }
+            ClusterObject::GrpcRoute(o) => {
+                self.grpc_routes.insert(key, *o);
+            }
+            ClusterObject::ReferenceGrant(o) => {
+                self.reference_grants.insert(key, *o);
+            }
+        }
+    }
+
+    /// Removes an object (by its kind and key).
+    pub fn delete(&mut self, object: &ClusterObject) {
+        let key = object.key();
+        match object {
+            ClusterObject::Namespace(_) => drop(self.namespaces.remove(&key)),
+            ClusterObject::Service(_) => drop(self.services.remove(&key)),
+            ClusterObject::EndpointSlice(_) => drop(self.endpoint_slices.remove(&key)),
+            ClusterObject::Pod(_) => drop(self.pods.remove(&key)),
+            ClusterObject::HttpRoute(_) => drop(self.http_routes.remove(&key)),
+            ClusterObject::GrpcRoute(_) => drop(self.grpc_routes.remove(&key)),
+            ClusterObject::ReferenceGrant(_) => drop(self.reference_grants.remove(&key)),
+        }
+    }
+
+    /// Removes every object of a kind (named as [`ClusterObject::kind`]): a watch relisting.
+    pub fn clear_kind(&mut self, kind: &str) {
+        match kind {
+            "Namespace" => self.namespaces.clear(),
+            "Service" => self.services.clear(),
+            "EndpointSlice" => self.endpoint_slices.clear(),
+            "Pod" => self.pods.clear(),
+            "HTTPRoute" => self.http_routes.clear(),
+            "GRPCRoute" => self.grpc_routes.clear(),
+            "ReferenceGrant" => self.reference_grants.clear(),
+            _ => {}
+        }
+    }
+
+    /// The labels of a namespace, if it is known.
+    pub fn namespace_labels(&self, namespace: &str) -> Option<&BTreeMap<String, String>> {
+        self.namespaces.get(&ObjectRef::new("", namespace)).map(|ns| ns.labels())
+    }
+}

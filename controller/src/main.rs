@@ -1,0 +1,73 @@
+//! `nodus-controller`: translates Kubernetes objects (or a directory of manifests) into node
+//! proxy config and serves it over gRPC.
+
+use anyhow::Context;
+use clap::Parser;
+use nodus_controller::distribute::Distributor;
+use nodus_controller::reconcile::Reconciler;
+use nodus_controller::standalone::StandaloneSettings;
+use nodus_controller::translate::TranslateOptions;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The Nodus controller.
+#[derive(Parser, Debug)]
+#[command(version, about, long_about = None)]
+struct Args {
+    /// gRPC address node proxies subscribe to.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    listen: SocketAddr,
+    /// Standalone mode: read the cluster from this directory of YAML manifests instead of an
+    /// API server, and re-read it when it changes.
+    #[arg(long)]
+    manifests: Option<PathBuf>,
+    /// Standalone mode: write route status here (YAML).
+    #[arg(long, requires = "manifests")]
+    status_file: Option<PathBuf>,
+    /// Port node proxies accept tunnels on.
+    #[arg(long, default_value_t = 15008)]
+    tunnel_port: u16,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(run(args))
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let distributor = Distributor::new();
+    let reconciler = Reconciler::new(TranslateOptions { tunnel_port: args.tunnel_port }, distributor.clone());
+    let listener =
+        tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
+    let local = listener.local_addr()?;
+    let server = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(10)))
+        .add_service(distributor.service())
+        .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
+    let source = match args.manifests {
+        Some(dir) => {
+            let settings = StandaloneSettings { dir, status_file: args.status_file, poll: Duration::from_millis(200) };
+            tokio::spawn(nodus_controller::standalone::run(settings, reconciler))
+        }
+        None => {
+            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            tokio::spawn(nodus_controller::kube_io::run(client, reconciler))
+        }
+    };
+    // Harnesses wait for this line.
+    println!("nodus-controller ready grpc={local}");
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = server => result.context("gRPC server")?,
+        _ = source => anyhow::bail!("the config source stopped"),
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,38 @@
+//! One step of the control loop, shared by both sources: translate the cluster, publish the
+//! config, hand back the statuses for the source to write.
+
+use crate::cluster::ClusterState;
+use crate::distribute::Distributor;
+use crate::translate::{translate, LastAccepted, TranslateOptions, Translation};
+
+/// Translates and publishes; remembers the routes last accepted.
+pub struct Reconciler {
+    options: TranslateOptions,
+    last_accepted: LastAccepted,
+    distributor: Distributor,
+}
+
+impl Reconciler {
+    /// A reconciler publishing to `distributor`.
+    pub fn new(options: TranslateOptions, distributor: Distributor) -> Self {
+        Self { options, last_accepted: LastAccepted::new(), distributor }
+    }
+
+    /// Translates `state`, publishes the result and returns it (with the published version).
+    pub fn reconcile(&mut self, state: &ClusterState) -> (u64, Translation) {
+        let translation = translate(state, &self.options, &self.last_accepted);
+        self.last_accepted = translation.last_accepted.clone();
+        let version = self.distributor.publish(translation.snapshot.clone());
+        let rejected = translation.statuses.values().filter(|s| s.parents.iter().any(|p| !p.accepted.status)).count();
+        tracing::info!(
+            version,
+            services = translation.snapshot.services.len(),
+            workloads = translation.snapshot.workloads.len(),
+            http_routes = translation.snapshot.http_routes.len(),
+            grpc_routes = translation.snapshot.grpc_routes.len(),
+            routes_not_accepted = rejected,
+            "reconciled"
+        );
+        (version, translation)
+    }
+}
