@@ -58,6 +58,8 @@ pub struct Distributor {
     nodes: Arc<Mutex<BTreeMap<String, NodeStatus>>>,
     /// Bumped on every ACK, NACK or connection change, for whoever waits on node status.
     changes: Arc<watch::Sender<u64>>,
+    /// Set when the controller shuts down: every stream ends so proxies reconnect elsewhere.
+    closing: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Distributor {
@@ -73,6 +75,7 @@ impl Distributor {
             published: Arc::new(watch::channel(Arc::new(Published::default())).0),
             nodes: Arc::default(),
             changes: Arc::new(watch::channel(0).0),
+            closing: Arc::new(watch::channel(false).0),
         }
     }
 
@@ -125,6 +128,12 @@ impl Distributor {
         self.changes.send_modify(|n| *n += 1);
     }
 
+    /// Ends every subscriber's stream (controller shutdown); proxies keep their config and
+    /// reconnect, to this controller's successor or another replica.
+    pub fn close_streams(&self) {
+        self.closing.send_replace(true);
+    }
+
     /// The tonic service to add to a server.
     pub fn service(&self) -> ConfigDiscoveryServer<Self> {
         ConfigDiscoveryServer::new(self.clone())
@@ -132,6 +141,18 @@ impl Distributor {
 
     /// Serves one subscriber until its stream ends.
     async fn serve_node(
+        self,
+        inbound: Streaming<SubscribeRequest>,
+        outbound: mpsc::Sender<Result<ConfigPush, Status>>,
+    ) {
+        let mut closing = self.closing.subscribe();
+        tokio::select! {
+            () = self.clone().stream_to_node(inbound, outbound) => {}
+            _ = closing.wait_for(|closing| *closing) => {}
+        }
+    }
+
+    async fn stream_to_node(
         self,
         mut inbound: Streaming<SubscribeRequest>,
         outbound: mpsc::Sender<Result<ConfigPush, Status>>,

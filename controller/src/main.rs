@@ -69,5 +69,6 @@ async fn run(args: Args) -> anyhow::Result<()> {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
     }
+    distributor.close_streams();
     Ok(())
 }
