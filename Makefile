@@ -5,8 +5,10 @@
 CARGO ?= cargo
 # CI sets this so that a test needing root fails instead of skipping.
 export NODUS_REQUIRE_PRIVILEGED_TESTS ?= 0
+# CI sets this so that the API-server tests fail instead of skipping when kapi is missing.
+export NODUS_REQUIRE_KAPI ?= 0
 
-.PHONY: setup demo test fmt-check clippy unit-and-integration bench micro-bench
+.PHONY: setup kapi demo test fmt-check clippy unit-and-integration bench micro-bench
 
 setup:
 	@scripts/setup.sh
@@ -15,7 +17,11 @@ demo: setup
 	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy
 	target/release/nodusctl demo $(DEMO_ARGS)
 
-test: setup fmt-check clippy unit-and-integration
+test: setup kapi fmt-check clippy unit-and-integration
+
+# A real Kubernetes API server for the controller's tests (built once, cached in .cache/kapi).
+kapi:
+	@scripts/setup-kapi.sh
 
 fmt-check:
 	$(CARGO) fmt --all --check

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes API server the controller's integration tests run against
+# (shared/kapi: upstream k8s.io/apiserver + apiextensions-apiserver from Debian, and etcd),
+# once: the binaries are cached in .cache/kapi (gitignored). About 3.5 min on 2 cores.
+#
+# The kit lives outside this repository (NODUS_KAPI_KIT, default ../shared/kapi). Without it
+# this says so loudly and the API-server tests print SKIPPED.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kit=${NODUS_KAPI_KIT:-../shared/kapi}
+work=.cache/kapi
+if [ -x "$work/bin/kapilite" ] && [ -x "$work/bin/etcd" ]; then
+    echo "kapi: cached in $work/bin"
+    exit 0
+fi
+if [ ! -f "$kit/setup-kapi.sh" ]; then
+    echo "WARNING: kapi kit not found at $kit (set NODUS_KAPI_KIT); the controller's API-server tests will be SKIPPED" >&2
+    exit 0
+fi
+echo "kapi: building into $work (about 3.5 min, once)"
+mkdir -p "$work"
+bash "$kit/setup-kapi.sh" "$(pwd)/$work" > "$work/build.log" 2>&1 || { tail -20 "$work/build.log"; exit 1; }
+# The build leaves Go sources and debs behind (about 3.5 GB): only the binaries are kept.
+find "$work" -mindepth 1 -maxdepth 1 ! -name bin ! -name build.log -exec rm -rf {} +
+echo "kapi: built ($(tail -1 "$work/build.log"))"
