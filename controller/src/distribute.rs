@@ -9,7 +9,7 @@ use crate::node_view::node_view;
 use nodus_config::ConfigSnapshot;
 use nodus_wire::proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use nodus_wire::proto::{subscribe_request, ConfigPush, SubscribeRequest};
-use nodus_wire::{split, ResourceMapDelta};
+use nodus_wire::{select, split, ResourceMap, ResourceMapDelta};
 use prost::Message;
 use std::collections::BTreeMap;
 use std::pin::Pin;
@@ -30,6 +30,8 @@ pub struct Published {
     pub version: u64,
     /// The config.
     pub snapshot: ConfigSnapshot,
+    /// The config cut into resources, encoded once for every subscriber.
+    pub resources: ResourceMap,
 }
 
 /// What the controller knows of one node proxy.
@@ -89,9 +91,19 @@ impl Distributor {
                 version = current.version;
                 return false;
             }
+            let resources = match split(&snapshot) {
+                Ok(resources) => resources,
+                Err(error) => {
+                    // Config objects always serialize; if one does not, publishing nothing is
+                    // the safe choice: proxies keep the config in force.
+                    tracing::error!(%error, "cannot encode the config; not published");
+                    version = current.version;
+                    return false;
+                }
+            };
             version = current.version + 1;
             snapshot.version = version;
-            *current = Arc::new(Published { version, snapshot });
+            *current = Arc::new(Published { version, snapshot, resources });
             true
         });
         version
@@ -178,13 +190,7 @@ impl Distributor {
         loop {
             let current = published.borrow_and_update().clone();
             if current.version != 0 {
-                let view = match split(&node_view(&current.snapshot, &node)) {
-                    Ok(view) => view,
-                    Err(error) => {
-                        tracing::error!(parent: &span, %error, "cannot encode the node's view");
-                        break;
-                    }
-                };
+                let view = select(&current.resources, &node_view(&current.snapshot, &node));
                 let delta = view.delta_to(&held);
                 if first || !delta.is_empty() {
                     nonce += 1;

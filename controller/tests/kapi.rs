@@ -46,8 +46,10 @@ impl Drop for Kapi {
 }
 
 fn start_kapi() -> Option<Kapi> {
-    let bin = std::env::var_os("NODUS_KAPI_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/kapi/bin"));
-    let kit = std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
+    let bin =
+        std::env::var_os("NODUS_KAPI_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/kapi/bin"));
+    let kit =
+        std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
     if !bin.join("kapilite").exists() || !kit.join("start-kapi.sh").exists() {
         let why = format!("no kapi binaries in {} (run scripts/setup-kapi.sh)", bin.display());
         if std::env::var("NODUS_REQUIRE_KAPI").as_deref() == Ok("1") {
@@ -146,7 +148,8 @@ fn has(conditions: &[(String, String, String, String)], kind: &str, status: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     let Some(kapi) = start_kapi() else { return };
-    let kit = std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
+    let kit =
+        std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
     let client = client(&kapi).await;
     install_gateway_crds(&client, &kit).await;
 
@@ -167,7 +170,8 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     pods.create(&pp, &from_yaml("metadata: { name: web-0, namespace: demo }\nspec: { nodeName: node-1, containers: [{ name: web, image: echo }] }"))
         .await
         .unwrap();
-    let pod_status: Value = serde_json::json!({ "status": { "phase": "Running", "hostIP": "10.100.0.11", "podIP": "10.244.1.3" } });
+    let pod_status: Value =
+        serde_json::json!({ "status": { "phase": "Running", "hostIP": "10.100.0.11", "podIP": "10.244.1.3" } });
     pods.patch_status("web-0", &PatchParams::default(), &Patch::Merge(&pod_status)).await.unwrap();
 
     let routes: Api<HttpRoute> = Api::namespaced(client.clone(), "demo");
@@ -225,7 +229,11 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let version_before = routes.get("good").await.unwrap().metadata.resource_version;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(routes.get("good").await.unwrap().metadata.resource_version, version_before, "the route was rewritten with nothing to change");
+    assert_eq!(
+        routes.get("good").await.unwrap().metadata.resource_version,
+        version_before,
+        "the route was rewritten with nothing to change"
+    );
 
     // An invalid edit: Accepted=False, and the previous version stays in force.
     let mut edited = routes.get("good").await.unwrap();

@@ -13,7 +13,7 @@ use nodus_config::{
     parse_gateway_duration, BackendRef, ConfigSnapshot, GatewayDuration, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch,
     GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind,
     NameValue, ObjectRef, PathMatch, PathModifier, QueryParamMatch, RedirectFilter, RouteParent, RouteTimeouts,
-    StringMatch, UrlRewriteFilter,
+    RouteValidator, StringMatch, UrlRewriteFilter,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -109,7 +109,7 @@ struct Problems {
 
 struct Resolver<'a> {
     state: &'a ClusterState,
-    snapshot: &'a ConfigSnapshot,
+    services: &'a RouteValidator<'a>,
     route_namespace: &'a str,
     route_kind: &'static str,
     problems: Problems,
@@ -159,7 +159,7 @@ impl Resolver<'_> {
         } else if port.is_none() {
             Some(("BackendNotFound", format!("backendRef {id}: a Service backend needs a port")))
         } else {
-            match self.snapshot.service(&namespace, name) {
+            match self.services.service(&id) {
                 None => Some(("BackendNotFound", format!("backendRef {id}: Service not found"))),
                 Some(service) if service.port(port_number).is_none() => {
                     Some(("BackendNotFound", format!("backendRef {id}: Service has no port {port_number}")))
@@ -345,7 +345,7 @@ fn http_match(m: &HttpRouteRulesMatches) -> HttpRouteMatch {
 
 /// Parents of a route: the Services it attaches to, and a status entry for each.
 fn resolve_parents(
-    snapshot: &ConfigSnapshot,
+    services: &RouteValidator<'_>,
     route_namespace: &str,
     parent_refs: &[HttpRouteParentRefs],
 ) -> Vec<(ParentRef, Result<RouteParent, Condition>)> {
@@ -366,7 +366,7 @@ fn resolve_parents(
             };
             let namespace = p.namespace.as_deref().unwrap_or(route_namespace);
             let id = ObjectRef::new(namespace, p.name.clone());
-            let resolved = match snapshot.service(namespace, &p.name) {
+            let resolved = match services.service(&id) {
                 None => Err(Condition::failed("NoMatchingParent", format!("Service {id} not found"))),
                 Some(service) => {
                     let by_name = p.section_name.as_ref().map(|section| {
@@ -471,6 +471,7 @@ pub(super) fn translate_routes(
         statuses: BTreeMap::new(),
         last_accepted: LastAccepted::new(),
     };
+    let validator = snapshot.route_validator();
     // The spec's tie-breaker between equally specific matches: the oldest route, then
     // namespace/name. The proxy breaks ties by order in the snapshot.
     let mut http: Vec<_> = state.http_routes.iter().collect();
@@ -480,13 +481,13 @@ pub(super) fn translate_routes(
     for (id, route) in http {
         let key = RouteKey { kind: RouteKind::Http, id: id.clone() };
         let generation = route.metadata.generation;
-        let parents = resolve_parents(snapshot, &id.namespace, route.spec.parent_refs.as_deref().unwrap_or_default());
+        let parents = resolve_parents(&validator, &id.namespace, route.spec.parent_refs.as_deref().unwrap_or_default());
         if parents.is_empty() {
             continue;
         }
         let mut resolver = Resolver {
             state,
-            snapshot,
+            services: &validator,
             route_namespace: &id.namespace,
             route_kind: "HTTPRoute",
             problems: Problems::default(),
@@ -533,7 +534,7 @@ pub(super) fn translate_routes(
         let outcome = settle(
             translated,
             problems,
-            |r| snapshot.validate_http_route(r).map_err(|e| e.to_string()),
+            |r| validator.validate_http_route(r).map_err(|e| e.to_string()),
             last,
             !accepted_parents.is_empty(),
         );
@@ -561,13 +562,13 @@ pub(super) fn translate_routes(
         let generation = route.metadata.generation;
         let parent_refs: Vec<HttpRouteParentRefs> =
             route.spec.parent_refs.iter().flatten().filter_map(reshape).collect();
-        let parents = resolve_parents(snapshot, &id.namespace, &parent_refs);
+        let parents = resolve_parents(&validator, &id.namespace, &parent_refs);
         if parents.is_empty() {
             continue;
         }
         let mut resolver = Resolver {
             state,
-            snapshot,
+            services: &validator,
             route_namespace: &id.namespace,
             route_kind: "GRPCRoute",
             problems: Problems::default(),
@@ -634,7 +635,7 @@ pub(super) fn translate_routes(
         let outcome = settle(
             translated,
             problems,
-            |r| snapshot.validate_grpc_route(r).map_err(|e| e.to_string()),
+            |r| validator.validate_grpc_route(r).map_err(|e| e.to_string()),
             last,
             !accepted_parents.is_empty(),
         );

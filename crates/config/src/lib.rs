@@ -22,7 +22,7 @@ pub use route::{
     RedirectFilter, RetryPolicy, RouteParent, RouteTimeouts, StringMatch, UrlRewriteFilter,
 };
 pub use service::{AppProtocol, Endpoint, Service, ServicePort};
-pub use validate::ValidationError;
+pub use validate::{RouteValidator, ValidationError};
 pub use workload::{Workload, WorkloadRef};
 
 use serde::{Deserialize, Serialize};

@@ -3,9 +3,9 @@
 
 use crate::{
     BackendRef, ConfigSnapshot, GrpcRoute, HeaderMatch, HttpFilter, HttpRoute, MatchKind, ObjectRef, PathMatch,
-    PathModifier, QueryParamMatch, RouteParent, StringMatch,
+    PathModifier, QueryParamMatch, RouteParent, Service, StringMatch,
 };
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use thiserror::Error;
 
 /// Why a snapshot was rejected. The text names the object and field so it can be sent back to the
@@ -66,6 +66,7 @@ pub const MAX_RETRY_ATTEMPTS: u32 = 10;
 impl ConfigSnapshot {
     /// Checks every cross-reference and value in the snapshot.
     pub fn validate(&self) -> Result<(), ValidationError> {
+        let routes = self.route_validator();
         let mut seen = HashSet::new();
         for service in &self.services {
             if !seen.insert(&service.id) {
@@ -89,16 +90,35 @@ impl ConfigSnapshot {
             if !seen.insert(&route.id) {
                 return Err(ValidationError::Duplicate { kind: "HTTPRoute", id: route.id.clone() });
             }
-            self.validate_http_route(route)?;
+            routes.validate_http_route(route)?;
         }
         let mut seen = HashSet::new();
         for route in &self.grpc_routes {
             if !seen.insert(&route.id) {
                 return Err(ValidationError::Duplicate { kind: "GRPCRoute", id: route.id.clone() });
             }
-            self.validate_grpc_route(route)?;
+            routes.validate_grpc_route(route)?;
         }
         Ok(())
+    }
+
+    /// A validator of routes against this snapshot's Services, indexed once (validating 1,000
+    /// routes must not search 1,000 Services for each reference).
+    pub fn route_validator(&self) -> RouteValidator<'_> {
+        RouteValidator { services: self.services.iter().map(|s| (&s.id, s)).collect() }
+    }
+}
+
+/// Checks routes against a snapshot's Services; see [`ConfigSnapshot::route_validator`].
+#[derive(Debug)]
+pub struct RouteValidator<'s> {
+    services: HashMap<&'s ObjectRef, &'s Service>,
+}
+
+impl<'s> RouteValidator<'s> {
+    /// The Service with this namespace/name.
+    pub fn service(&self, id: &ObjectRef) -> Option<&'s Service> {
+        self.services.get(id).copied()
     }
 
     fn validate_parents(&self, route: &ObjectRef, parents: &[RouteParent]) -> Result<(), ValidationError> {
@@ -118,8 +138,10 @@ impl ConfigSnapshot {
         service_id: &ObjectRef,
         port: Option<u16>,
     ) -> Result<(), ValidationError> {
-        let service = self.service(&service_id.namespace, &service_id.name).ok_or_else(|| {
-            ValidationError::UnknownService { route: route.clone(), what, service: service_id.clone() }
+        let service = self.services.get(service_id).copied().ok_or_else(|| ValidationError::UnknownService {
+            route: route.clone(),
+            what,
+            service: service_id.clone(),
         })?;
         match port {
             Some(port) if service.port(port).is_none() => {

@@ -8,7 +8,7 @@
 
 mod resources;
 
-pub use resources::{assemble, split, Delta, ResourceMap, ResourceMapDelta, ResourceSet, WireError};
+pub use resources::{assemble, select, split, Delta, ResourceMap, ResourceMapDelta, ResourceSet, WireError};
 
 /// Generated protobuf messages and gRPC client and server for `nodus.mesh.v1`.
 #[allow(missing_docs, clippy::all)]

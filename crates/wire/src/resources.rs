@@ -4,6 +4,7 @@ use crate::proto::{ConfigPush, Resource, ResourceKind};
 use nodus_config::{ConfigSnapshot, GrpcRoute, HttpRoute, NodeInfo, Service, Workload};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Why a push could not be turned into a snapshot.
@@ -49,39 +50,91 @@ fn content_version(body: &[u8]) -> String {
     format!("{hash:016x}")
 }
 
-fn resource<T: Serialize>(kind: ResourceKind, key: String, order: u64, item: &T) -> Result<Resource, WireError> {
-    let body = serde_json::to_vec(item).map_err(|source| WireError::Encode { key: key.clone(), source })?;
-    Ok(Resource { version: content_version(&body), key, kind: kind as i32, body, order })
+/// The key of every object of a snapshot, with its kind and position within its kind.
+fn keyed(snapshot: &ConfigSnapshot) -> impl Iterator<Item = (String, u64)> + '_ {
+    let keys = |prefix: &'static str, names: Vec<String>| {
+        names.into_iter().enumerate().map(move |(order, name)| (format!("{prefix}/{name}"), order as u64))
+    };
+    keys("service", snapshot.services.iter().map(|s| s.id.to_string()).collect())
+        .chain(keys("workload", snapshot.workloads.iter().map(|w| w.id.to_string()).collect()))
+        .chain(keys("httproute", snapshot.http_routes.iter().map(|r| r.id.to_string()).collect()))
+        .chain(keys("grpcroute", snapshot.grpc_routes.iter().map(|r| r.id.to_string()).collect()))
+        .chain(keys("node", snapshot.nodes.iter().map(|n| n.name.clone()).collect()))
 }
 
 /// Cuts a snapshot into resources keyed `<kind>/<namespace>/<name>`.
 pub fn split(snapshot: &ConfigSnapshot) -> Result<ResourceMap, WireError> {
+    let mut keys = keyed(snapshot);
     let mut map = ResourceMap::new();
-    let mut insert = |r: Resource| {
-        map.insert(r.key.clone(), r);
+    let mut next = |kind: ResourceKind, item: &dyn ErasedItem| -> Result<(), WireError> {
+        let (key, order) = keys.next().ok_or_else(|| WireError::Encode {
+            key: String::new(),
+            source: serde::ser::Error::custom("key and object counts differ"),
+        })?;
+        let body = item.to_json().map_err(|source| WireError::Encode { key: key.clone(), source })?;
+        map.insert(key.clone(), Resource { version: content_version(&body), key, kind: kind as i32, body, order });
+        Ok(())
     };
-    for (order, s) in snapshot.services.iter().enumerate() {
-        insert(resource(ResourceKind::Service, format!("service/{}", s.id), order as u64, s)?);
+    for s in &snapshot.services {
+        next(ResourceKind::Service, s)?;
     }
-    for (order, w) in snapshot.workloads.iter().enumerate() {
-        insert(resource(ResourceKind::Workload, format!("workload/{}", w.id), order as u64, w)?);
+    for w in &snapshot.workloads {
+        next(ResourceKind::Workload, w)?;
     }
-    for (order, r) in snapshot.http_routes.iter().enumerate() {
-        insert(resource(ResourceKind::HttpRoute, format!("httproute/{}", r.id), order as u64, r)?);
+    for r in &snapshot.http_routes {
+        next(ResourceKind::HttpRoute, r)?;
     }
-    for (order, r) in snapshot.grpc_routes.iter().enumerate() {
-        insert(resource(ResourceKind::GrpcRoute, format!("grpcroute/{}", r.id), order as u64, r)?);
+    for r in &snapshot.grpc_routes {
+        next(ResourceKind::GrpcRoute, r)?;
     }
-    for (order, n) in snapshot.nodes.iter().enumerate() {
-        insert(resource(ResourceKind::Node, format!("node/{}", n.name), order as u64, n)?);
+    for n in &snapshot.nodes {
+        next(ResourceKind::Node, n)?;
     }
     Ok(map)
 }
 
-fn decode<T: DeserializeOwned>(r: &Resource) -> Result<(u64, T), WireError> {
-    serde_json::from_slice(&r.body)
-        .map(|item| (r.order, item))
-        .map_err(|source| WireError::Decode { key: r.key.clone(), source })
+/// Serialization without a generic parameter, so one closure encodes every kind.
+trait ErasedItem {
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error>;
+}
+
+impl<T: Serialize> ErasedItem for T {
+    fn to_json(&self) -> Result<Vec<u8>, serde_json::Error> {
+        serde_json::to_vec(self)
+    }
+}
+
+/// The resources of `view` (a subset of the snapshot `all` was split from), taken from `all`
+/// instead of encoding them again: the controller encodes each object once per change, not
+/// once per node. Positions are those in the whole snapshot, which keeps the relative order.
+pub fn select(all: &ResourceMap, view: &ConfigSnapshot) -> ResourceMap {
+    keyed(view).filter_map(|(key, _)| all.get(&key).map(|r| (key, r.clone()))).collect()
+}
+
+/// A decoded resource body.
+#[derive(Debug)]
+enum Item {
+    Service(Service),
+    Workload(Workload),
+    HttpRoute(HttpRoute),
+    GrpcRoute(GrpcRoute),
+    Node(NodeInfo),
+}
+
+fn decode(r: &Resource) -> Result<Item, WireError> {
+    fn json<T: DeserializeOwned>(r: &Resource) -> Result<T, WireError> {
+        serde_json::from_slice(&r.body).map_err(|source| WireError::Decode { key: r.key.clone(), source })
+    }
+    Ok(match ResourceKind::try_from(r.kind) {
+        Ok(ResourceKind::Service) => Item::Service(json(r)?),
+        Ok(ResourceKind::Workload) => Item::Workload(json(r)?),
+        Ok(ResourceKind::HttpRoute) => Item::HttpRoute(json(r)?),
+        Ok(ResourceKind::GrpcRoute) => Item::GrpcRoute(json(r)?),
+        Ok(ResourceKind::Node) => Item::Node(json(r)?),
+        Ok(ResourceKind::Unspecified) | Err(_) => {
+            return Err(WireError::UnknownKind { key: r.key.clone(), kind: r.kind })
+        }
+    })
 }
 
 fn in_order<T>(mut items: Vec<(u64, T)>) -> Vec<T> {
@@ -89,33 +142,36 @@ fn in_order<T>(mut items: Vec<(u64, T)>) -> Vec<T> {
     items.into_iter().map(|(_, item)| item).collect()
 }
 
-/// Puts resources back together into a snapshot of `version` (not yet validated).
-pub fn assemble<'r>(
-    version: u64,
-    resources: impl IntoIterator<Item = &'r Resource>,
-) -> Result<ConfigSnapshot, WireError> {
+/// A snapshot of `version` from decoded items and their positions.
+fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> ConfigSnapshot {
     let (mut services, mut workloads, mut http, mut grpc, mut nodes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for r in resources {
-        match ResourceKind::try_from(r.kind) {
-            Ok(ResourceKind::Service) => services.push(decode::<Service>(r)?),
-            Ok(ResourceKind::Workload) => workloads.push(decode::<Workload>(r)?),
-            Ok(ResourceKind::HttpRoute) => http.push(decode::<HttpRoute>(r)?),
-            Ok(ResourceKind::GrpcRoute) => grpc.push(decode::<GrpcRoute>(r)?),
-            Ok(ResourceKind::Node) => nodes.push(decode::<NodeInfo>(r)?),
-            Ok(ResourceKind::Unspecified) | Err(_) => {
-                return Err(WireError::UnknownKind { key: r.key.clone(), kind: r.kind })
-            }
+    for (order, item) in items {
+        match item {
+            Item::Service(s) => services.push((order, s.clone())),
+            Item::Workload(w) => workloads.push((order, w.clone())),
+            Item::HttpRoute(r) => http.push((order, r.clone())),
+            Item::GrpcRoute(r) => grpc.push((order, r.clone())),
+            Item::Node(n) => nodes.push((order, n.clone())),
         }
     }
-    Ok(ConfigSnapshot {
+    ConfigSnapshot {
         version,
         services: in_order(services),
         workloads: in_order(workloads),
         http_routes: in_order(http),
         grpc_routes: in_order(grpc),
         nodes: in_order(nodes),
-    })
+    }
+}
+
+/// Puts resources back together into a snapshot of `version` (not yet validated).
+pub fn assemble<'r>(
+    version: u64,
+    resources: impl IntoIterator<Item = &'r Resource>,
+) -> Result<ConfigSnapshot, WireError> {
+    let items = resources.into_iter().map(|r| Ok((r.order, decode(r)?))).collect::<Result<Vec<_>, WireError>>()?;
+    Ok(build(version, items.iter().map(|(order, item)| (*order, item))))
 }
 
 /// What a node must be sent to go from one set of resources to another.
@@ -164,30 +220,40 @@ pub trait ResourceMapDelta {
     fn versions(&self) -> BTreeMap<String, String>;
 }
 
-/// The proxy's side: the resources it holds, updated push by push, all or nothing.
+/// A resource the proxy holds: its version and position, and its body decoded once.
+#[derive(Clone, Debug)]
+struct Held {
+    version: String,
+    order: u64,
+    item: Arc<Item>,
+}
+
+/// The proxy's side: the resources it holds, updated push by push, all or nothing. Bodies are
+/// decoded when they arrive, never again: a delta costs what it changes.
 #[derive(Debug, Default)]
 pub struct ResourceSet {
-    held: ResourceMap,
+    held: BTreeMap<String, Held>,
 }
 
 impl ResourceSet {
     /// Key -> version of what is held, for a resuming Hello.
     pub fn versions(&self) -> BTreeMap<String, String> {
-        self.held.versions()
+        self.held.iter().map(|(key, h)| (key.clone(), format!("{}.{}", h.version, h.order))).collect()
     }
 
     /// Applies a push tentatively: returns the snapshot it would produce and the resource set
     /// to keep if the caller accepts that snapshot. `self` is untouched, so a rejected push
     /// leaves the proxy exactly where it was.
     pub fn stage(&self, push: &ConfigPush) -> Result<(ConfigSnapshot, ResourceSet), WireError> {
-        let mut next = if push.full { ResourceMap::new() } else { self.held.clone() };
+        let mut next = if push.full { BTreeMap::new() } else { self.held.clone() };
         for key in &push.removed {
             next.remove(key);
         }
         for r in &push.updated {
-            next.insert(r.key.clone(), r.clone());
+            let item = Arc::new(decode(r)?);
+            next.insert(r.key.clone(), Held { version: r.version.clone(), order: r.order, item });
         }
-        let snapshot = assemble(push.version, next.values())?;
+        let snapshot = build(push.version, next.values().map(|h| (h.order, &*h.item)));
         Ok((snapshot, ResourceSet { held: next }))
     }
 
@@ -227,6 +293,15 @@ mod tests {
         assert_eq!(map.len(), 2);
         let back = assemble(1, map.values()).unwrap();
         assert_eq!(back, original, "order within a kind is kept even though keys sort differently");
+    }
+
+    #[test]
+    fn select_takes_a_views_resources_from_the_whole() {
+        let all = snapshot(vec![service("a", 80), service("b", 80), service("c", 80)]);
+        let view = snapshot(vec![service("a", 80), service("c", 80)]);
+        let selected = select(&split(&all).unwrap(), &view);
+        assert_eq!(selected.keys().collect::<Vec<_>>(), ["service/demo/a", "service/demo/c"]);
+        assert_eq!(assemble(1, selected.values()).unwrap(), view);
     }
 
     #[test]

@@ -21,6 +21,7 @@ use crate::balance::Balancer;
 use crate::retry_budget::RetryBudget;
 use nodus_config::{
     BackendRef, ConfigSnapshot, GrpcRoute, HttpFilter, HttpRoute, ObjectRef, RetryPolicy, RouteParent, RouteTimeouts,
+    RouteValidator,
 };
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -221,11 +222,13 @@ impl RouteTable {
     /// tie-breaker between equally specific matches.
     pub fn compile(snapshot: &ConfigSnapshot, resolve: BackendResolver<'_>) -> Result<Self, regex::Error> {
         let mut builder = TableBuilder { resolve, sets: HashMap::new(), consumer_sets: HashMap::new() };
+        // Services indexed once: parents are looked up per route.
+        let services = snapshot.route_validator();
         for (order, route) in snapshot.http_routes.iter().enumerate() {
-            builder.add_http(snapshot, order, route)?;
+            builder.add_http(&services, order, route)?;
         }
         for (order, route) in snapshot.grpc_routes.iter().enumerate() {
-            builder.add_grpc(snapshot, order, route)?;
+            builder.add_grpc(&services, order, route)?;
         }
         Ok(builder.finish())
     }
@@ -254,8 +257,8 @@ struct TableBuilder<'r> {
 
 impl TableBuilder<'_> {
     /// The Service ports a parent reference covers.
-    fn parent_ports(snapshot: &ConfigSnapshot, parent: &RouteParent) -> Vec<ServicePortKey> {
-        let Some(service) = snapshot.service(&parent.service.namespace, &parent.service.name) else {
+    fn parent_ports(services: &RouteValidator<'_>, parent: &RouteParent) -> Vec<ServicePortKey> {
+        let Some(service) = services.service(&parent.service) else {
             return Vec::new();
         };
         let ns: Arc<str> = Arc::from(parent.service.namespace.as_str());
@@ -272,13 +275,13 @@ impl TableBuilder<'_> {
     /// set when the route is in the Service's namespace, else its namespace's consumer set.
     fn for_each_attachment(
         &mut self,
-        snapshot: &ConfigSnapshot,
+        services: &RouteValidator<'_>,
         route: &ObjectRef,
         parents: &[RouteParent],
         mut add: impl FnMut(&mut (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)) -> Result<(), regex::Error>,
     ) -> Result<(), regex::Error> {
         for parent in parents {
-            for key in Self::parent_ports(snapshot, parent) {
+            for key in Self::parent_ports(services, parent) {
                 let builders = if *key.0 == *route.namespace {
                     self.sets.entry(key).or_default()
                 } else {
@@ -290,7 +293,7 @@ impl TableBuilder<'_> {
         Ok(())
     }
 
-    fn add_http(&mut self, snapshot: &ConfigSnapshot, order: usize, route: &HttpRoute) -> Result<(), regex::Error> {
+    fn add_http(&mut self, services: &RouteValidator<'_>, order: usize, route: &HttpRoute) -> Result<(), regex::Error> {
         let rules: Vec<Arc<CompiledRule>> = route
             .rules
             .iter()
@@ -309,7 +312,7 @@ impl TableBuilder<'_> {
                 ))
             })
             .collect();
-        self.for_each_attachment(snapshot, &route.id, &route.parents, |(http, _)| {
+        self.for_each_attachment(services, &route.id, &route.parents, |(http, _)| {
             route
                 .rules
                 .iter()
@@ -318,7 +321,7 @@ impl TableBuilder<'_> {
         })
     }
 
-    fn add_grpc(&mut self, snapshot: &ConfigSnapshot, order: usize, route: &GrpcRoute) -> Result<(), regex::Error> {
+    fn add_grpc(&mut self, services: &RouteValidator<'_>, order: usize, route: &GrpcRoute) -> Result<(), regex::Error> {
         let rules: Vec<Arc<CompiledRule>> = route
             .rules
             .iter()
@@ -337,7 +340,7 @@ impl TableBuilder<'_> {
                 ))
             })
             .collect();
-        self.for_each_attachment(snapshot, &route.id, &route.parents, |(_, grpc)| {
+        self.for_each_attachment(services, &route.id, &route.parents, |(_, grpc)| {
             route
                 .rules
                 .iter()
