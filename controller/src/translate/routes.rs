@@ -394,21 +394,20 @@ fn resolve_parents(
         .collect()
 }
 
-/// What translation of one route's rules produced.
-struct RouteOutcome<R> {
-    route: Option<R>,
-    accepted: Condition,
-    resolved_refs: Condition,
-}
-
-/// Decides between the new translation of a route, its last accepted version, or nothing.
+/// Decides between the new translation of a route, its last accepted version, or nothing;
+/// records the route's status. Returns the route to put in the config, with the generation
+/// it was accepted at.
+#[allow(clippy::too_many_arguments)]
 fn settle<R: Clone>(
+    key: &RouteKey,
+    generation: Option<i64>,
+    parents: &[(ParentRef, Result<RouteParent, Condition>)],
     translated: R,
     mut problems: Problems,
     validate: impl Fn(&R) -> Result<(), String>,
     last: Option<(i64, R)>,
-    has_parents: bool,
-) -> RouteOutcome<R> {
+    statuses: &mut BTreeMap<RouteKey, RouteStatus>,
+) -> Option<(i64, R)> {
     if let Err(error) = validate(&translated) {
         problems.unsupported.push(error);
     }
@@ -419,23 +418,29 @@ fn settle<R: Clone>(
             problems.unresolved.iter().map(|(_, m)| m.as_str()).collect::<Vec<_>>().join("; "),
         ),
     };
-    if problems.unsupported.is_empty() {
-        return RouteOutcome {
-            route: has_parents.then_some(translated),
-            accepted: Condition::ok("Accepted"),
-            resolved_refs,
-        };
-    }
-    let mut message = problems.unsupported.join("; ");
-    let fallback = last.filter(|(_, route)| validate(route).is_ok());
-    if let Some((generation, _)) = &fallback {
-        message.push_str(&format!("; generation {generation} stays in force"));
-    }
-    RouteOutcome {
-        route: fallback.map(|(_, route)| route).filter(|_| has_parents),
-        accepted: Condition::failed("UnsupportedValue", message),
-        resolved_refs,
-    }
+    let (accepted, route) = if problems.unsupported.is_empty() {
+        (Condition::ok("Accepted"), Some((generation.unwrap_or_default(), translated)))
+    } else {
+        let mut message = problems.unsupported.join("; ");
+        let fallback = last.filter(|(_, route)| validate(route).is_ok());
+        if let Some((generation, _)) = &fallback {
+            message.push_str(&format!("; generation {generation} stays in force"));
+        }
+        (Condition::failed("UnsupportedValue", message), fallback)
+    };
+    statuses.insert(key.clone(), statuses_for(generation, parents, &accepted, &resolved_refs));
+    let has_parents = parents.iter().any(|(_, resolved)| resolved.is_ok());
+    route.filter(|_| has_parents)
+}
+
+/// Routes of a kind, oldest first, then by namespace/name: the spec's tie-breaker between
+/// equally specific matches (the proxy breaks ties by order in the snapshot).
+fn oldest_first<K: kube::Resource>(routes: &BTreeMap<ObjectRef, K>) -> Vec<(&ObjectRef, &K)> {
+    let mut routes: Vec<_> = routes.iter().collect();
+    routes.sort_by(|(a_id, a), (b_id, b)| {
+        (&a.meta().creation_timestamp, *a_id).cmp(&(&b.meta().creation_timestamp, *b_id))
+    });
+    routes
 }
 
 fn statuses_for(
@@ -472,13 +477,7 @@ pub(super) fn translate_routes(
         last_accepted: LastAccepted::new(),
     };
     let validator = snapshot.route_validator();
-    // The spec's tie-breaker between equally specific matches: the oldest route, then
-    // namespace/name. The proxy breaks ties by order in the snapshot.
-    let mut http: Vec<_> = state.http_routes.iter().collect();
-    http.sort_by(|(a_id, a), (b_id, b)| {
-        (&a.metadata.creation_timestamp, *a_id).cmp(&(&b.metadata.creation_timestamp, *b_id))
-    });
-    for (id, route) in http {
+    for (id, route) in oldest_first(&state.http_routes) {
         let key = RouteKey { kind: RouteKind::Http, id: id.clone() };
         let generation = route.metadata.generation;
         let parents = resolve_parents(&validator, &id.namespace, route.spec.parent_refs.as_deref().unwrap_or_default());
@@ -531,33 +530,16 @@ pub(super) fn translate_routes(
             _ => None,
         };
         let problems = std::mem::take(&mut resolver.problems);
-        let outcome = settle(
-            translated,
-            problems,
-            |r| validator.validate_http_route(r).map_err(|e| e.to_string()),
-            last,
-            !accepted_parents.is_empty(),
-        );
-        out.statuses.insert(key.clone(), statuses_for(generation, &parents, &outcome.accepted, &outcome.resolved_refs));
-        if let Some(route) = outcome.route {
-            let generation = if outcome.accepted.status {
-                generation.unwrap_or_default()
-            } else {
-                match last_accepted.get(&key) {
-                    Some(AcceptedRoute::Http { generation, .. }) => *generation,
-                    _ => 0,
-                }
-            };
+        let validate = |r: &_| validator.validate_http_route(r).map_err(|e| e.to_string());
+        if let Some((generation, route)) =
+            settle(&key, generation, &parents, translated, problems, validate, last, &mut out.statuses)
+        {
             out.last_accepted.insert(key, AcceptedRoute::Http { generation, route: route.clone() });
             out.http.push(route);
         }
     }
 
-    let mut grpc: Vec<_> = state.grpc_routes.iter().collect();
-    grpc.sort_by(|(a_id, a), (b_id, b)| {
-        (&a.metadata.creation_timestamp, *a_id).cmp(&(&b.metadata.creation_timestamp, *b_id))
-    });
-    for (id, route) in grpc {
+    for (id, route) in oldest_first(&state.grpc_routes) {
         let key = RouteKey { kind: RouteKind::Grpc, id: id.clone() };
         let generation = route.metadata.generation;
         let parent_refs: Vec<HttpRouteParentRefs> =
@@ -632,23 +614,10 @@ pub(super) fn translate_routes(
             _ => None,
         };
         let problems = std::mem::take(&mut resolver.problems);
-        let outcome = settle(
-            translated,
-            problems,
-            |r| validator.validate_grpc_route(r).map_err(|e| e.to_string()),
-            last,
-            !accepted_parents.is_empty(),
-        );
-        out.statuses.insert(key.clone(), statuses_for(generation, &parents, &outcome.accepted, &outcome.resolved_refs));
-        if let Some(route) = outcome.route {
-            let generation = if outcome.accepted.status {
-                generation.unwrap_or_default()
-            } else {
-                match last_accepted.get(&key) {
-                    Some(AcceptedRoute::Grpc { generation, .. }) => *generation,
-                    _ => 0,
-                }
-            };
+        let validate = |r: &_| validator.validate_grpc_route(r).map_err(|e| e.to_string());
+        if let Some((generation, route)) =
+            settle(&key, generation, &parents, translated, problems, validate, last, &mut out.statuses)
+        {
             out.last_accepted.insert(key, AcceptedRoute::Grpc { generation, route: route.clone() });
             out.grpc.push(route);
         }
