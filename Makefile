@@ -14,7 +14,7 @@ setup:
 	@scripts/setup.sh
 
 demo: setup
-	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy
+	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy -p nodus-controller
 	target/release/nodusctl demo $(DEMO_ARGS)
 
 test: setup kapi fmt-check clippy unit-and-integration

@@ -3,14 +3,16 @@
 //! Builds a two-node lab (network namespaces, veths, cgroups), starts a real node proxy on each
 //! node with the real eBPF redirect, runs the echo workload in pods on both nodes, and drives
 //! HTTP and gRPC traffic from client processes in a client pod — captured by eBPF like any
-//! application. Routes come from a config snapshot file (`examples/local-mesh/snapshot.yaml`,
-//! copied so it can be edited live). It reports, per interval, which pods answered, success rate,
+//! application. The controller runs in standalone mode on a directory of Kubernetes manifests
+//! (`examples/local-mesh/`: the namespace label, pods, Services, EndpointSlices, an HTTPRoute
+//! and a GRPCRoute; copied so it can be edited live) and pushes each node proxy its config over
+//! gRPC. It shows the routes' status as the controller wrote it, then reports, per interval, which pods answered, success rate,
 //! rate and latency as the clients saw them, and per route what the node proxy's own metrics say.
 //! Everything is torn down on Ctrl-C, SIGTERM, after `--duration`, or if anything fails.
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nodus_harness::{metric_value, start_echo, Lab, LabSpec, NodeProxy, Process};
+use nodus_harness::{metric_value, start_echo, ConfigSource, Lab, LabSpec, NodeProxy, Process};
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -30,18 +32,21 @@ pub struct DemoArgs {
     /// Requests per second of each client (one HTTP, one gRPC).
     #[arg(long, default_value_t = 50)]
     rate: u32,
-    /// The config snapshot to serve and watch (default: a copy of the example, whose path is
-    /// printed so you can edit it while the demo runs).
+    /// The manifests directory the controller reads and watches (default: a copy of
+    /// examples/local-mesh, whose path is printed so you can edit it while the demo runs).
     #[arg(long)]
-    config: Option<PathBuf>,
+    manifests: Option<PathBuf>,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     nodus_config::parse_gateway_duration(text)
 }
 
-/// The example snapshot, built into the binary so the demo runs from any directory.
-const EXAMPLE_SNAPSHOT: &str = include_str!("../../examples/local-mesh/snapshot.yaml");
+/// The example manifests, built into the binary so the demo runs from any directory.
+const EXAMPLE_MANIFESTS: [(&str, &str); 2] = [
+    ("cluster.yaml", include_str!("../../examples/local-mesh/cluster.yaml")),
+    ("routes.yaml", include_str!("../../examples/local-mesh/routes.yaml")),
+];
 
 /// Pods, in creation order (their IPs are fixed by it): (node, namespace, name, echo server).
 const PODS: [(&str, &str, &str, bool); 3] =
@@ -64,7 +69,7 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
     let path = me.with_file_name(name);
     if !path.exists() {
         bail!(
-            "{} not found next to nodusctl: build it with `cargo build -p nodus-proxy -p nodus-echo`",
+            "{} not found next to nodusctl: build it with `cargo build -p nodus-proxy -p nodus-controller -p nodus-echo`",
             path.display()
         );
     }
@@ -89,11 +94,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         bail!("the local mesh cannot run here: {reason}");
     }
     let proxy_binary = sibling_binary("nodus-proxy")?;
+    let controller_binary = sibling_binary("nodus-controller")?;
     let echo_binary = sibling_binary("nodus-echo")?;
     let client_binary = sibling_binary("nodus-echo-client")?;
 
     println!("Nodus local mesh");
-    let started = step("[1/4] building the lab: 2 nodes, 3 pods");
+    let started = step("[1/5] building the lab: 2 nodes, 3 pods");
     let mut lab = Lab::new(LabSpec { nodes: 2 }).context("building the lab")?;
     let mut pods = Vec::new();
     for (node, namespace, name, _) in PODS {
@@ -109,19 +115,31 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         println!("        {} ({})  {}", node.name, node.ip, here.join(", "));
     }
 
-    let config_path = match &args.config {
-        Some(path) => path.clone(),
+    let manifests = match &args.manifests {
+        Some(dir) => dir.clone(),
         None => {
-            let path = lab.work_dir()?.join("snapshot.yaml");
-            std::fs::write(&path, EXAMPLE_SNAPSHOT).with_context(|| format!("writing {}", path.display()))?;
-            path
+            let dir = lab.work_dir()?.join("manifests");
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            for (name, text) in EXAMPLE_MANIFESTS {
+                let path = dir.join(name);
+                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+            }
+            dir
         }
     };
-    let started = step("[2/4] starting a node proxy with the eBPF redirect on each node");
+    let status_file = lab.work_dir()?.join("route-status.yaml");
+    let started = step("[2/5] starting the controller (standalone mode, reading the manifests)");
+    let controller_node = lab.nodes().first().context("the lab has nodes")?;
+    let (controller, controller_url) = lab
+        .start_controller(controller_node, &controller_binary, &manifests, &status_file)
+        .context("starting the controller")?;
+    done(started);
+
+    let started = step("[3/5] starting a node proxy with the eBPF redirect on each node");
     let mut proxies: Vec<NodeProxy> = Vec::new();
     for node in lab.nodes() {
         proxies.push(
-            lab.start_node_proxy(node, &proxy_binary, &config_path, &[])
+            lab.start_node_proxy(node, &proxy_binary, ConfigSource::Controller(controller_url.clone()), &[])
                 .with_context(|| format!("proxy on {}", node.name))?,
         );
     }
@@ -129,7 +147,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     proxies[0].wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15))?;
     done(started);
 
-    let started = step("[3/4] starting the echo workload (HTTP/1.1, HTTP/2, gRPC) in its pods");
+    let started = step("[4/5] starting the echo workload (HTTP/1.1, HTTP/2, gRPC) in its pods");
     let mut servers: Vec<Process> = Vec::new();
     for (pod, (_, _, _, is_server)) in pods.iter().zip(PODS) {
         if is_server {
@@ -138,9 +156,11 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     done(started);
 
+    print_route_status(&status_file);
+
     let client = &pods[0];
     println!(
-        "  [4/4] traffic from {}/{} on {} to Service demo/echo ({ECHO_SERVICE}), {} req/s per client",
+        "  [5/5] traffic from {}/{} on {} to Service demo/echo ({ECHO_SERVICE}), {} req/s per client",
         client.namespace, client.name, client.node, args.rate
     );
     println!("        HTTP:  HTTPRoute demo/echo-split (weights v1 80 / v2 20)");
@@ -148,7 +168,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     println!("        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod on node-1, or");
     println!("               -> HTTP/2 CONNECT tunnel -> node-2 proxy (inbound :15008) -> pod on node-2");
     println!("        mTLS:  not yet: the tunnel between node proxies is plaintext until workload identities land");
-    println!("        edit   {}   to shift the split live", config_path.display());
+    println!("        edit   {}   to shift the split live", manifests.join("routes.yaml").display());
 
     let duration_secs = args.duration.map_or(86_400.0, |d| d.as_secs_f64());
     let report_every = args.interval.as_secs_f64().to_string();
@@ -191,6 +211,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     drop(servers);
     drop(proxies);
+    drop(controller);
     lab.teardown().context("tearing down the lab")?;
     println!(
         "\n  {} requests, {} succeeded ({:.2}%); lab torn down.",
@@ -199,6 +220,39 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         if totals.0 == 0 { 0.0 } else { 100.0 * totals.1 as f64 / totals.0 as f64 }
     );
     Ok(if totals.1 > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
+}
+
+/// Prints each route's conditions as the controller wrote them (Gateway API `status.parents`).
+fn print_route_status(status_file: &std::path::Path) {
+    let document: Option<serde_json::Value> =
+        std::fs::read_to_string(status_file).ok().and_then(|text| serde_norway::from_str(&text).ok());
+    let Some(routes) = document.as_ref().and_then(|d| d["routes"].as_array()) else {
+        println!("        status: not written yet ({})", status_file.display());
+        return;
+    };
+    for route in routes {
+        let conditions: Vec<String> = route["status"]["parents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+            .map(|c| {
+                format!(
+                    "{}={} ({})",
+                    c["type"].as_str().unwrap_or(""),
+                    c["status"].as_str().unwrap_or(""),
+                    c["reason"].as_str().unwrap_or("")
+                )
+            })
+            .collect();
+        println!(
+            "        status {} {}/{}: {}",
+            route["kind"].as_str().unwrap_or(""),
+            route["namespace"].as_str().unwrap_or(""),
+            route["name"].as_str().unwrap_or(""),
+            conditions.join(", ")
+        );
+    }
 }
 
 /// Prints client summaries and proxy route metrics each interval until stopped.

@@ -60,7 +60,7 @@ fn sibling(name: &str) -> std::path::PathBuf {
 #[test]
 fn demo_runs_the_mesh_and_reports_routes_split_and_metrics() {
     skip_unless_lab_supported!();
-    for binary in ["nodus-proxy", "nodus-echo", "nodus-echo-client"] {
+    for binary in ["nodus-proxy", "nodus-controller", "nodus-echo", "nodus-echo-client"] {
         sibling(binary);
     }
     let out = nodusctl().args(["demo", "--duration", "4s", "--interval", "1s", "--rate", "60"]).output().unwrap();
@@ -69,7 +69,10 @@ fn demo_runs_the_mesh_and_reports_routes_split_and_metrics() {
     for expected in [
         "node-1 (10.100.0.11)",
         "node-2 (10.100.0.12)",
+        "starting the controller (standalone mode, reading the manifests)",
         "starting a node proxy with the eBPF redirect on each node",
+        "status HTTPRoute demo/echo-split: Accepted=True (Accepted), ResolvedRefs=True (ResolvedRefs)",
+        "status GRPCRoute demo/echo-by-method: Accepted=True (Accepted), ResolvedRefs=True (ResolvedRefs)",
         "HTTP/2 CONNECT tunnel -> node-2 proxy",
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v1:80 [200]",
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v2:80 [200]",
@@ -85,16 +88,17 @@ fn demo_runs_the_mesh_and_reports_routes_split_and_metrics() {
 }
 
 #[test]
-fn editing_the_snapshot_while_the_demo_runs_moves_the_split() {
+fn editing_a_route_manifest_while_the_demo_runs_moves_the_split() {
     skip_unless_lab_supported!();
     let dir = std::env::temp_dir().join(format!("nodus-demo-edit-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let config = dir.join("snapshot.yaml");
-    let example = include_str!("../../examples/local-mesh/snapshot.yaml");
-    std::fs::write(&config, example).unwrap();
+    std::fs::write(dir.join("cluster.yaml"), include_str!("../../examples/local-mesh/cluster.yaml")).unwrap();
+    let routes = dir.join("routes.yaml");
+    let example = include_str!("../../examples/local-mesh/routes.yaml");
+    std::fs::write(&routes, example).unwrap();
     let child = nodusctl()
-        .args(["demo", "--duration", "6s", "--interval", "1s", "--rate", "80", "--config"])
-        .arg(&config)
+        .args(["demo", "--duration", "6s", "--interval", "1s", "--rate", "80", "--manifests"])
+        .arg(&dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
@@ -103,9 +107,9 @@ fn editing_the_snapshot_while_the_demo_runs_moves_the_split() {
         .replace("port: 80, weight: 80 }", "port: 80, weight: 0 }")
         .replace("port: 80, weight: 20 }", "port: 80, weight: 100 }");
     assert_ne!(shifted, example, "the example's weights are where this test expects them");
-    let temporary = config.with_extension("tmp");
-    std::fs::write(&temporary, shifted.replace("version: 1", "version: 2")).unwrap();
-    std::fs::rename(&temporary, &config).unwrap();
+    let temporary = routes.with_extension("tmp");
+    std::fs::write(&temporary, shifted).unwrap();
+    std::fs::rename(&temporary, &routes).unwrap();
     let out = child.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
@@ -124,7 +128,7 @@ fn stat_and_proxy_config_read_a_running_proxy() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // The demo names its snapshot file /run/nodus-harness/<run id>.d/snapshot.yaml.
+    // The demo names its manifests /run/nodus-harness/<run id>.d/manifests/routes.yaml.
     let mut lines = std::io::BufReader::new(demo.stdout.take().unwrap()).lines();
     let run_id = lines
         .by_ref()
@@ -132,7 +136,7 @@ fn stat_and_proxy_config_read_a_running_proxy() {
         .find_map(|line| {
             line.split("/run/nodus-harness/").nth(1).and_then(|rest| rest.split(".d/").next()).map(str::to_owned)
         })
-        .expect("the demo prints its snapshot path");
+        .expect("the demo prints its manifests path");
     let drain = std::thread::spawn(move || lines.map_while(Result::ok).count());
     std::thread::sleep(std::time::Duration::from_secs(1));
     let netns = format!("nodus-{run_id}-node-1");

@@ -19,6 +19,30 @@ pub const PROXY_INBOUND_PORT: u16 = 15008;
 /// The admin port of node proxies in a lab.
 pub const PROXY_ADMIN_PORT: u16 = 15020;
 
+/// The port the controller serves node proxies' config streams on.
+pub const CONTROLLER_PORT: u16 = 15012;
+
+/// Where a node proxy gets its config.
+#[derive(Clone, Debug)]
+pub enum ConfigSource {
+    /// A snapshot file, re-read when it changes.
+    File(PathBuf),
+    /// A controller's config stream, e.g. `http://10.100.0.11:15012`.
+    Controller(String),
+}
+
+impl From<&Path> for ConfigSource {
+    fn from(path: &Path) -> Self {
+        ConfigSource::File(path.to_path_buf())
+    }
+}
+
+impl From<&PathBuf> for ConfigSource {
+    fn from(path: &PathBuf) -> Self {
+        ConfigSource::File(path.clone())
+    }
+}
+
 /// A node proxy process.
 #[derive(Debug)]
 pub struct NodeProxy {
@@ -113,7 +137,7 @@ impl Lab {
         &self,
         node: &Node,
         proxy_binary: &Path,
-        config_file: &Path,
+        config: impl Into<ConfigSource>,
         extra_args: &[&str],
     ) -> Result<NodeProxy> {
         let mut command = node.command(proxy_binary)?;
@@ -123,8 +147,6 @@ impl Lab {
             .args(["--outbound-addr", &format!("0.0.0.0:{PROXY_OUTBOUND_PORT}")])
             .args(["--admin-addr", &format!("0.0.0.0:{PROXY_ADMIN_PORT}")])
             .args(["--inbound-addr", &format!("0.0.0.0:{PROXY_INBOUND_PORT}")])
-            .arg("--config-file")
-            .arg(config_file)
             .arg("--redirect-cgroup")
             .arg(node.pods_cgroup().path())
             .arg("--bpf-pin-dir")
@@ -132,6 +154,10 @@ impl Lab {
             .args(["--redirect-to", &SocketAddrV4::new(node.ip, PROXY_OUTBOUND_PORT).to_string()])
             .args(["--netns-prefix", &netns_prefix])
             .args(extra_args);
+        match config.into() {
+            ConfigSource::File(path) => command.arg("--config-file").arg(path),
+            ConfigSource::Controller(url) => command.args(["--controller", &url]),
+        };
         // The proxy's log goes to the lab's work directory (kept until teardown).
         let log_path = self.work_dir()?.join(format!("proxy-{}.log", node.name));
         let log = std::fs::File::create(&log_path).map_err(io_error("creating", &log_path))?;
@@ -144,6 +170,33 @@ impl Lab {
             admin: SocketAddr::from((node.ip, PROXY_ADMIN_PORT)),
             netns: node.netns().clone(),
         })
+    }
+
+    /// Starts the controller in standalone mode on `node` (as a host-network controller pod
+    /// would run), reading `manifests` and writing route status to `status_file`; it serves
+    /// config streams on the node's address, port [`CONTROLLER_PORT`]. Returns the process and
+    /// the URL node proxies subscribe to.
+    pub fn start_controller(
+        &self,
+        node: &Node,
+        controller_binary: &Path,
+        manifests: &Path,
+        status_file: &Path,
+    ) -> Result<(Process, String)> {
+        let listen = SocketAddrV4::new(node.ip, CONTROLLER_PORT);
+        let mut command = node.command(controller_binary)?;
+        command
+            .args(["--listen", &listen.to_string()])
+            .arg("--manifests")
+            .arg(manifests)
+            .arg("--status-file")
+            .arg(status_file);
+        let log_path = self.work_dir()?.join("controller.log");
+        let log = std::fs::File::create(&log_path).map_err(io_error("creating", &log_path))?;
+        command.stderr(log);
+        let mut process = Process::spawn("nodus-controller".to_string(), command)?;
+        process.wait_for_line("nodus-controller ready", Duration::from_secs(20))?;
+        Ok((process, format!("http://{listen}")))
     }
 }
 
