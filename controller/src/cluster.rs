@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
+use nodus_api::{AuthorizationPolicy, MeshPolicy};
 use nodus_config::ObjectRef;
 use std::collections::BTreeMap;
 
@@ -29,6 +30,10 @@ pub enum ClusterObject {
     GrpcRoute(Box<GrpcRoute>),
     /// A Gateway API ReferenceGrant.
     ReferenceGrant(Box<ReferenceGrant>),
+    /// A Nodus MeshPolicy (mTLS mode of a namespace).
+    MeshPolicy(Box<MeshPolicy>),
+    /// A Nodus AuthorizationPolicy.
+    AuthorizationPolicy(Box<AuthorizationPolicy>),
 }
 
 impl ClusterObject {
@@ -41,6 +46,8 @@ impl ClusterObject {
             ClusterObject::HttpRoute(o) => o.meta(),
             ClusterObject::GrpcRoute(o) => o.meta(),
             ClusterObject::ReferenceGrant(o) => o.meta(),
+            ClusterObject::MeshPolicy(o) => o.meta(),
+            ClusterObject::AuthorizationPolicy(o) => o.meta(),
         }
     }
 
@@ -60,6 +67,8 @@ impl ClusterObject {
             ClusterObject::HttpRoute(_) => "HTTPRoute",
             ClusterObject::GrpcRoute(_) => "GRPCRoute",
             ClusterObject::ReferenceGrant(_) => "ReferenceGrant",
+            ClusterObject::MeshPolicy(_) => "MeshPolicy",
+            ClusterObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
         }
     }
 }
@@ -81,6 +90,10 @@ pub struct ClusterState {
     pub grpc_routes: BTreeMap<ObjectRef, GrpcRoute>,
     /// ReferenceGrants.
     pub reference_grants: BTreeMap<ObjectRef, ReferenceGrant>,
+    /// MeshPolicies.
+    pub mesh_policies: BTreeMap<ObjectRef, MeshPolicy>,
+    /// AuthorizationPolicies.
+    pub authorization_policies: BTreeMap<ObjectRef, AuthorizationPolicy>,
 }
 
 impl ClusterState {
@@ -118,6 +131,12 @@ impl ClusterState {
             ClusterObject::ReferenceGrant(o) => {
                 self.reference_grants.insert(key, *o);
             }
+            ClusterObject::MeshPolicy(o) => {
+                self.mesh_policies.insert(key, *o);
+            }
+            ClusterObject::AuthorizationPolicy(o) => {
+                self.authorization_policies.insert(key, *o);
+            }
         }
     }
 
@@ -132,6 +151,8 @@ impl ClusterState {
             ClusterObject::HttpRoute(_) => drop(self.http_routes.remove(&key)),
             ClusterObject::GrpcRoute(_) => drop(self.grpc_routes.remove(&key)),
             ClusterObject::ReferenceGrant(_) => drop(self.reference_grants.remove(&key)),
+            ClusterObject::MeshPolicy(_) => drop(self.mesh_policies.remove(&key)),
+            ClusterObject::AuthorizationPolicy(_) => drop(self.authorization_policies.remove(&key)),
         }
     }
 
@@ -145,6 +166,8 @@ impl ClusterState {
             "HTTPRoute" => self.http_routes.clear(),
             "GRPCRoute" => self.grpc_routes.clear(),
             "ReferenceGrant" => self.reference_grants.clear(),
+            "MeshPolicy" => self.mesh_policies.clear(),
+            "AuthorizationPolicy" => self.authorization_policies.clear(),
             _ => {}
         }
     }

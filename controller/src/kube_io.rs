@@ -13,6 +13,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, watcher, Event};
 use kube::runtime::WatchStreamExt;
 use kube::Client;
+use nodus_api::{AuthorizationPolicy, MeshPolicy};
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
@@ -47,7 +48,17 @@ where
         .boxed()
 }
 
-const KINDS: [&str; 7] = ["Namespace", "Service", "EndpointSlice", "Pod", "HTTPRoute", "GRPCRoute", "ReferenceGrant"];
+const KINDS: [&str; 9] = [
+    "Namespace",
+    "Service",
+    "EndpointSlice",
+    "Pod",
+    "HTTPRoute",
+    "GRPCRoute",
+    "ReferenceGrant",
+    "MeshPolicy",
+    "AuthorizationPolicy",
+];
 
 /// Watches the cluster, reconciles on every change, writes route status. Runs until the
 /// watches end (they retry with backoff on errors, so in practice forever).
@@ -60,6 +71,10 @@ pub async fn run(client: Client, mut reconciler: Reconciler) {
         watch::<HttpRoute>(&client, "HTTPRoute", |o| ClusterObject::HttpRoute(Box::new(o))),
         watch::<GrpcRoute>(&client, "GRPCRoute", |o| ClusterObject::GrpcRoute(Box::new(o))),
         watch::<ReferenceGrant>(&client, "ReferenceGrant", |o| ClusterObject::ReferenceGrant(Box::new(o))),
+        watch::<MeshPolicy>(&client, "MeshPolicy", |o| ClusterObject::MeshPolicy(Box::new(o))),
+        watch::<AuthorizationPolicy>(&client, "AuthorizationPolicy", |o| {
+            ClusterObject::AuthorizationPolicy(Box::new(o))
+        }),
     ]);
     let mut state = ClusterState::default();
     let mut relisting: HashMap<&'static str, Vec<ClusterObject>> = HashMap::new();

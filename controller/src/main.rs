@@ -25,6 +25,9 @@ struct Args {
     /// Standalone mode: write route status here (YAML).
     #[arg(long, requires = "manifests")]
     status_file: Option<PathBuf>,
+    /// Write Nodus's CRDs (generated from their Rust types) into this directory and exit.
+    #[arg(long, value_name = "DIR")]
+    write_crds: Option<PathBuf>,
     /// Port node proxies accept tunnels on.
     #[arg(long, default_value_t = 15008)]
     tunnel_port: u16,
@@ -36,6 +39,14 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let args = Args::parse();
+    if let Some(dir) = &args.write_crds {
+        for (name, yaml) in nodus_api::crds_yaml().context("generating CRDs")? {
+            let path = dir.join(name);
+            std::fs::write(&path, yaml).with_context(|| format!("writing {}", path.display()))?;
+            println!("wrote {}", path.display());
+        }
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(run(args))
 }

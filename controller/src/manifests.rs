@@ -88,6 +88,12 @@ pub fn parse_objects(path: &Path, text: &str) -> Result<Vec<ClusterObject>, Mani
             ("gateway.networking.k8s.io/v1" | "gateway.networking.k8s.io/v1beta1", "ReferenceGrant") => {
                 ClusterObject::ReferenceGrant(decode(value).map_err(object_error)?)
             }
+            ("policy.nodus.dev/v1alpha1", "MeshPolicy") => {
+                ClusterObject::MeshPolicy(decode(value).map_err(object_error)?)
+            }
+            ("policy.nodus.dev/v1alpha1", "AuthorizationPolicy") => {
+                ClusterObject::AuthorizationPolicy(decode(value).map_err(object_error)?)
+            }
             _ => {
                 tracing::debug!(path = %path.display(), index, %api_version, %kind, "skipping a kind the controller does not watch");
                 continue;

@@ -5,7 +5,8 @@
 //! mesh, the Services and routes those pods can reach: every Service and producer route
 //! (a route in the Service's namespace), and only the consumer routes written in the
 //! namespaces of its own mesh pods, since consumer routes apply to clients of that namespace
-//! only. A node without mesh pods gets no Services or routes at all.
+//! only. A node without mesh pods gets no Services or routes at all. Inbound policy (mTLS modes,
+//! authorization policies) is sent for the node's own workloads only.
 
 use nodus_config::{ConfigSnapshot, RouteParent};
 use std::collections::BTreeSet;
@@ -15,11 +16,22 @@ pub fn node_view(snapshot: &ConfigSnapshot, node: &str) -> ConfigSnapshot {
     let workloads: Vec<_> = snapshot.workloads.iter().filter(|w| w.node == node).cloned().collect();
     let client_namespaces: BTreeSet<&str> =
         workloads.iter().filter(|w| w.mesh_enabled).map(|w| w.id.namespace.as_str()).collect();
+    // Inbound policy: the modes of its workloads' namespaces, the policies selecting them.
+    let mtls =
+        snapshot.mtls.iter().filter(|m| workloads.iter().any(|w| w.id.namespace == m.namespace)).cloned().collect();
+    let authorization_policies = snapshot
+        .authorization_policies
+        .iter()
+        .filter(|p| workloads.iter().any(|w| p.selects(&w.id.namespace, &w.labels)))
+        .cloned()
+        .collect();
     if client_namespaces.is_empty() {
         return ConfigSnapshot {
             version: snapshot.version,
             workloads,
             nodes: snapshot.nodes.clone(),
+            mtls,
+            authorization_policies,
             ..Default::default()
         };
     }
@@ -37,5 +49,7 @@ pub fn node_view(snapshot: &ConfigSnapshot, node: &str) -> ConfigSnapshot {
         http_routes,
         grpc_routes,
         nodes: snapshot.nodes.clone(),
+        mtls,
+        authorization_policies,
     }
 }

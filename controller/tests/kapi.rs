@@ -93,10 +93,19 @@ fn from_yaml<T: DeserializeOwned>(text: &str) -> T {
     serde_norway::from_str(text).unwrap()
 }
 
-async fn install_gateway_crds(client: &Client, kit: &Path) {
+/// The Gateway API CRDs from the kit and Nodus's own, as the chart ships them.
+async fn install_crds(client: &Client, kit: &Path) {
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for file in ["httproutes.yaml", "grpcroutes.yaml", "referencegrants.yaml"] {
-        let crd: CustomResourceDefinition = from_yaml(&std::fs::read_to_string(kit.join("crds").join(file)).unwrap());
+    let chart = workspace().join("charts/nodus/crds");
+    let files = [
+        kit.join("crds/httproutes.yaml"),
+        kit.join("crds/grpcroutes.yaml"),
+        kit.join("crds/referencegrants.yaml"),
+        chart.join("meshpolicies.yaml"),
+        chart.join("authorizationpolicies.yaml"),
+    ];
+    for file in files {
+        let crd: CustomResourceDefinition = from_yaml(&std::fs::read_to_string(file).unwrap());
         let name = crd.metadata.name.clone().unwrap();
         crds.patch(&name, &PatchParams::apply("nodus-test").force(), &Patch::Apply(&crd)).await.unwrap();
         wait_until(Duration::from_secs(20), || async {
@@ -151,7 +160,7 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     let kit =
         std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
     let client = client(&kapi).await;
-    install_gateway_crds(&client, &kit).await;
+    install_crds(&client, &kit).await;
 
     let pp = PostParams::default();
     let namespaces: Api<Namespace> = Api::all(client.clone());
@@ -183,6 +192,19 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     routes.create(&pp, &route("good", "/api/.*", "web")).await.unwrap();
     routes.create(&pp, &route("dangling", "/x", "missing")).await.unwrap();
 
+    // Nodus's own resources, validated by the generated CRD schemas of a real API server.
+    let mesh_policies: Api<nodus_api::MeshPolicy> = Api::namespaced(client.clone(), "demo");
+    mesh_policies.create(&pp, &from_yaml("apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: { name: default, namespace: demo }\nspec: { mtls: { mode: Strict } }")).await.unwrap();
+    let raw: Api<kube::api::DynamicObject> =
+        Api::namespaced_with(client.clone(), "demo", &kube::api::ApiResource::erase::<nodus_api::MeshPolicy>(&()));
+    let bad: kube::api::DynamicObject = from_yaml(
+        "apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: { name: typo, namespace: demo }\nspec: { mtls: { mode: Sometimes } }",
+    );
+    let refused = raw.create(&pp, &bad).await.expect_err("the generated schema refuses an unknown mode");
+    assert!(refused.to_string().contains("Sometimes"), "{refused}");
+    let authz: Api<nodus_api::AuthorizationPolicy> = Api::namespaced(client.clone(), "demo");
+    authz.create(&pp, &from_yaml("apiVersion: policy.nodus.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: { name: deny-admin, namespace: demo }\nspec: { action: Deny, rules: [{ paths: [\"/admin/*\"] }] }")).await.unwrap();
+
     let distributor = Distributor::new();
     let reconciler = Reconciler::new(TranslateOptions::default(), distributor.clone());
     let controller = tokio::spawn(nodus_controller::kube_io::run(client.clone(), reconciler));
@@ -198,6 +220,8 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     assert_eq!(snapshot.services[0].endpoints[0].address.to_string(), "10.244.1.3");
     assert!(snapshot.workloads[0].mesh_enabled);
     assert_eq!(snapshot.nodes[0].tunnel_address.to_string(), "10.100.0.11:15008");
+    assert_eq!(snapshot.mtls[0].mode, nodus_config::MtlsMode::Strict);
+    assert_eq!(snapshot.authorization_policies[0].rules[0].paths, ["/admin/*"]);
 
     // Status, written by server-side apply.
     let good = wait_until(Duration::from_secs(20), || async {

@@ -380,3 +380,43 @@ spec:
     assert_eq!(node3.workloads.len(), 1);
     assert_eq!(node3.nodes.len(), 3);
 }
+
+#[test]
+fn mesh_and_authorization_policies_translate_and_reach_the_selected_pods_nodes() {
+    let t = run(r#"apiVersion: policy.nodus.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: default, namespace: demo }
+spec: { mtls: { mode: Strict } }
+---
+apiVersion: policy.nodus.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: not-the-default, namespace: other }
+spec: { mtls: { mode: Strict } }
+---
+apiVersion: policy.nodus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: web-callers, namespace: demo }
+spec:
+  selector: { matchLabels: { app: web } }
+  action: Allow
+  rules:
+    - identities: ["spiffe://cluster.local/ns/demo/sa/client"]
+      ports: [8080]
+      methods: [GET]
+      paths: ["/api/*"]
+"#);
+    assert_eq!(
+        t.snapshot.mtls,
+        [nodus_config::NamespaceMtls { namespace: "demo".into(), mode: nodus_config::MtlsMode::Strict }],
+        "only the MeshPolicy named default counts"
+    );
+    let policy = &t.snapshot.authorization_policies[0];
+    assert_eq!(policy.action, nodus_config::AuthorizationAction::Allow);
+    assert_eq!(policy.rules[0].paths, ["/api/*"]);
+    t.snapshot.validate().expect("valid");
+    // web-7d9f-x1 (app=web) runs on node-1; web-7d9f-x2 has no labels.
+    assert_eq!(node_view(&t.snapshot, "node-1").authorization_policies.len(), 1);
+    assert!(node_view(&t.snapshot, "node-2").authorization_policies.is_empty(), "selects no pod there");
+    assert_eq!(node_view(&t.snapshot, "node-2").mtls.len(), 1, "node-2 runs a demo pod");
+    assert!(node_view(&t.snapshot, "node-3").mtls.is_empty());
+}

@@ -4,6 +4,7 @@
 //! edit of a route leaves its previous version in force): no I/O, so each behaviour is a table
 //! test in `tests/translate.rs`.
 
+mod policy;
 mod routes;
 mod workloads;
 
@@ -91,6 +92,8 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions, last_accepted
         nodes: workloads::nodes(state, options),
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),
+        mtls: policy::namespace_mtls(state),
+        authorization_policies: policy::authorization_policies(state),
     };
     let routes = routes::translate_routes(state, &snapshot, last_accepted);
     snapshot.http_routes = routes.http;

@@ -10,12 +10,14 @@
 //! local mesh can write them by hand.
 
 mod duration;
+mod policy;
 mod route;
 mod service;
 mod validate;
 mod workload;
 
 pub use duration::{parse_gateway_duration, GatewayDuration};
+pub use policy::{AuthorizationAction, AuthorizationPolicy, AuthorizationRule, MtlsMode, NamespaceMtls};
 pub use route::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter,
     HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind, NameValue, PathMatch, PathModifier, QueryParamMatch,
@@ -74,6 +76,12 @@ pub struct ConfigSnapshot {
     /// other than the proxy's own is reached through that node's proxy; otherwise directly.
     #[serde(default)]
     pub nodes: Vec<NodeInfo>,
+    /// mTLS mode of namespaces that set one (others are permissive).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mtls: Vec<NamespaceMtls>,
+    /// Authorization policies selecting this node's workloads.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub authorization_policies: Vec<AuthorizationPolicy>,
 }
 
 /// A node and its proxy's tunnel address.

@@ -52,6 +52,16 @@ pub enum ValidationError {
         /// What is wrong and where.
         message: String,
     },
+    /// An authorization policy holds a value that cannot match anything sensible.
+    #[error("AuthorizationPolicy {policy}: rule {rule}: {message}")]
+    InvalidPolicy {
+        /// The policy.
+        policy: ObjectRef,
+        /// Zero-based rule index.
+        rule: usize,
+        /// What is wrong.
+        message: String,
+    },
     /// A route has no parent Service.
     #[error("{route}: a route must attach to at least one service")]
     NoParents {
@@ -84,6 +94,13 @@ impl ConfigSnapshot {
             if !seen.insert(&workload.id) {
                 return Err(ValidationError::Duplicate { kind: "workload", id: workload.id.clone() });
             }
+        }
+        let mut seen = HashSet::new();
+        for policy in &self.authorization_policies {
+            if !seen.insert(&policy.id) {
+                return Err(ValidationError::Duplicate { kind: "AuthorizationPolicy", id: policy.id.clone() });
+            }
+            check_authorization_policy(policy)?;
         }
         let mut seen = HashSet::new();
         for route in &self.http_routes {
@@ -378,6 +395,26 @@ fn check_header_name(name: &str) -> Result<(), String> {
     let is_tchar = |b: u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b);
     if name.is_empty() || !name.bytes().all(is_tchar) {
         return Err(format!("{name:?} is not a valid header name"));
+    }
+    Ok(())
+}
+
+fn check_authorization_policy(policy: &crate::AuthorizationPolicy) -> Result<(), ValidationError> {
+    for (index, rule) in policy.rules.iter().enumerate() {
+        let invalid =
+            |message: String| ValidationError::InvalidPolicy { policy: policy.id.clone(), rule: index, message };
+        if let Some(identity) = rule.identities.iter().find(|i| !i.starts_with("spiffe://")) {
+            return Err(invalid(format!("identity {identity:?} is not a SPIFFE ID (spiffe://...)")));
+        }
+        if let Some(path) = rule.paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(invalid(format!("path {path:?} must start with '/'")));
+        }
+        if let Some(method) = rule.methods.iter().find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Err(invalid(format!("method {method:?} is not an upper-case HTTP method")));
+        }
+        if rule.ports.contains(&0) {
+            return Err(invalid("port 0".to_string()));
+        }
     }
     Ok(())
 }

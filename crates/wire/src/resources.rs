@@ -1,7 +1,9 @@
 //! Cutting a config snapshot into keyed resources, diffing them, and putting them back together.
 
 use crate::proto::{ConfigPush, Resource, ResourceKind};
-use nodus_config::{ConfigSnapshot, GrpcRoute, HttpRoute, NodeInfo, Service, Workload};
+use nodus_config::{
+    AuthorizationPolicy, ConfigSnapshot, GrpcRoute, HttpRoute, NamespaceMtls, NodeInfo, Service, Workload,
+};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -60,6 +62,8 @@ fn keyed(snapshot: &ConfigSnapshot) -> impl Iterator<Item = (String, u64)> + '_ 
         .chain(keys("httproute", snapshot.http_routes.iter().map(|r| r.id.to_string()).collect()))
         .chain(keys("grpcroute", snapshot.grpc_routes.iter().map(|r| r.id.to_string()).collect()))
         .chain(keys("node", snapshot.nodes.iter().map(|n| n.name.clone()).collect()))
+        .chain(keys("mtls", snapshot.mtls.iter().map(|m| m.namespace.clone()).collect()))
+        .chain(keys("authorizationpolicy", snapshot.authorization_policies.iter().map(|p| p.id.to_string()).collect()))
 }
 
 /// Cuts a snapshot into resources keyed `<kind>/<namespace>/<name>`.
@@ -90,6 +94,12 @@ pub fn split(snapshot: &ConfigSnapshot) -> Result<ResourceMap, WireError> {
     for n in &snapshot.nodes {
         next(ResourceKind::Node, n)?;
     }
+    for m in &snapshot.mtls {
+        next(ResourceKind::NamespaceMtls, m)?;
+    }
+    for p in &snapshot.authorization_policies {
+        next(ResourceKind::AuthorizationPolicy, p)?;
+    }
     Ok(map)
 }
 
@@ -119,6 +129,8 @@ enum Item {
     HttpRoute(HttpRoute),
     GrpcRoute(GrpcRoute),
     Node(NodeInfo),
+    NamespaceMtls(NamespaceMtls),
+    AuthorizationPolicy(AuthorizationPolicy),
 }
 
 fn decode(r: &Resource) -> Result<Item, WireError> {
@@ -131,6 +143,8 @@ fn decode(r: &Resource) -> Result<Item, WireError> {
         Ok(ResourceKind::HttpRoute) => Item::HttpRoute(json(r)?),
         Ok(ResourceKind::GrpcRoute) => Item::GrpcRoute(json(r)?),
         Ok(ResourceKind::Node) => Item::Node(json(r)?),
+        Ok(ResourceKind::NamespaceMtls) => Item::NamespaceMtls(json(r)?),
+        Ok(ResourceKind::AuthorizationPolicy) => Item::AuthorizationPolicy(json(r)?),
         Ok(ResourceKind::Unspecified) | Err(_) => {
             return Err(WireError::UnknownKind { key: r.key.clone(), kind: r.kind })
         }
@@ -146,6 +160,7 @@ fn in_order<T>(mut items: Vec<(u64, T)>) -> Vec<T> {
 fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> ConfigSnapshot {
     let (mut services, mut workloads, mut http, mut grpc, mut nodes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut mtls, mut policies) = (Vec::new(), Vec::new());
     for (order, item) in items {
         match item {
             Item::Service(s) => services.push((order, s.clone())),
@@ -153,6 +168,8 @@ fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> 
             Item::HttpRoute(r) => http.push((order, r.clone())),
             Item::GrpcRoute(r) => grpc.push((order, r.clone())),
             Item::Node(n) => nodes.push((order, n.clone())),
+            Item::NamespaceMtls(m) => mtls.push((order, m.clone())),
+            Item::AuthorizationPolicy(p) => policies.push((order, p.clone())),
         }
     }
     ConfigSnapshot {
@@ -162,6 +179,8 @@ fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> 
         http_routes: in_order(http),
         grpc_routes: in_order(grpc),
         nodes: in_order(nodes),
+        mtls: in_order(mtls),
+        authorization_policies: in_order(policies),
     }
 }
 
