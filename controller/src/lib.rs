@@ -7,6 +7,7 @@
 //! - [`distribute`]: the gRPC service node proxies subscribe to.
 //! - [`kube_io`]: watches and status writes against a real API server.
 
+pub mod certificates;
 pub mod cluster;
 pub mod distribute;
 pub mod kube_io;

@@ -28,9 +28,23 @@ struct Args {
     /// Write Nodus's CRDs (generated from their Rust types) into this directory and exit.
     #[arg(long, value_name = "DIR")]
     write_crds: Option<PathBuf>,
+    /// The SPIFFE trust domain of workload identities.
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Where the CA's certificate and key are kept (created if missing). Without it the CA is
+    /// made at start and lost at exit (development only).
+    #[arg(long)]
+    ca_dir: Option<PathBuf>,
+    /// Lifetime of workload certificates (proxies renew them at half of it).
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    certificate_lifetime: Duration,
     /// Port node proxies accept tunnels on.
     #[arg(long, default_value_t = 15008)]
     tunnel_port: u16,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    nodus_config::parse_gateway_duration(text)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -54,12 +68,27 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let distributor = Distributor::new();
     let reconciler = Reconciler::new(TranslateOptions { tunnel_port: args.tunnel_port }, distributor.clone());
+    let ca = match &args.ca_dir {
+        Some(dir) => nodus_controller::certificates::load_or_create_ca(dir, &args.trust_domain)
+            .with_context(|| format!("loading the CA from {}", dir.display()))?,
+        None => {
+            tracing::warn!("no --ca-dir: using a CA made for this run only");
+            nodus_identity::CertificateAuthority::generate(&args.trust_domain, Duration::from_secs(365 * 86_400))?
+        }
+    };
+    let certificates = nodus_controller::certificates::CertificateService::new(
+        std::sync::Arc::new(ca),
+        &args.trust_domain,
+        args.certificate_lifetime,
+        distributor.clone(),
+    );
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
         .add_service(distributor.service())
+        .add_service(certificates.service())
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let source = match args.manifests {
         Some(dir) => {

@@ -1,0 +1,95 @@
+//! The controller's CA service: signs node proxies' CSRs, with node authorization.
+
+use crate::distribute::Distributor;
+use nodus_identity::{CertificateAuthority, SpiffeId};
+use nodus_wire::proto::certificates_server::{Certificates, CertificatesServer};
+use nodus_wire::proto::{CertificateRequest, CertificateResponse};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
+use tonic::{Request, Response, Status};
+
+/// Signs workload certificates for node proxies.
+#[derive(Clone)]
+pub struct CertificateService {
+    ca: Arc<CertificateAuthority>,
+    trust_domain: String,
+    lifetime: Duration,
+    /// Node authorization reads the published config: which workloads run where.
+    distributor: Distributor,
+}
+
+impl CertificateService {
+    /// A service signing with `ca` for `trust_domain`, certificates valid for `lifetime`.
+    pub fn new(
+        ca: Arc<CertificateAuthority>,
+        trust_domain: &str,
+        lifetime: Duration,
+        distributor: Distributor,
+    ) -> Self {
+        Self { ca, trust_domain: trust_domain.to_string(), lifetime, distributor }
+    }
+
+    /// The tonic service to add to a server.
+    pub fn service(&self) -> CertificatesServer<Self> {
+        CertificatesServer::new(self.clone())
+    }
+
+    /// Signs if a workload of `namespace`/`service_account` runs on `node`.
+    pub fn sign(&self, request: &CertificateRequest) -> Result<CertificateResponse, Status> {
+        let published = self.distributor.current();
+        let scheduled_here = published.snapshot.workloads.iter().any(|w| {
+            w.node == request.node
+                && w.id.namespace == request.namespace
+                && w.service_account == request.service_account
+        });
+        if !scheduled_here {
+            tracing::warn!(node = %request.node, namespace = %request.namespace, service_account = %request.service_account,
+                "certificate refused: no such workload on that node");
+            return Err(Status::permission_denied(format!(
+                "no workload of {}/{} runs on node {}: a node proxy gets certificates only for its own workloads",
+                request.namespace, request.service_account, request.node
+            )));
+        }
+        let identity = SpiffeId::new(&self.trust_domain, &request.namespace, &request.service_account);
+        let signed = self
+            .ca
+            .sign(&request.csr_pem, &identity, self.lifetime)
+            .map_err(|e| Status::invalid_argument(format!("cannot sign the CSR: {e}")))?;
+        tracing::info!(node = %request.node, %identity, lifetime_s = self.lifetime.as_secs(), "certificate issued");
+        Ok(CertificateResponse {
+            certificate_pem: signed.certificate_pem,
+            not_after_unix: signed.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+            trust_bundle_pem: self.ca.certificate_pem().to_string(),
+        })
+    }
+}
+
+#[tonic::async_trait]
+impl Certificates for CertificateService {
+    async fn sign(&self, request: Request<CertificateRequest>) -> Result<Response<CertificateResponse>, Status> {
+        CertificateService::sign(self, request.get_ref()).map(Response::new)
+    }
+}
+
+/// Loads the CA from `dir` (`ca.pem`, `ca-key.pem`), or creates and stores one. The key file is
+/// written with mode 0600 (standalone mode; in a cluster the key lives in a Secret).
+pub fn load_or_create_ca(dir: &Path, trust_domain: &str) -> Result<CertificateAuthority, std::io::Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let invalid =
+        |e: nodus_identity::IdentityError| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+    if cert_path.exists() && key_path.exists() {
+        let ca =
+            CertificateAuthority::from_pem(&std::fs::read_to_string(&cert_path)?, &std::fs::read_to_string(&key_path)?)
+                .map_err(invalid)?;
+        return Ok(ca);
+    }
+    std::fs::create_dir_all(dir)?;
+    let ca = CertificateAuthority::generate(trust_domain, Duration::from_secs(10 * 365 * 86_400)).map_err(invalid)?;
+    let mut key = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&key_path)?;
+    key.write_all(ca.key_pem().as_bytes())?;
+    std::fs::write(&cert_path, ca.certificate_pem())?;
+    Ok(ca)
+}
