@@ -167,7 +167,12 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     println!("        gRPC:  GRPCRoute demo/echo-by-method (EchoTwo -> v2, rest -> v1), method alternating");
     println!("        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod on node-1, or");
     println!("               -> HTTP/2 CONNECT tunnel -> node-2 proxy (inbound :15008) -> pod on node-2");
-    println!("        mTLS:  not yet: the tunnel between node proxies is plaintext until workload identities land");
+    let issued = proxies[0]
+        .wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(10))
+        .map(|_| "issued")
+        .unwrap_or("not issued yet");
+    println!("        identity: workload certificates (SPIFFE) from the controller's CA: {issued} on node-1");
+    println!("        mTLS:  not yet: the tunnel between node proxies is plaintext until it uses those certificates");
     println!("        edit   {}   to shift the split live", manifests.join("routes.yaml").display());
 
     let duration_secs = args.duration.map_or(86_400.0, |d| d.as_secs_f64());

@@ -77,6 +77,7 @@ fn demo_runs_the_mesh_and_reports_routes_split_and_metrics() {
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v1:80 [200]",
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v2:80 [200]",
         "GRPCRoute demo/echo-by-method rule echo-two -> demo/echo-v2:9090 [200]",
+        "identity: workload certificates (SPIFFE) from the controller's CA: issued on node-1",
         "lab torn down",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

@@ -14,6 +14,7 @@ pub mod control;
 pub mod detect;
 pub mod enrollment;
 pub mod errors;
+pub mod identity;
 pub mod inbound;
 pub mod metrics;
 pub mod original_dst;

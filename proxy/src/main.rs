@@ -33,6 +33,10 @@ struct Args {
     /// The controller's config service, e.g. `http://nodus-controller:15012`.
     #[arg(long, env = "NODUS_CONTROLLER", required_unless_present = "config_file")]
     controller: Option<String>,
+    /// The SPIFFE trust domain of workload identities (with --controller, the proxy obtains
+    /// certificates for its node's mesh workloads from the controller's CA).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
     /// Instead of a controller: a config snapshot file (YAML), re-read when it changes.
     #[arg(long, conflicts_with = "controller")]
     config_file: Option<PathBuf>,
@@ -115,7 +119,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let proxy = Arc::new(Proxy::for_node(outlier, metrics, &args.node));
     match (&args.controller, &args.config_file) {
         (Some(controller), _) => {
-            drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()))
+            drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()));
+            let identities = Arc::new(nodus_proxy::identity::IdentityManager::new(&args.trust_domain, &args.node));
+            drop(nodus_proxy::identity::run(proxy.clone(), identities, controller.clone()));
         }
         (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),
         (None, None) => bail!("either --controller or --config-file is needed"),

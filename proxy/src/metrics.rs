@@ -116,6 +116,10 @@ pub struct Metrics {
     pub config_version: Gauge,
     /// 1 while the control-plane stream is up.
     pub control_plane_connected: Gauge,
+    /// Workload certificates issued (first issue and renewals).
+    pub certificates_issued: Counter,
+    /// Certificate requests that failed.
+    pub certificate_errors: Counter,
     /// Config snapshots accepted or rejected.
     pub config_updates: Family<ConfigLabels, Counter>,
     /// Pods of this node the redirect captures now.
@@ -146,6 +150,8 @@ impl Metrics {
         let tcp_sent_bytes = Family::default();
         let config_version = Gauge::default();
         let control_plane_connected = Gauge::default();
+        let certificates_issued = Counter::default();
+        let certificate_errors = Counter::default();
         let config_updates = Family::default();
         let redirect_enrolled_pods = Gauge::default();
         let redirect_missing_pods = Gauge::default();
@@ -181,6 +187,16 @@ impl Metrics {
             "1 while the stream to the controller is up (the last good config is served either way)",
             control_plane_connected.clone(),
         );
+        registry.register(
+            "workload_certificates_issued",
+            "Workload certificates issued by the controller's CA (first issue and renewals)",
+            certificates_issued.clone(),
+        );
+        registry.register(
+            "workload_certificate_errors",
+            "Workload certificate requests that failed (the certificate held, if any, stays)",
+            certificate_errors.clone(),
+        );
         registry.register("config_updates", "Config snapshots accepted or rejected", config_updates.clone());
         Self {
             registry,
@@ -194,6 +210,8 @@ impl Metrics {
             tcp_sent_bytes,
             config_version,
             control_plane_connected,
+            certificates_issued,
+            certificate_errors,
             config_updates,
             redirect_enrolled_pods,
             redirect_missing_pods,

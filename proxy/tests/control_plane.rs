@@ -225,3 +225,59 @@ async fn standalone_mode_picks_up_changed_manifests() {
     assert_eq!(distributor.node_statuses()["node-1"].acked_version, acked_before);
     assert_eq!(node1.store.load().unwrap().snapshot.http_routes.len(), 1);
 }
+
+#[tokio::test]
+async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
+    use nodus_controller::certificates::CertificateService;
+    use nodus_identity::{tls::identity_of, CertificateAuthority, SpiffeId};
+    use nodus_proxy::identity::IdentityManager;
+
+    let distributor = Distributor::new();
+    let v1 = distributor.publish(snapshot(8080, ""));
+    let ca = Arc::new(CertificateAuthority::generate("cluster.local", Duration::from_secs(86_400)).unwrap());
+    // Seconds-long certificates, so that rotation happens during the test.
+    let certificates = CertificateService::new(ca, "cluster.local", Duration::from_secs(2), distributor.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (service, ca_service) = (distributor.service(), certificates.service());
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .add_service(ca_service)
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    let node1 = node_proxy("node-1", addr);
+    assert!(distributor.wait_for(WAIT, acked(v1, &["node-1"])).await);
+    let manager = Arc::new(IdentityManager::new("cluster.local", "node-1"));
+    nodus_proxy::identity::run(node1.clone(), manager.clone(), format!("http://{addr}"));
+
+    let client = SpiffeId::new("cluster.local", "demo", "default");
+    let deadline = std::time::Instant::now() + WAIT;
+    while manager.certificate(&client).is_none() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let first = manager.certificate(&client).expect("a certificate for node-1's mesh workload");
+    assert_eq!(identity_of(&first.certificate.chain[0]), Some(client.clone()));
+    assert_eq!(
+        manager.identities(),
+        std::slice::from_ref(&client),
+        "plain/db runs on node-2 and is not in the mesh: never requested"
+    );
+    assert!(manager.trust_bundle().is_some());
+
+    // Renewed at half-life (1 s), before it expires (2 s), without a gap.
+    let mut renewed = None;
+    for _ in 0..60 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let current = manager.certificate(&client).expect("never without a certificate during rotation");
+        assert!(current.certificate.not_after > std::time::SystemTime::now(), "the certificate in use never expires");
+        if !Arc::ptr_eq(&current, &first) {
+            renewed = Some(current);
+            break;
+        }
+    }
+    let renewed = renewed.expect("renewed within 6 s");
+    assert!(renewed.certificate.not_after > first.certificate.not_after);
+    assert_eq!(node1.metrics.certificate_errors.get(), 0);
+    assert!(node1.metrics.certificates_issued.get() >= 2);
+}
