@@ -93,3 +93,57 @@ pub fn load_or_create_ca(dir: &Path, trust_domain: &str) -> Result<CertificateAu
     std::fs::write(&cert_path, ca.certificate_pem())?;
     Ok(ca)
 }
+
+/// The Secret holding the CA in a cluster.
+pub const CA_SECRET_NAME: &str = "nodus-ca";
+
+/// Loads the CA from the Secret `namespace/nodus-ca` (`ca.crt`, `ca.key`), or creates one and
+/// stores it there. Creation uses `create`, which fails if another replica won the race; then
+/// the winner's CA is read, so every replica signs with the same root.
+pub async fn load_or_create_ca_secret(
+    client: &kube::Client,
+    namespace: &str,
+    trust_domain: &str,
+) -> Result<CertificateAuthority, anyhow::Error> {
+    use k8s_openapi::api::core::v1::Secret;
+    use k8s_openapi::ByteString;
+    use kube::api::{Api, PostParams};
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
+    let read = |secret: &Secret| -> Result<CertificateAuthority, anyhow::Error> {
+        let data = secret.data.clone().unwrap_or_default();
+        let field = |name: &str| {
+            data.get(name)
+                .map(|b| String::from_utf8_lossy(&b.0).into_owned())
+                .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{CA_SECRET_NAME} has no {name}"))
+        };
+        Ok(CertificateAuthority::from_pem(&field("ca.crt")?, &field("ca.key")?)?)
+    };
+    if let Some(secret) = secrets.get_opt(CA_SECRET_NAME).await? {
+        return read(&secret);
+    }
+    let ca = CertificateAuthority::generate(trust_domain, Duration::from_secs(10 * 365 * 86_400))?;
+    let secret = Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(CA_SECRET_NAME.to_string()),
+            namespace: Some(namespace.to_string()),
+            ..Default::default()
+        },
+        type_: Some("Opaque".to_string()),
+        data: Some(
+            [
+                ("ca.crt".to_string(), ByteString(ca.certificate_pem().as_bytes().to_vec())),
+                ("ca.key".to_string(), ByteString(ca.key_pem().as_bytes().to_vec())),
+            ]
+            .into(),
+        ),
+        ..Default::default()
+    };
+    match secrets.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            tracing::info!(%namespace, secret = CA_SECRET_NAME, "created the mesh CA");
+            Ok(ca)
+        }
+        Err(kube::Error::Api(response)) if response.code == 409 => read(&secrets.get(CA_SECRET_NAME).await?),
+        Err(error) => Err(error.into()),
+    }
+}

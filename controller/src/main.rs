@@ -28,11 +28,14 @@ struct Args {
     /// Write Nodus's CRDs (generated from their Rust types) into this directory and exit.
     #[arg(long, value_name = "DIR")]
     write_crds: Option<PathBuf>,
+    /// The namespace the controller runs in (its CA Secret `nodus-ca` lives there).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "nodus-system")]
+    namespace: String,
     /// The SPIFFE trust domain of workload identities.
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// Where the CA's certificate and key are kept (created if missing). Without it the CA is
-    /// made at start and lost at exit (development only).
+    /// Where the CA's certificate and key are kept (created if missing). Without it: the Secret
+    /// `nodus-ca` in --namespace, or, in standalone mode, a CA made for this run only.
     #[arg(long)]
     ca_dir: Option<PathBuf>,
     /// Lifetime of workload certificates (proxies renew them at half of it).
@@ -68,10 +71,19 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let distributor = Distributor::new();
     let reconciler = Reconciler::new(TranslateOptions { tunnel_port: args.tunnel_port }, distributor.clone());
-    let ca = match &args.ca_dir {
-        Some(dir) => nodus_controller::certificates::load_or_create_ca(dir, &args.trust_domain)
+    let kube_client = match args.manifests {
+        Some(_) => None,
+        None => Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?),
+    };
+    let ca = match (&args.ca_dir, &kube_client) {
+        (Some(dir), _) => nodus_controller::certificates::load_or_create_ca(dir, &args.trust_domain)
             .with_context(|| format!("loading the CA from {}", dir.display()))?,
-        None => {
+        (None, Some(client)) => {
+            nodus_controller::certificates::load_or_create_ca_secret(client, &args.namespace, &args.trust_domain)
+                .await
+                .context("loading the CA Secret")?
+        }
+        (None, None) => {
             tracing::warn!("no --ca-dir: using a CA made for this run only");
             nodus_identity::CertificateAuthority::generate(&args.trust_domain, Duration::from_secs(365 * 86_400))?
         }
@@ -96,7 +108,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             tokio::spawn(nodus_controller::standalone::run(settings, reconciler))
         }
         None => {
-            let client = kube::Client::try_default().await.context("connecting to the Kubernetes API")?;
+            let client = kube_client.context("a Kubernetes client")?;
             tokio::spawn(nodus_controller::kube_io::run(client, reconciler))
         }
     };

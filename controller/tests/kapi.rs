@@ -290,4 +290,17 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     .await;
     assert!(resolved.is_some(), "dangling after the Service appeared: {:?}", conditions(&routes, "dangling").await);
     controller.abort();
+
+    // The CA lives in a Secret and survives controller restarts.
+    namespaces.create(&pp, &from_yaml("metadata: { name: nodus-system }")).await.unwrap();
+    let first = nodus_controller::certificates::load_or_create_ca_secret(&client, "nodus-system", "cluster.local")
+        .await
+        .unwrap();
+    let again = nodus_controller::certificates::load_or_create_ca_secret(&client, "nodus-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(first.certificate_pem(), again.certificate_pem(), "a restarted controller signs with the same root");
+    let secret: k8s_openapi::api::core::v1::Secret =
+        Api::namespaced(client.clone(), "nodus-system").get("nodus-ca").await.unwrap();
+    assert!(secret.data.unwrap().contains_key("ca.key"));
 }
