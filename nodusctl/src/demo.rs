@@ -167,12 +167,16 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     println!("        gRPC:  GRPCRoute demo/echo-by-method (EchoTwo -> v2, rest -> v1), method alternating");
     println!("        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod on node-1, or");
     println!("               -> HTTP/2 CONNECT tunnel -> node-2 proxy (inbound :15008) -> pod on node-2");
+    // node-1 holds client's and echo-v2's certificates, node-2 echo-v1's.
     let issued = proxies[0]
         .wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(10))
+        .and_then(|_| {
+            proxies[1].wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(10))
+        })
         .map(|_| "issued")
         .unwrap_or("not issued yet");
-    println!("        identity: workload certificates (SPIFFE) from the controller's CA: {issued} on node-1");
-    println!("        mTLS:  not yet: the tunnel between node proxies is plaintext until it uses those certificates");
+    println!("        identity: workload certificates (SPIFFE) from the controller's CA: {issued} on both nodes");
+    println!("        mTLS:  node-to-node tunnels are mutual TLS 1.3 (X25519MLKEM768), source workload's certificate");
     println!("        edit   {}   to shift the split live", manifests.join("routes.yaml").display());
 
     let duration_secs = args.duration.map_or(86_400.0, |d| d.as_secs_f64());
@@ -214,6 +218,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
         let _ = child.kill();
         let _ = child.wait();
     }
+    print_inbound_security(&proxies[1]);
     drop(servers);
     drop(proxies);
     drop(controller);
@@ -364,6 +369,24 @@ fn print_routes(proxy: &NodeProxy, previous: &mut BTreeMap<String, f64>) {
         }
     }
     *previous = current;
+}
+
+/// What node-2's proxy saw arrive through tunnels: mTLS or plaintext, and from whom.
+fn print_inbound_security(proxy: &NodeProxy) {
+    let Ok((200, metrics)) = proxy.admin_get("/metrics") else { return };
+    println!("\n  {} proxy, tunnel streams received (from its /metrics):", proxy.node);
+    for line in metrics.lines().filter(|l| l.starts_with("nodus_inbound_tunnels_total{")) {
+        let label = |name: &str| crate::admin::label(line, name);
+        let identity = label("client_identity");
+        println!(
+            "        {:<9} from {:<42} to {:<16} {:<20} {:>6.0}",
+            label("tls"),
+            if identity.is_empty() { "(unauthenticated)" } else { identity },
+            label("destination"),
+            label("result"),
+            metric_value(line, "nodus_inbound_tunnels_total").unwrap_or(0.0)
+        );
+    }
 }
 
 /// Ctrl-C and SIGTERM set a flag (the demo's main loop polls it), so teardown always runs.

@@ -77,7 +77,9 @@ fn demo_runs_the_mesh_and_reports_routes_split_and_metrics() {
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v1:80 [200]",
         "HTTPRoute demo/echo-split rule canary -> demo/echo-v2:80 [200]",
         "GRPCRoute demo/echo-by-method rule echo-two -> demo/echo-v2:9090 [200]",
-        "identity: workload certificates (SPIFFE) from the controller's CA: issued on node-1",
+        "identity: workload certificates (SPIFFE) from the controller's CA: issued on both nodes",
+        "node-2 proxy, tunnel streams received (from its /metrics):",
+        "mtls      from spiffe://cluster.local/ns/demo/sa/client",
         "lab torn down",
     ] {
         assert!(text.contains(expected), "missing {expected:?} in:\n{text}");

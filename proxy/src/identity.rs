@@ -47,6 +47,11 @@ impl IdentityManager {
         }
     }
 
+    /// The trust domain of the identities.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
+    }
+
     /// The certificate of an identity, if held.
     pub fn certificate(&self, identity: &SpiffeId) -> Option<Arc<HeldCertificate>> {
         self.held.load().get(identity).cloned()

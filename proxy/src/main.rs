@@ -121,6 +121,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Some(controller), _) => {
             drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()));
             let identities = Arc::new(nodus_proxy::identity::IdentityManager::new(&args.trust_domain, &args.node));
+            // Tunnels between node proxies become mutual TLS with these certificates.
+            nodus_proxy::tunnel::use_mtls(identities.clone());
             drop(nodus_proxy::identity::run(proxy.clone(), identities, controller.clone()));
         }
         (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),

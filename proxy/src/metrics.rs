@@ -65,6 +65,19 @@ pub struct TcpLabels {
     pub destination: String,
 }
 
+/// Labels of tunnel streams arriving at the inbound listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InboundLabels {
+    /// `mtls` or `plaintext` (permissive namespaces accept plaintext, counted here).
+    pub tls: &'static str,
+    /// The authenticated source identity (SPIFFE ID), empty for plaintext.
+    pub client_identity: String,
+    /// Destination workload (`namespace/owner`).
+    pub destination: String,
+    /// `allowed`, or why it was refused (`plaintext_to_strict`).
+    pub result: &'static str,
+}
+
 /// Labels of retries.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
@@ -106,6 +119,8 @@ pub struct Metrics {
     pub ejections: Family<BackendLabels, Counter>,
     /// TCP connections accepted.
     pub tcp_connections: Family<TcpLabels, Counter>,
+    /// Tunnel streams at the inbound listener, by transport security and source identity.
+    pub inbound_tunnels: Family<InboundLabels, Counter>,
     /// TCP connections open now.
     pub tcp_open: Family<TcpLabels, Gauge>,
     /// Bytes from clients.
@@ -145,6 +160,7 @@ impl Metrics {
         let retries = Family::default();
         let ejections = Family::default();
         let tcp_connections = Family::default();
+        let inbound_tunnels = Family::<InboundLabels, Counter>::default();
         let tcp_open = Family::default();
         let tcp_received_bytes = Family::default();
         let tcp_sent_bytes = Family::default();
@@ -178,6 +194,11 @@ impl Metrics {
             ejections.clone(),
         );
         registry.register("tcp_connections", "TCP connections accepted", tcp_connections.clone());
+        registry.register(
+            "inbound_tunnels",
+            "Tunnel streams from other node proxies, by mTLS and authenticated source identity",
+            inbound_tunnels.clone(),
+        );
         registry.register("tcp_open_connections", "TCP connections open now", tcp_open.clone());
         registry.register("tcp_received_bytes", "Bytes received from clients", tcp_received_bytes.clone());
         registry.register("tcp_sent_bytes", "Bytes sent to clients", tcp_sent_bytes.clone());
@@ -205,6 +226,7 @@ impl Metrics {
             retries,
             ejections,
             tcp_connections,
+            inbound_tunnels,
             tcp_open,
             tcp_received_bytes,
             tcp_sent_bytes,

@@ -171,7 +171,8 @@ impl Outbound {
         let labels = TcpLabels { direction: "outbound", protocol: "opaque", destination };
         self.metrics.tcp_connections.get_or_create(&labels).inc();
         match via {
-            Some(peer) => match crate::tunnel::open(peer, target).await {
+            // Opaque TCP still tunnels in plaintext; mutual TLS for it comes with inbound policy.
+            Some(peer) => match crate::tunnel::open(peer, target, None).await {
                 Ok(tunnel) => self.relay(client, TokioIo::new(tunnel), prefix, &labels).await,
                 Err(error) => tracing::info!(%target, %error, "opaque connection: tunnel failed"),
             },

@@ -127,6 +127,7 @@ impl ProxyState {
                                 (Some(node), Some(local)) if node != local => tunnels.get(node).copied(),
                                 _ => None,
                             },
+                            service_account: e.service_account.as_deref().map(Arc::from),
                         }
                     })
                     .collect::<Vec<_>>();

@@ -1,17 +1,45 @@
 //! Client side of the node-to-node tunnel: requests for an endpoint on another node travel
 //! through that node's proxy, as HTTP/2 CONNECT streams (in the spirit of Istio's HBONE),
-//! multiplexed over one connection per peer node. The peer's inbound listener connects the stream
-//! to the pod. Today the connection between proxies is plaintext; mutual TLS with workload
-//! identities wraps it next (docs/proxy.md).
+//! multiplexed over one connection per peer node and identity pair.
+//!
+//! With workload identities in use ([`use_mtls`], set when the proxy has a controller), the
+//! connection is mutual TLS 1.3: the source proxy presents the source workload's certificate and
+//! accepts only a peer proving the destination workload's identity; one connection per (peer,
+//! source identity, destination identity), since a TLS connection proves exactly one identity
+//! on each side. Without identities (a config file, tests of the plain data path) it is plaintext.
 
+use crate::identity::IdentityManager;
 use crate::upstream::{connect_tcp, SharedHttp2, UpstreamError};
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
 use hyper_util::rt::TokioIo;
+use nodus_identity::tls::{client_config, server_name_for};
+use nodus_identity::SpiffeId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+
+/// Who a tunnel connection authenticates as, and whom it must reach.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TunnelIdentities {
+    /// The source workload's identity (presented).
+    pub source: SpiffeId,
+    /// The destination workload's identity (required of the peer).
+    pub destination: SpiffeId,
+}
+
+static IDENTITIES: OnceLock<Arc<IdentityManager>> = OnceLock::new();
+
+/// Makes every tunnel with known identities mutual TLS, with certificates from `manager`.
+pub fn use_mtls(manager: Arc<IdentityManager>) {
+    let _ = IDENTITIES.set(manager);
+}
+
+/// The identity manager, when tunnels use mutual TLS.
+pub fn mtls() -> Option<&'static Arc<IdentityManager>> {
+    IDENTITIES.get()
+}
 
 /// One peer node proxy and the multiplexed connection to it.
 #[derive(Debug)]
@@ -19,19 +47,65 @@ struct Peer {
     connection: SharedHttp2<Empty<Bytes>>,
 }
 
-/// Peers by tunnel address, shared by every endpoint pool of the process.
-fn peer(addr: SocketAddr) -> Arc<Peer> {
-    static PEERS: OnceLock<Mutex<HashMap<SocketAddr, Arc<Peer>>>> = OnceLock::new();
+/// Peers by tunnel address and identities, shared by every endpoint pool of the process.
+fn peer(addr: SocketAddr, identities: Option<&TunnelIdentities>) -> Arc<Peer> {
+    type Peers = HashMap<(SocketAddr, Option<TunnelIdentities>), Arc<Peer>>;
+    static PEERS: OnceLock<Mutex<Peers>> = OnceLock::new();
     let mut peers = PEERS.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
-    peers.entry(addr).or_insert_with(|| Arc::new(Peer { connection: SharedHttp2::new() })).clone()
+    peers
+        .entry((addr, identities.cloned()))
+        .or_insert_with(|| Arc::new(Peer { connection: SharedHttp2::new() }))
+        .clone()
 }
 
-/// Opens a stream to `target` through the node proxy at `peer`.
-pub async fn open(peer_addr: SocketAddr, target: SocketAddr) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
+/// Connects to the peer with mutual TLS as `identities.source`, requiring `identities.destination`.
+async fn connect_mtls(
+    peer_addr: SocketAddr,
+    identities: &TunnelIdentities,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    let manager = mtls().ok_or("mutual TLS is not in use")?;
+    let held = manager
+        .certificate(&identities.source)
+        .ok_or_else(|| format!("no workload certificate for {} yet", identities.source))?;
+    let bundle = manager.trust_bundle().ok_or("no trust bundle yet")?;
+    let config =
+        client_config(&held.certificate, &bundle, identities.destination.clone()).map_err(|e| e.to_string())?;
+    let tcp = connect_tcp(peer_addr).await?;
+    let name = server_name_for(&identities.destination).map_err(|e| e.to_string())?;
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("mTLS: {e}"))?;
+    tracing::debug!(
+        %peer_addr,
+        source = %identities.source,
+        destination = %identities.destination,
+        key_exchange = ?tls.get_ref().1.negotiated_key_exchange_group().map(|g| g.name()),
+        "tunnel connection established"
+    );
+    Ok(tls)
+}
+
+/// Opens a stream to `target` through the node proxy at `peer`; mutual TLS when `identities`
+/// are given.
+pub async fn open(
+    peer_addr: SocketAddr,
+    target: SocketAddr,
+    identities: Option<&TunnelIdentities>,
+) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
     let failed =
         |reason: String| UpstreamError::Connect { addr: target, reason: format!("tunnel via {peer_addr}: {reason}") };
-    let connect = || async { connect_tcp(peer_addr).await.map(TokioIo::new).map_err(failed) };
-    let mut sender = peer(peer_addr).connection.get(connect, |e| failed(e.to_string())).await?;
+    let connection = &peer(peer_addr, identities).connection;
+    let mut sender = match identities {
+        Some(identities) => {
+            let connect = || async { connect_mtls(peer_addr, identities).await.map(TokioIo::new).map_err(failed) };
+            connection.get(connect, |e| failed(e.to_string())).await?
+        }
+        None => {
+            let connect = || async { connect_tcp(peer_addr).await.map(TokioIo::new).map_err(failed) };
+            connection.get(connect, |e| failed(e.to_string())).await?
+        }
+    };
     sender.ready().await.map_err(|e| failed(e.to_string()))?;
     let request = Request::builder()
         .method(Method::CONNECT)

@@ -127,17 +127,24 @@ pub struct ConnectionPool {
     via: Option<SocketAddr>,
     idle_http1: ArrayQueue<http1::SendRequest<ProxyBody>>,
     http2: SharedHttp2<ProxyBody>,
+    /// With `via`: the identities its tunnel connections prove and require (mutual TLS).
+    identities: Option<crate::tunnel::TunnelIdentities>,
 }
 
 impl ConnectionPool {
     /// An empty pool for `addr`, reached directly or, with `via`, through a peer node proxy.
     pub fn new(addr: SocketAddr, via: Option<SocketAddr>) -> Self {
-        Self { addr, via, idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1), http2: SharedHttp2::new() }
+        Self { addr, via, idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1), http2: SharedHttp2::new(), identities: None }
+    }
+
+    /// A pool for `addr` through the peer node proxy `via`, over mutual TLS as `identities`.
+    pub fn with_identities(addr: SocketAddr, via: SocketAddr, identities: crate::tunnel::TunnelIdentities) -> Self {
+        Self { identities: Some(identities), ..Self::new(addr, Some(via)) }
     }
 
     async fn connect(&self) -> Result<UpstreamIo, UpstreamError> {
         if let Some(peer) = self.via {
-            return crate::tunnel::open(peer, self.addr).await.map(UpstreamIo::Tunnel);
+            return crate::tunnel::open(peer, self.addr, self.identities.as_ref()).await.map(UpstreamIo::Tunnel);
         }
         connect_tcp(self.addr)
             .await

@@ -37,7 +37,7 @@ pub(super) fn services(state: &ClusterState) -> Vec<Service> {
                 .filter_map(|ip| ip.parse::<IpAddr>().ok())
                 .collect();
             let ports = spec.ports.unwrap_or_default().iter().filter_map(|port| service_port(port, slices)).collect();
-            Service { id: id.clone(), cluster_ips, ports, endpoints: endpoints(slices) }
+            Service { id: id.clone(), cluster_ips, ports, endpoints: endpoints(slices, state) }
         })
         .collect()
 }
@@ -83,7 +83,7 @@ pub(super) fn app_protocol(app_protocol: Option<&str>, port_name: Option<&str>) 
     prefix.and_then(from).unwrap_or(AppProtocol::Detect)
 }
 
-fn endpoints(slices: &[&EndpointSlice]) -> Vec<Endpoint> {
+fn endpoints(slices: &[&EndpointSlice], state: &ClusterState) -> Vec<Endpoint> {
     let mut seen = BTreeSet::new();
     let mut endpoints = Vec::new();
     for slice in slices {
@@ -97,11 +97,20 @@ fn endpoints(slices: &[&EndpointSlice]) -> Vec<Endpoint> {
                 });
             for address in endpoint.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
                 if seen.insert(address) {
+                    // The pod's service account is its identity in mutual TLS.
+                    let service_account = workload.as_ref().map(|w| {
+                        state
+                            .pods
+                            .get(&ObjectRef::new(w.namespace.clone(), w.name.clone()))
+                            .and_then(|pod| pod.spec.as_ref()?.service_account_name.clone())
+                            .unwrap_or_else(|| "default".to_string())
+                    });
                     endpoints.push(Endpoint {
                         address,
                         ready,
                         workload: workload.clone(),
                         node: endpoint.node_name.clone(),
+                        service_account,
                     });
                 }
             }

@@ -75,6 +75,10 @@ pub struct Endpoint {
     /// The node hosting the endpoint, so a proxy knows which peer proxy terminates mTLS for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,
+    /// The pod's service account: with its namespace, the identity its node proxy proves in
+    /// mutual TLS (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account: Option<String>,
 }
 
 fn default_true() -> bool {

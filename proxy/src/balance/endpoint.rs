@@ -2,6 +2,8 @@
 
 use super::{now_ms, OutlierPolicy};
 use crate::upstream::ConnectionPool;
+use arc_swap::ArcSwap;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -33,6 +35,8 @@ pub struct EndpointMeta {
     /// The peer node proxy's tunnel address, when the endpoint is on another node whose proxy
     /// is known: requests then travel through that proxy.
     pub via: Option<SocketAddr>,
+    /// The pod's service account (its identity in mutual TLS, with `namespace`).
+    pub service_account: Option<Arc<str>>,
 }
 
 /// The result of one request, as the balancer learns from it.
@@ -44,14 +48,20 @@ pub enum Outcome {
     Failure,
 }
 
+/// Connection pools by source (namespace, service account).
+type PoolsBySource = HashMap<(Arc<str>, Arc<str>), Arc<ConnectionPool>>;
+
 /// An endpoint with its live statistics and connection pool.
 #[derive(Debug)]
 pub struct Endpoint {
     /// Where to connect.
     pub addr: SocketAddr,
     meta: EndpointMeta,
-    /// Pooled upstream connections to this endpoint.
+    /// Pooled upstream connections to this endpoint (direct, or plaintext tunnels).
     pub pool: Arc<ConnectionPool>,
+    /// Over mutual TLS tunnels, connections per source identity (namespace, service account):
+    /// a tunnel proves one identity, so requests of different sources never share one.
+    remote_pools: ArcSwap<PoolsBySource>,
     /// Peak-EWMA latency in nanoseconds, as f64 bits.
     ewma_ns: AtomicU64,
     /// When `ewma_ns` was last updated (ms, process clock).
@@ -74,6 +84,7 @@ impl Endpoint {
         Self {
             addr: meta.addr,
             pool: Arc::new(ConnectionPool::new(meta.addr, meta.via)),
+            remote_pools: ArcSwap::default(),
             meta,
             ewma_ns: AtomicU64::new((estimate.as_nanos() as f64).to_bits()),
             ewma_at_ms: AtomicU64::new(now_ms()),
@@ -89,14 +100,16 @@ impl Endpoint {
         let copy = |a: &AtomicU64| AtomicU64::new(a.load(Ordering::Relaxed));
         let copy32 = |a: &AtomicU32| AtomicU32::new(a.load(Ordering::Relaxed));
         // A changed route to the endpoint (direct or through a peer) needs fresh connections.
-        let pool = if meta.via == self.meta.via {
-            self.pool.clone()
+        let same_route = meta.via == self.meta.via && meta.service_account == self.meta.service_account;
+        let (pool, remote_pools) = if same_route {
+            (self.pool.clone(), ArcSwap::new(self.remote_pools.load_full()))
         } else {
-            Arc::new(ConnectionPool::new(meta.addr, meta.via))
+            (Arc::new(ConnectionPool::new(meta.addr, meta.via)), ArcSwap::default())
         };
         Self {
             addr: meta.addr,
             pool,
+            remote_pools,
             meta,
             ewma_ns: copy(&self.ewma_ns),
             ewma_at_ms: copy(&self.ewma_at_ms),
@@ -105,6 +118,36 @@ impl Endpoint {
             ejections: copy32(&self.ejections),
             ejected_until_ms: copy(&self.ejected_until_ms),
         }
+    }
+
+    /// The pool for a request from `source` (namespace, service account): per source identity
+    /// over mutual TLS tunnels, the shared pool otherwise. Lock-free once the pool exists.
+    pub fn pool_for(&self, source: Option<(&Arc<str>, &Arc<str>)>) -> Arc<ConnectionPool> {
+        let (Some(via), Some((namespace, account)), Some(manager)) = (self.meta.via, source, crate::tunnel::mtls())
+        else {
+            return self.pool.clone();
+        };
+        let (Some(destination_namespace), Some(destination_account)) =
+            (&self.meta.namespace, &self.meta.service_account)
+        else {
+            return self.pool.clone();
+        };
+        let key = (namespace.clone(), account.clone());
+        if let Some(pool) = self.remote_pools.load().get(&key) {
+            return pool.clone();
+        }
+        let domain = manager.trust_domain();
+        let identities = crate::tunnel::TunnelIdentities {
+            source: nodus_identity::SpiffeId::new(domain, namespace, account),
+            destination: nodus_identity::SpiffeId::new(domain, destination_namespace, destination_account),
+        };
+        let created = Arc::new(ConnectionPool::with_identities(self.addr, via, identities));
+        self.remote_pools.rcu(|pools| {
+            let mut pools = HashMap::clone(pools);
+            pools.entry(key.clone()).or_insert_with(|| created.clone());
+            pools
+        });
+        self.remote_pools.load().get(&key).cloned().unwrap_or(created)
     }
 
     /// What the config says about it.

@@ -125,7 +125,9 @@ impl Service<ProxyRequest> for Backend {
             }
             .ok_or_else(|| ProxyError::NoEndpoints { backend: backend.label.to_string() })?;
             let guard = endpoint.start();
-            let send = endpoint.pool.send(request, context.protocol);
+            let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));
+            let pool = endpoint.pool_for(source);
+            let send = pool.send(request, context.protocol);
             let result = match rule.backend_timeout {
                 Some(after) => match tokio::time::timeout(after, send).await {
                     Ok(sent) => sent.map_err(ProxyError::Upstream),

@@ -75,8 +75,10 @@ where
                             *copy.version_mut() = parts.version;
                             *copy.headers_mut() = parts.headers.clone();
                             let protocol = context.protocol;
+                            let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));
+                            let pool = endpoint.pool_for(source);
                             tokio::spawn(async move {
-                                if let Ok(response) = endpoint.pool.send(copy, protocol).await {
+                                if let Ok(response) = pool.send(copy, protocol).await {
                                     // Read the answer to the end so the connection is reused.
                                     let _ = http_body_util::BodyExt::collect(response.into_body()).await;
                                 }
