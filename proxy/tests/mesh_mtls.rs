@@ -1,0 +1,116 @@
+//! Mutual TLS between node proxies in the lab, with the controller in standalone mode on the
+//! example manifests: requests across nodes carry the source workload's identity; a strict
+//! namespace refuses a plaintext tunnel, a permissive one accepts and counts it. Needs root.
+#![allow(clippy::unwrap_used)]
+
+use nodus_harness::{metric_value, skip_unless_lab_supported, start_echo, ConfigSource, Lab, LabSpec, NetNs};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+fn sibling(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy")).with_file_name(name)
+}
+
+fn mesh_policy(mode: &str) -> String {
+    format!("apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{ name: default, namespace: demo }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n")
+}
+
+fn write(path: &Path, text: &str) {
+    let temporary = path.with_extension("tmp");
+    std::fs::write(&temporary, text).unwrap();
+    std::fs::rename(&temporary, path).unwrap();
+}
+
+/// A plaintext HTTP/2 CONNECT to node-2's inbound listener, from node-1's namespace: what a
+/// proxy without identities (or anything else on the network) would send. Returns the status.
+fn plaintext_connect(node1: &NetNs) -> u16 {
+    node1
+        .run(|| {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            runtime.block_on(async {
+                let tcp = tokio::net::TcpStream::connect("10.100.0.12:15008").await.unwrap();
+                let (mut sender, connection) = hyper::client::conn::http2::handshake(
+                    hyper_util::rt::TokioExecutor::new(),
+                    hyper_util::rt::TokioIo::new(tcp),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(connection);
+                let request = http::Request::builder()
+                    .method(http::Method::CONNECT)
+                    .uri("10.244.2.2:8080")
+                    .body(http_body_util::Empty::<bytes::Bytes>::new())
+                    .unwrap();
+                sender.send_request(request).await.unwrap().status().as_u16()
+            })
+        })
+        .unwrap()
+}
+
+#[test]
+fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
+    skip_unless_lab_supported!();
+    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+    let client = lab.add_pod("node-1", "demo", "client").unwrap();
+    let echo_v2 = lab.add_pod("node-1", "demo", "echo-v2-0").unwrap();
+    let echo_v1 = lab.add_pod("node-2", "demo", "echo-v1-0").unwrap();
+    let _echoes = [
+        start_echo(&echo_v1, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
+        start_echo(&echo_v2, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
+    ];
+    let manifests = lab.work_dir().unwrap().join("manifests");
+    std::fs::create_dir_all(&manifests).unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
+    for file in ["cluster.yaml", "routes.yaml"] {
+        std::fs::copy(examples.join(file), manifests.join(file)).unwrap();
+    }
+    write(&manifests.join("mesh-policy.yaml"), &mesh_policy("Strict"));
+    let node1 = lab.node("node-1").unwrap().clone();
+    let node2 = lab.node("node-2").unwrap().clone();
+    let status_file = lab.work_dir().unwrap().join("status.yaml");
+    let (_controller, url) =
+        lab.start_controller(&node1, &sibling("nodus-controller"), &manifests, &status_file).unwrap();
+    let proxy_binary = PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy"));
+    let proxy1 = lab.start_node_proxy(&node1, &proxy_binary, ConfigSource::Controller(url.clone()), &[]).unwrap();
+    let proxy2 = lab.start_node_proxy(&node2, &proxy_binary, ConfigSource::Controller(url), &[]).unwrap();
+    proxy1.wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15)).unwrap();
+    proxy1.wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(15)).unwrap();
+    proxy2.wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(15)).unwrap();
+
+    // Across nodes through the mesh: mutual TLS, node-2 knows the caller.
+    let out = client
+        .command(&sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--count", "5"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 5, "{text}");
+    let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
+    let mtls = metric_value(
+        &metrics,
+        r#"nodus_inbound_tunnels_total{tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/client",destination="demo/echo-v1-0",result="allowed"}"#,
+    );
+    assert!(mtls.unwrap_or(0.0) >= 1.0, "{metrics}");
+
+    // Plaintext to a pod of a strict namespace: refused, and counted.
+    assert_eq!(plaintext_connect(node1.netns()), 403);
+    let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains(
+            r#"tls="plaintext",client_identity="",destination="demo/echo-v1-0",result="plaintext_to_strict""#
+        ),
+        "{metrics}"
+    );
+
+    // Permissive: plaintext accepted, and marked as such.
+    let version = metric_value(&proxy2.admin_get("/metrics").unwrap().1, "nodus_config_version").unwrap();
+    write(&manifests.join("mesh-policy.yaml"), &mesh_policy("Permissive"));
+    proxy2.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
+    assert_eq!(plaintext_connect(node1.netns()), 200);
+    let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"tls="plaintext",client_identity="",destination="demo/echo-v1-0",result="allowed""#),
+        "{metrics}"
+    );
+}
