@@ -79,7 +79,7 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
 
     // Across nodes through the mesh: mutual TLS, node-2 knows the caller.
     let out = client
-        .command(&sibling("nodus-echo-client"))
+        .command(sibling("nodus-echo-client"))
         .unwrap()
         .args(["--target", "10.96.0.11:80", "--count", "5"])
         .output()
