@@ -108,17 +108,21 @@ impl Outbound {
                 tracing::info!(%original_dst, "non-HTTP traffic to a destination with L7 routes; refusing");
             }
             _ => {
-                let (target, via, label) = match &destination {
+                let source = state.as_ref().and_then(|s| s.workload(peer.ip()).cloned());
+                let (target, via, label, identities) = match &destination {
                     Some(d) => match d.balancer.pick() {
-                        Some(endpoint) => (endpoint.addr, endpoint.meta().via, d.label.to_string()),
+                        Some(endpoint) => {
+                            let identities = tunnel_identities(source.as_deref(), endpoint.meta());
+                            (endpoint.addr, endpoint.meta().via, d.label.to_string(), identities)
+                        }
                         None => {
                             tracing::info!(destination = %d.label, "no endpoint for an opaque connection");
                             return;
                         }
                     },
-                    None => (original_dst, None, "passthrough".to_owned()),
+                    None => (original_dst, None, "passthrough".to_owned(), None),
                 };
-                self.forward_tcp(stream, prefix.freeze(), target, via, label).await;
+                self.forward_tcp(stream, prefix.freeze(), target, via, label, identities).await;
             }
         }
     }
@@ -167,12 +171,12 @@ impl Outbound {
         target: SocketAddr,
         via: Option<SocketAddr>,
         destination: String,
+        identities: Option<crate::tunnel::TunnelIdentities>,
     ) {
         let labels = TcpLabels { direction: "outbound", protocol: "opaque", destination };
         self.metrics.tcp_connections.get_or_create(&labels).inc();
         match via {
-            // Opaque TCP still tunnels in plaintext; mutual TLS for it comes with inbound policy.
-            Some(peer) => match crate::tunnel::open(peer, target, None).await {
+            Some(peer) => match crate::tunnel::open(peer, target, identities.as_ref()).await {
                 Ok(tunnel) => self.relay(client, TokioIo::new(tunnel), prefix, &labels).await,
                 Err(error) => tracing::info!(%target, %error, "opaque connection: tunnel failed"),
             },
@@ -200,4 +204,23 @@ impl Outbound {
         }
         metrics.tcp_open.get_or_create(labels).dec();
     }
+}
+
+/// The identities of a tunnel from `source` to `endpoint`, when mutual TLS is in use and both
+/// ends are mesh workloads with known service accounts.
+fn tunnel_identities(
+    source: Option<&crate::state::WorkloadInfo>,
+    endpoint: &crate::balance::EndpointMeta,
+) -> Option<crate::tunnel::TunnelIdentities> {
+    let manager = crate::tunnel::mtls()?;
+    let source = source?;
+    let domain = manager.trust_domain();
+    Some(crate::tunnel::TunnelIdentities {
+        source: nodus_identity::SpiffeId::new(domain, &source.namespace, &source.service_account),
+        destination: nodus_identity::SpiffeId::new(
+            domain,
+            endpoint.namespace.as_deref()?,
+            endpoint.service_account.as_deref()?,
+        ),
+    })
 }

@@ -65,6 +65,7 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
         std::fs::copy(examples.join(file), manifests.join(file)).unwrap();
     }
     write(&manifests.join("mesh-policy.yaml"), &mesh_policy("Strict"));
+    write(&manifests.join("tcp-service.yaml"), OPAQUE_SERVICE);
     let node1 = lab.node("node-1").unwrap().clone();
     let node2 = lab.node("node-2").unwrap().clone();
     let status_file = lab.work_dir().unwrap().join("status.yaml");
@@ -93,6 +94,26 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
     );
     assert!(mtls.unwrap_or(0.0) >= 1.0, "{metrics}");
 
+    // Opaque TCP (appProtocol: tcp, never parsed) crosses over mutual TLS too: in a strict
+    // namespace a plaintext tunnel would be refused and this request would fail.
+    let out = client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.13:7000", "--count", "1"])
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"status\":200"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
+    let after = metric_value(
+        &metrics,
+        r#"nodus_inbound_tunnels_total{tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/client",destination="demo/echo-v1-0",result="allowed"}"#,
+    );
+    assert!(after > mtls, "the opaque connection's tunnel stream is mTLS: {mtls:?} -> {after:?}");
+
     // Plaintext to a pod of a strict namespace: refused, and counted.
     assert_eq!(plaintext_connect(node1.netns()), 403);
     let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
@@ -114,3 +135,19 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
         "{metrics}"
     );
 }
+
+/// A Service whose port is declared opaque TCP, backed by echo-v1-0 on node-2.
+const OPAQUE_SERVICE: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: { name: echo-tcp, namespace: demo }
+spec: { clusterIP: 10.96.0.13, ports: [{ name: tcp, port: 7000, targetPort: 8080, appProtocol: tcp }] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: echo-tcp-1, namespace: demo, labels: { kubernetes.io/service-name: echo-tcp } }
+addressType: IPv4
+ports: [{ name: tcp, port: 8080 }]
+endpoints:
+  - { addresses: [10.244.2.2], nodeName: node-2, targetRef: { kind: Pod, namespace: demo, name: echo-v1-0 } }
+"#;
