@@ -102,6 +102,14 @@ pub async fn start(
     };
     if let Some(listener) = inbound_listener {
         let inbound = Arc::new(crate::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone()));
+        // Every applied config is a chance that open streams are no longer allowed.
+        let (reevaluated, applied) = (inbound.clone(), proxy.config_applied.clone());
+        tokio::spawn(async move {
+            loop {
+                applied.notified().await;
+                reevaluated.reevaluate();
+            }
+        });
         tokio::spawn(async move {
             if let Err(error) = inbound.serve(listener).await {
                 tracing::error!(%error, "inbound listener failed");

@@ -61,6 +61,7 @@ impl ProxyError {
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Connect { .. }) => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::Upstream(UpstreamError::Http { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(UpstreamError::Denied { .. }) => StatusCode::FORBIDDEN,
             ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
         }
     }
@@ -68,11 +69,12 @@ impl ProxyError {
     /// The gRPC status code this error answers with.
     pub fn grpc_status(&self) -> u16 {
         match self {
-            ProxyError::Timeout { .. } => 4,         // DEADLINE_EXCEEDED
-            ProxyError::NoRoute { .. } => 12,        // UNIMPLEMENTED
-            ProxyError::InvalidBackend { .. } => 13, // INTERNAL
-            ProxyError::RequestBody(_) => 13,        // INTERNAL
-            _ => 14,                                 // UNAVAILABLE
+            ProxyError::Timeout { .. } => 4,                         // DEADLINE_EXCEEDED
+            ProxyError::NoRoute { .. } => 12,                        // UNIMPLEMENTED
+            ProxyError::InvalidBackend { .. } => 13,                 // INTERNAL
+            ProxyError::RequestBody(_) => 13,                        // INTERNAL
+            ProxyError::Upstream(UpstreamError::Denied { .. }) => 7, // PERMISSION_DENIED
+            _ => 14,                                                 // UNAVAILABLE
         }
     }
 

@@ -6,6 +6,7 @@
 
 use crate::metrics::{InboundLabels, Metrics, TcpLabels};
 use crate::state::ConfigStore;
+use crate::state::{ProxyState, WorkloadInfo};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
@@ -13,15 +14,55 @@ use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nodus_config::MtlsMode;
 use nodus_identity::tls::{peer_identity, server_config};
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
+
+/// Marks a CONNECT refusal made by authorization policy, so the source proxy answers the
+/// client 403 / PERMISSION_DENIED (other refusals are infrastructure errors).
+pub const DENIED_HEADER: &str = "x-nodus-denied";
 
 /// See the module docs.
 pub struct Inbound {
     store: Arc<ConfigStore>,
     metrics: Arc<Metrics>,
+    /// Streams being relayed, so that a policy change can end those it no longer allows.
+    active: Mutex<HashMap<u64, ActiveStream>>,
+    next_stream: AtomicU64,
+}
+
+/// A relayed tunnel stream.
+struct ActiveStream {
+    identity: Option<Arc<str>>,
+    target: SocketAddr,
+    workload: Arc<WorkloadInfo>,
+    relay: tokio::task::AbortHandle,
+}
+
+/// Why a stream is refused.
+#[derive(Debug, PartialEq, Eq)]
+enum Refusal {
+    /// Plaintext to a pod of a strict namespace.
+    PlaintextToStrict,
+    /// An authorization policy (`namespace/name`, or "no allow policy matched").
+    Denied(String),
+}
+
+/// Whether the current config refuses a stream from `identity` to `target`.
+fn refusal(state: &ProxyState, identity: Option<&str>, target: SocketAddr) -> Option<Refusal> {
+    let pod = state.snapshot.workloads.iter().find(|w| w.ips.contains(&target.ip()))?;
+    let strict = state.snapshot.mtls.iter().any(|m| m.namespace == pod.id.namespace && m.mode == MtlsMode::Strict);
+    if identity.is_none() && strict {
+        return Some(Refusal::PlaintextToStrict);
+    }
+    let stream = crate::authz::Stream { identity, port: target.port() };
+    match crate::authz::authorize(&state.snapshot.authorization_policies, pod, stream) {
+        crate::authz::Decision::Allow => None,
+        crate::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
+    }
 }
 
 fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
@@ -33,7 +74,37 @@ fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
 impl Inbound {
     /// The listener's shared state.
     pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics }
+        Self { store, metrics, active: Mutex::default(), next_stream: AtomicU64::new(0) }
+    }
+
+    fn count_denial(&self, identity: Option<&str>, workload: &WorkloadInfo, policy: String) {
+        self.metrics
+            .authorization_denials
+            .get_or_create(&crate::metrics::DenialLabels {
+                client_identity: identity.unwrap_or("").to_string(),
+                destination: format!("{}/{}", workload.namespace, workload.workload),
+                policy,
+            })
+            .inc();
+    }
+
+    /// Re-checks every relayed stream against the config in force and ends those it no longer
+    /// allows (a new deny policy, a namespace turned strict): policy applies to connections
+    /// already open, not only to new ones.
+    pub fn reevaluate(&self) {
+        let Some(state) = self.store.load() else { return };
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        active.retain(|_, stream| match refusal(&state, stream.identity.as_deref(), stream.target) {
+            None => true,
+            Some(refusal) => {
+                tracing::info!(target = %stream.target, caller = stream.identity.as_deref().unwrap_or("(plaintext)"), ?refusal, "open stream no longer allowed: closed");
+                if let Refusal::Denied(policy) = refusal {
+                    self.count_denial(stream.identity.as_deref(), &stream.workload, policy);
+                }
+                stream.relay.abort();
+                false
+            }
+        });
     }
 
     /// Accepts tunnel connections until the listener fails. With workload identities in use,
@@ -101,21 +172,33 @@ impl Inbound {
             tracing::info!(%peer, %target, "tunnel to an address that is not a pod of this node: refused");
             return Ok(answer(StatusCode::FORBIDDEN));
         };
-        let strict =
-            state.snapshot.mtls.iter().any(|m| *m.namespace == *workload.namespace && m.mode == MtlsMode::Strict);
-        let refused = identity.is_none() && strict;
+        let refusal = refusal(&state, identity.as_deref(), target);
         self.metrics
             .inbound_tunnels
             .get_or_create(&InboundLabels {
                 tls: if identity.is_some() { "mtls" } else { "plaintext" },
                 client_identity: identity.as_deref().unwrap_or("").to_string(),
                 destination: format!("{}/{}", workload.namespace, workload.workload),
-                result: if refused { "plaintext_to_strict" } else { "allowed" },
+                result: match refusal {
+                    Some(Refusal::PlaintextToStrict) => "plaintext_to_strict",
+                    Some(Refusal::Denied(_)) => "denied",
+                    None => "allowed",
+                },
             })
             .inc();
-        if refused {
-            tracing::info!(%peer, %target, "plaintext tunnel to a pod of a strict namespace: refused");
-            return Ok(answer(StatusCode::FORBIDDEN));
+        match refusal {
+            Some(Refusal::PlaintextToStrict) => {
+                tracing::info!(%peer, %target, "plaintext tunnel to a pod of a strict namespace: refused");
+                return Ok(answer(StatusCode::FORBIDDEN));
+            }
+            Some(Refusal::Denied(policy)) => {
+                tracing::info!(%peer, %target, caller = identity.as_deref().unwrap_or("(plaintext)"), %policy, "denied by authorization policy");
+                self.count_denial(identity.as_deref(), &workload, policy);
+                let mut response = answer(StatusCode::FORBIDDEN);
+                response.headers_mut().insert(DENIED_HEADER, http::HeaderValue::from_static("authorization-policy"));
+                return Ok(response);
+            }
+            None => {}
         }
         let pod = match TcpStream::connect(target).await {
             Ok(pod) => pod,
@@ -132,7 +215,9 @@ impl Inbound {
         };
         let metrics = self.metrics.clone();
         let upgrade = hyper::upgrade::on(&mut request);
-        tokio::spawn(async move {
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let inbound = self.clone();
+        let relay = tokio::spawn(async move {
             let Ok(upgraded) = upgrade.await else { return };
             metrics.tcp_connections.get_or_create(&labels).inc();
             metrics.tcp_open.get_or_create(&labels).inc();
@@ -144,7 +229,15 @@ impl Inbound {
                 metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_pod);
             }
             metrics.tcp_open.get_or_create(&labels).dec();
+            inbound.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
         });
+        let relay = relay.abort_handle();
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        // A relay that already ended has removed its (absent) entry: do not leave one behind.
+        if !relay.is_finished() {
+            active.insert(id, ActiveStream { identity, target, workload, relay });
+        }
+        drop(active);
         Ok(answer(StatusCode::OK))
     }
 }

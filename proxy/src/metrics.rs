@@ -78,6 +78,17 @@ pub struct InboundLabels {
     pub result: &'static str,
 }
 
+/// Labels of authorization denials.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DenialLabels {
+    /// The caller's SPIFFE ID (empty for plaintext).
+    pub client_identity: String,
+    /// Destination workload (`namespace/owner`).
+    pub destination: String,
+    /// The denying policy (`namespace/name`), or `no allow policy matched`.
+    pub policy: String,
+}
+
 /// Labels of retries.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RetryLabels {
@@ -121,6 +132,8 @@ pub struct Metrics {
     pub tcp_connections: Family<TcpLabels, Counter>,
     /// Tunnel streams at the inbound listener, by transport security and source identity.
     pub inbound_tunnels: Family<InboundLabels, Counter>,
+    /// Streams refused by authorization policy.
+    pub authorization_denials: Family<DenialLabels, Counter>,
     /// TCP connections open now.
     pub tcp_open: Family<TcpLabels, Gauge>,
     /// Bytes from clients.
@@ -161,6 +174,7 @@ impl Metrics {
         let ejections = Family::default();
         let tcp_connections = Family::default();
         let inbound_tunnels = Family::<InboundLabels, Counter>::default();
+        let authorization_denials = Family::<DenialLabels, Counter>::default();
         let tcp_open = Family::default();
         let tcp_received_bytes = Family::default();
         let tcp_sent_bytes = Family::default();
@@ -199,6 +213,11 @@ impl Metrics {
             "Tunnel streams from other node proxies, by mTLS and authenticated source identity",
             inbound_tunnels.clone(),
         );
+        registry.register(
+            "authorization_denials",
+            "Tunnel streams refused by authorization policy",
+            authorization_denials.clone(),
+        );
         registry.register("tcp_open_connections", "TCP connections open now", tcp_open.clone());
         registry.register("tcp_received_bytes", "Bytes received from clients", tcp_received_bytes.clone());
         registry.register("tcp_sent_bytes", "Bytes sent to clients", tcp_sent_bytes.clone());
@@ -227,6 +246,7 @@ impl Metrics {
             ejections,
             tcp_connections,
             inbound_tunnels,
+            authorization_denials,
             tcp_open,
             tcp_received_bytes,
             tcp_sent_bytes,

@@ -113,6 +113,9 @@ pub async fn open(
         .body(Empty::new())
         .map_err(|e| failed(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(|e| failed(e.to_string()))?;
+    if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::inbound::DENIED_HEADER) {
+        return Err(UpstreamError::Denied { addr: target });
+    }
     if response.status() != StatusCode::OK {
         return Err(failed(format!("peer answered {}", response.status())));
     }

@@ -53,6 +53,12 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The destination's node proxy refused by authorization policy.
+    #[error("denied by authorization policy at {addr}")]
+    Denied {
+        /// Endpoint.
+        addr: SocketAddr,
+    },
 }
 
 /// Connects to `addr` within the connect timeout, with Nagle's algorithm off. The error is the

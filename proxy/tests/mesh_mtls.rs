@@ -134,7 +134,43 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
         metrics.contains(r#"tls="plaintext",client_identity="",destination="demo/echo-v1-0",result="allowed""#),
         "{metrics}"
     );
+
+    // Authorization: only another identity may call echo v1: HTTP gets 403, gRPC
+    // PERMISSION_DENIED, and the denial is counted; removing the policy lets calls through.
+    let policy = manifests.join("authz.yaml");
+    write(&policy, AUTHZ_ONLY_NOBODY);
+    let version = metric_value(&proxy2.admin_get("/metrics").unwrap().1, "nodus_config_version").unwrap();
+    proxy2.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
+    let call = |args: &[&str]| {
+        let out = client.command(sibling("nodus-echo-client")).unwrap().args(args).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let http = call(&["--target", "10.96.0.11:80", "--count", "1"]);
+    assert!(http.contains("\"status\":403"), "{http}");
+    let grpc = call(&["--target", "10.96.0.11:9090", "--protocol", "grpc", "--count", "1"]);
+    assert!(grpc.contains("\"grpc_status\":7"), "{grpc}");
+    let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.contains(r#"nodus_authorization_denials_total{client_identity="spiffe://cluster.local/ns/demo/sa/client",destination="demo/echo-v1-0",policy="no allow policy matched"}"#),
+        "{metrics}"
+    );
+    std::fs::remove_file(&policy).unwrap();
+    let version = metric_value(&proxy2.admin_get("/metrics").unwrap().1, "nodus_config_version").unwrap();
+    proxy2.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
+    let http = call(&["--target", "10.96.0.11:80", "--count", "1"]);
+    assert!(http.contains("\"status\":200"), "{http}");
 }
+
+/// Only spiffe://cluster.local/ns/demo/sa/nobody may call echo v1.
+const AUTHZ_ONLY_NOBODY: &str = r#"
+apiVersion: policy.nodus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: echo-v1-callers, namespace: demo }
+spec:
+  selector: { matchLabels: { app: echo, version: v1 } }
+  action: Allow
+  rules: [{ identities: ["spiffe://cluster.local/ns/demo/sa/nobody"] }]
+"#;
 
 /// A Service whose port is declared opaque TCP, backed by echo-v1-0 on node-2.
 const OPAQUE_SERVICE: &str = r#"

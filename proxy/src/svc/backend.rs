@@ -138,6 +138,8 @@ impl Service<ProxyRequest> for Backend {
             let outcome = match &result {
                 Ok(response) if response.status().is_server_error() => Outcome::Failure,
                 Ok(_) => Outcome::Success,
+                // A policy refusal says nothing about the endpoint's health: never eject for it.
+                Err(ProxyError::Upstream(crate::upstream::UpstreamError::Denied { .. })) => Outcome::Success,
                 Err(_) => Outcome::Failure,
             };
             if guard.finish(outcome, balancer.policy()) {
