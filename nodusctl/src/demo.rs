@@ -131,7 +131,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let started = step("[2/5] starting the controller (standalone mode, reading the manifests)");
     let controller_node = lab.nodes().first().context("the lab has nodes")?;
     let (controller, controller_url) = lab
-        .start_controller(controller_node, &controller_binary, &manifests, &status_file)
+        .start_controller(controller_node, &controller_binary, &manifests, &status_file, &[])
         .context("starting the controller")?;
     done(started);
 

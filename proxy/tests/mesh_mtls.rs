@@ -47,14 +47,27 @@ fn plaintext_connect(node1: &NetNs) -> u16 {
         .unwrap()
 }
 
-#[test]
-fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
-    skip_unless_lab_supported!();
+/// The lab mesh of these tests: controller (standalone, on the example manifests plus a
+/// strict MeshPolicy and an opaque-TCP Service), proxies with mTLS on both nodes, echo pods.
+struct MtlsMesh {
+    proxy1: nodus_harness::NodeProxy,
+    proxy2: nodus_harness::NodeProxy,
+    client: nodus_harness::Pod,
+    echo_v2: nodus_harness::Pod,
+    node1: nodus_harness::Node,
+    manifests: PathBuf,
+    _controller: nodus_harness::Process,
+    _echoes: [nodus_harness::Process; 2],
+    // Dropped last: the lab is torn down after the processes in it.
+    _lab: Lab,
+}
+
+fn start_mesh(controller_args: &[&str]) -> MtlsMesh {
     let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
     let client = lab.add_pod("node-1", "demo", "client").unwrap();
     let echo_v2 = lab.add_pod("node-1", "demo", "echo-v2-0").unwrap();
     let echo_v1 = lab.add_pod("node-2", "demo", "echo-v1-0").unwrap();
-    let _echoes = [
+    let echoes = [
         start_echo(&echo_v1, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
         start_echo(&echo_v2, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
     ];
@@ -69,14 +82,22 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
     let node1 = lab.node("node-1").unwrap().clone();
     let node2 = lab.node("node-2").unwrap().clone();
     let status_file = lab.work_dir().unwrap().join("status.yaml");
-    let (_controller, url) =
-        lab.start_controller(&node1, &sibling("nodus-controller"), &manifests, &status_file).unwrap();
+    let (controller, url) =
+        lab.start_controller(&node1, &sibling("nodus-controller"), &manifests, &status_file, controller_args).unwrap();
     let proxy_binary = PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy"));
     let proxy1 = lab.start_node_proxy(&node1, &proxy_binary, ConfigSource::Controller(url.clone()), &[]).unwrap();
     let proxy2 = lab.start_node_proxy(&node2, &proxy_binary, ConfigSource::Controller(url), &[]).unwrap();
     proxy1.wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15)).unwrap();
     proxy1.wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(15)).unwrap();
     proxy2.wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(15)).unwrap();
+    MtlsMesh { proxy1, proxy2, client, echo_v2, node1, manifests, _controller: controller, _echoes: echoes, _lab: lab }
+}
+
+#[test]
+fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
+    skip_unless_lab_supported!();
+    let mesh = start_mesh(&[]);
+    let MtlsMesh { proxy2, client, node1, manifests, .. } = &mesh;
 
     // Across nodes through the mesh: mutual TLS, node-2 knows the caller.
     let out = client
@@ -187,3 +208,48 @@ ports: [{ name: tcp, port: 8080 }]
 endpoints:
   - { addresses: [10.244.2.2], nodeName: node-2, targetRef: { kind: Pod, namespace: demo, name: echo-v1-0 } }
 "#;
+
+#[test]
+fn certificates_rotate_under_load_with_zero_failed_requests() {
+    skip_unless_lab_supported!();
+    // Two-second certificates: renewed every second on both nodes while traffic crosses them.
+    let mesh = start_mesh(&["--certificate-lifetime", "2s"]);
+    let issued_before =
+        metric_value(&mesh.proxy1.admin_get("/metrics").unwrap().1, "nodus_workload_certificates_issued_total")
+            .unwrap();
+    let out = mesh
+        .client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--rate", "100", "--duration-secs", "6", "--report-every", "10"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (mut requests, mut ok) = (0, 0);
+    for line in text.lines() {
+        let summary: serde_json::Value = serde_json::from_str(line).unwrap();
+        requests += summary["requests"].as_u64().unwrap();
+        ok += summary["ok"].as_u64().unwrap();
+    }
+    assert!(requests >= 500, "{text}");
+    assert_eq!(ok, requests, "no failed request while certificates rotate: {text}");
+    let issued_after =
+        metric_value(&mesh.proxy1.admin_get("/metrics").unwrap().1, "nodus_workload_certificates_issued_total")
+            .unwrap();
+    assert!(
+        issued_after - issued_before >= 6.0,
+        "both identities renewed several times: {issued_before} -> {issued_after}"
+    );
+    // A new identity pair now needs a fresh handshake with rotated certificates on both sides.
+    let out = mesh
+        .echo_v2
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--count", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "{text}");
+    let (_, metrics) = mesh.proxy2.admin_get("/metrics").unwrap();
+    assert!(metrics.contains(r#"tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/echo""#), "{metrics}");
+}

@@ -182,6 +182,7 @@ impl Lab {
         controller_binary: &Path,
         manifests: &Path,
         status_file: &Path,
+        extra_args: &[&str],
     ) -> Result<(Process, String)> {
         let listen = SocketAddrV4::new(node.ip, CONTROLLER_PORT);
         let mut command = node.command(controller_binary)?;
@@ -190,7 +191,8 @@ impl Lab {
             .arg("--manifests")
             .arg(manifests)
             .arg("--status-file")
-            .arg(status_file);
+            .arg(status_file)
+            .args(extra_args);
         let log_path = self.work_dir()?.join("controller.log");
         let log = std::fs::File::create(&log_path).map_err(io_error("creating", &log_path))?;
         command.stderr(log);
