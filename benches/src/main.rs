@@ -12,6 +12,8 @@
 //! a fixed rate with coordinated-omission correction (oha `-q --latency-correction`); proxy CPU
 //! seconds per 10k requests (from /proc); proxy peak RSS.
 
+mod scenario_b;
+
 use anyhow::{bail, Context, Result};
 use clap::Parser;
 use nodus_harness::{Lab, LabSpec, Pod, Process};
@@ -22,7 +24,7 @@ use std::process::Command;
 use std::time::Duration;
 
 /// Benchmarks Nodus against direct traffic, nginx and haproxy.
-#[derive(Parser, Debug)]
+#[derive(Parser, Debug, Clone)]
 #[command(version)]
 struct Args {
     /// Rounds; each runs every contender once.
@@ -37,6 +39,9 @@ struct Args {
     /// Connections of the load generators.
     #[arg(long, default_value_t = 50)]
     connections: u32,
+    /// Which scenarios to run: `a` (one node, plaintext, peers), `b` (two nodes, mTLS).
+    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    scenarios: Vec<String>,
     /// Where to write results (results.md, results.json).
     #[arg(long, default_value = "bench-results")]
     out: PathBuf,
@@ -95,6 +100,22 @@ fn main() -> Result<()> {
         bail!("{} not found: build with `cargo build --release -p nodus-proxy`", proxy_binary.display());
     }
 
+    let mut report = String::new();
+    if args.scenarios.iter().any(|s| s == "a") {
+        report.push_str(&scenario_a(&args, &proxy_binary)?);
+    }
+    if args.scenarios.iter().any(|s| s == "b") {
+        report.push_str(&scenario_b::run(&args, &proxy_binary)?);
+    }
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("results.md"), &report)?;
+    println!("{report}");
+    Ok(())
+}
+
+/// Scenario A; returns its markdown section (and writes results.json).
+fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<String> {
+    let args = args.clone();
     let mut lab = Lab::new(LabSpec { nodes: 1 })?;
     let backend = lab.add_pod("node-1", "bench", "backend")?;
     let client_plain = lab.add_pod("node-1", "plain", "client")?;
@@ -105,7 +126,7 @@ fn main() -> Result<()> {
     let _backend = start_nginx_backend(&backend, &work)?;
     let config = work.join("snapshot.yaml");
     std::fs::write(&config, snapshot(&backend, &client_mesh))?;
-    let nodus = lab.start_node_proxy(&node, &proxy_binary, &config, &["--workers", "1"])?;
+    let nodus = lab.start_node_proxy(&node, proxy_binary, &config, &["--workers", "1"])?;
     nodus.wait_for_metric("nodus_redirect_enrolled_pods", 1.0, Duration::from_secs(10))?;
     let nginx = start_nginx_proxy(&node, &backend, &work)?;
     let haproxy = start_haproxy(&node, &backend, &work)?;
@@ -150,15 +171,13 @@ fn main() -> Result<()> {
     let idle_rss = process_tree_rss_mib(nodus.process.id())?;
     let report = render(&args, &results, idle_rss);
     std::fs::create_dir_all(&args.out)?;
-    std::fs::write(args.out.join("results.md"), &report)?;
     std::fs::write(
         args.out.join("results.json"),
         serde_json::to_vec_pretty(&results.iter().map(|(c, m)| (c.name(), m)).collect::<BTreeMap<_, _>>())?,
     )?;
-    println!("{report}");
     drop((nginx, haproxy, nodus));
     lab.teardown()?;
-    Ok(())
+    Ok(report)
 }
 
 fn snapshot(backend: &Pod, client: &Pod) -> String {
