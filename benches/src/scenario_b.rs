@@ -64,9 +64,9 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<String> {
     let dir = work.join("manifests");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.yaml"), manifests(&backend.ip.to_string(), &client_mesh.ip.to_string()))?;
-    let (_controller, url) =
-        lab.start_controller(&node1, &controller_binary, &dir, &work.join("status.yaml"), &[])?;
-    let proxy1 = lab.start_node_proxy(&node1, proxy_binary, ConfigSource::Controller(url.clone()), &["--workers", "1"])?;
+    let (_controller, url) = lab.start_controller(&node1, &controller_binary, &dir, &work.join("status.yaml"), &[])?;
+    let proxy1 =
+        lab.start_node_proxy(&node1, proxy_binary, ConfigSource::Controller(url.clone()), &["--workers", "1"])?;
     let proxy2 = lab.start_node_proxy(&node2, proxy_binary, ConfigSource::Controller(url), &["--workers", "1"])?;
     proxy1.wait_for_metric("nodus_redirect_enrolled_pods", 1.0, Duration::from_secs(15))?;
     proxy1.wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(15))?;

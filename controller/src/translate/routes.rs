@@ -433,6 +433,80 @@ fn settle<R: Clone>(
     route.filter(|_| has_parents)
 }
 
+/// What HTTPRoutes and GRPCRoutes share when they are settled.
+trait RouteModel: Clone {
+    /// The same route attached to `parents` (the parents in force now, for a kept version).
+    fn with_parents(&self, parents: Vec<RouteParent>) -> Self;
+    /// This kind's last accepted version, if `accepted` is of this kind.
+    fn last(accepted: &AcceptedRoute) -> Option<(i64, &Self)>;
+    /// Wraps an accepted version.
+    fn accepted(generation: i64, route: Self) -> AcceptedRoute;
+    /// Checks the route against the snapshot's Services.
+    fn validate(&self, validator: &RouteValidator<'_>) -> Result<(), String>;
+}
+
+impl RouteModel for HttpRoute {
+    fn with_parents(&self, parents: Vec<RouteParent>) -> Self {
+        Self { parents, ..self.clone() }
+    }
+    fn last(accepted: &AcceptedRoute) -> Option<(i64, &Self)> {
+        match accepted {
+            AcceptedRoute::Http { generation, route } => Some((*generation, route)),
+            AcceptedRoute::Grpc { .. } => None,
+        }
+    }
+    fn accepted(generation: i64, route: Self) -> AcceptedRoute {
+        AcceptedRoute::Http { generation, route }
+    }
+    fn validate(&self, validator: &RouteValidator<'_>) -> Result<(), String> {
+        validator.validate_http_route(self).map_err(|e| e.to_string())
+    }
+}
+
+impl RouteModel for GrpcRoute {
+    fn with_parents(&self, parents: Vec<RouteParent>) -> Self {
+        Self { parents, ..self.clone() }
+    }
+    fn last(accepted: &AcceptedRoute) -> Option<(i64, &Self)> {
+        match accepted {
+            AcceptedRoute::Grpc { generation, route } => Some((*generation, route)),
+            AcceptedRoute::Http { .. } => None,
+        }
+    }
+    fn accepted(generation: i64, route: Self) -> AcceptedRoute {
+        AcceptedRoute::Grpc { generation, route }
+    }
+    fn validate(&self, validator: &RouteValidator<'_>) -> Result<(), String> {
+        validator.validate_grpc_route(self).map_err(|e| e.to_string())
+    }
+}
+
+/// The parents a route attaches to (those that resolved).
+fn accepted_parents(parents: &[(ParentRef, Result<RouteParent, Condition>)]) -> Vec<RouteParent> {
+    parents.iter().filter_map(|(_, resolved)| resolved.as_ref().ok().cloned()).collect()
+}
+
+/// Settles one translated route: status recorded, last accepted version remembered, and the
+/// version to put in the config returned.
+#[allow(clippy::too_many_arguments)]
+fn conclude<R: RouteModel>(
+    key: RouteKey,
+    generation: Option<i64>,
+    parents: &[(ParentRef, Result<RouteParent, Condition>)],
+    translated: R,
+    problems: Problems,
+    validator: &RouteValidator<'_>,
+    last_accepted: &LastAccepted,
+    out: &mut TranslatedRoutes,
+) -> Option<R> {
+    let last = last_accepted.get(&key).and_then(R::last).map(|(g, r)| (g, r.with_parents(accepted_parents(parents))));
+    let validate = |route: &R| route.validate(validator);
+    let (generation, route) =
+        settle(&key, generation, parents, translated, problems, validate, last, &mut out.statuses)?;
+    out.last_accepted.insert(key, R::accepted(generation, route.clone()));
+    Some(route)
+}
+
 /// Routes of a kind, oldest first, then by namespace/name: the spec's tie-breaker between
 /// equally specific matches (the proxy breaks ties by order in the snapshot).
 fn oldest_first<K: kube::Resource>(routes: &BTreeMap<ObjectRef, K>) -> Vec<(&ObjectRef, &K)> {
@@ -516,25 +590,16 @@ pub(super) fn translate_routes(
                 }
             })
             .collect();
-        let accepted_parents: Vec<RouteParent> = parents.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
         let translated = HttpRoute {
             id: id.clone(),
-            parents: accepted_parents.clone(),
+            parents: accepted_parents(&parents),
             hostnames: route.spec.hostnames.clone().unwrap_or_default(),
             rules,
         };
-        let last = match last_accepted.get(&key) {
-            Some(AcceptedRoute::Http { generation, route }) => {
-                Some((*generation, HttpRoute { parents: accepted_parents.clone(), ..route.clone() }))
-            }
-            _ => None,
-        };
         let problems = std::mem::take(&mut resolver.problems);
-        let validate = |r: &_| validator.validate_http_route(r).map_err(|e| e.to_string());
-        if let Some((generation, route)) =
-            settle(&key, generation, &parents, translated, problems, validate, last, &mut out.statuses)
+        if let Some(route) =
+            conclude(key, generation, &parents, translated, problems, &validator, last_accepted, &mut out)
         {
-            out.last_accepted.insert(key, AcceptedRoute::Http { generation, route: route.clone() });
             out.http.push(route);
         }
     }
@@ -600,25 +665,16 @@ pub(super) fn translate_routes(
                 GrpcRouteRule { name: rule.name.clone(), matches, filters, backends }
             })
             .collect();
-        let accepted_parents: Vec<RouteParent> = parents.iter().filter_map(|(_, r)| r.as_ref().ok().cloned()).collect();
         let translated = GrpcRoute {
             id: id.clone(),
-            parents: accepted_parents.clone(),
+            parents: accepted_parents(&parents),
             hostnames: route.spec.hostnames.clone().unwrap_or_default(),
             rules,
         };
-        let last = match last_accepted.get(&key) {
-            Some(AcceptedRoute::Grpc { generation, route }) => {
-                Some((*generation, GrpcRoute { parents: accepted_parents.clone(), ..route.clone() }))
-            }
-            _ => None,
-        };
         let problems = std::mem::take(&mut resolver.problems);
-        let validate = |r: &_| validator.validate_grpc_route(r).map_err(|e| e.to_string());
-        if let Some((generation, route)) =
-            settle(&key, generation, &parents, translated, problems, validate, last, &mut out.statuses)
+        if let Some(route) =
+            conclude(key, generation, &parents, translated, problems, &validator, last_accepted, &mut out)
         {
-            out.last_accepted.insert(key, AcceptedRoute::Grpc { generation, route: route.clone() });
             out.grpc.push(route);
         }
     }
