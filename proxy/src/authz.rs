@@ -4,11 +4,11 @@
 //! stream is refused if a `Deny` policy's rule matches, and otherwise allowed only if some
 //! `Allow` policy's rule matches (when any `Allow` policy selects the pod).
 //!
-//! Rules are evaluated on what a stream shows: the caller's authenticated identity (and so its
-//! namespace) and the destination port. HTTP methods and paths are not visible at this level
-//! yet, so a rule naming them is evaluated **fail closed**: an `Allow` rule with methods or
-//! paths matches nothing, a `Deny` rule with them matches every stream (as ztunnel does for
-//! L7 rules it cannot see).
+//! Rules are evaluated on the caller's authenticated identity (and so its namespace), the
+//! destination port, and for HTTP streams each request's method and path. A stream is checked
+//! when it opens; an HTTP stream again for every request. On an opaque stream methods and paths
+//! cannot be seen, so a rule naming them is evaluated **fail closed**: such an `Allow` rule
+//! matches nothing, such a `Deny` rule matches the stream (as ztunnel does for L7 rules).
 
 use nodus_config::{AuthorizationAction, AuthorizationPolicy, AuthorizationRule, Workload};
 
@@ -19,6 +19,24 @@ pub struct Stream<'a> {
     pub identity: Option<&'a str>,
     /// The destination pod port.
     pub port: u16,
+    /// What is known of the request.
+    pub request: RequestView<'a>,
+}
+
+/// How much of the request authorization can see.
+#[derive(Clone, Copy, Debug)]
+pub enum RequestView<'a> {
+    /// Opaque bytes: method and path rules fail closed.
+    Opaque,
+    /// An HTTP stream as it opens: method and path rules are left to each request.
+    HttpStream,
+    /// One HTTP request.
+    Http {
+        /// Its method.
+        method: &'a str,
+        /// Its path (without the query).
+        path: &'a str,
+    },
 }
 
 /// The decision and, for a refusal, the policy that caused it.
@@ -44,17 +62,33 @@ fn identity_matches(pattern: &str, identity: &str) -> bool {
     }
 }
 
-/// Whether `rule` matches the stream; `fail_closed_l7` is what a rule with HTTP fields yields.
-fn rule_matches(rule: &AuthorizationRule, stream: Stream<'_>, fail_closed_l7: bool) -> bool {
-    if !rule.methods.is_empty() || !rule.paths.is_empty() {
-        return fail_closed_l7;
+fn path_matches(pattern: &str, path: &str) -> bool {
+    match pattern.strip_suffix('*') {
+        Some(prefix) => path.starts_with(prefix),
+        None => pattern == path,
     }
+}
+
+/// Whether `rule` matches; `deny` says which action's rule it is (unknowable HTTP fields match
+/// for a deny rule on an opaque stream, and never for an allow rule).
+fn rule_matches(rule: &AuthorizationRule, stream: Stream<'_>, deny: bool) -> bool {
+    let l7_rule = !rule.methods.is_empty() || !rule.paths.is_empty();
+    let l7_ok = !l7_rule
+        || match stream.request {
+            RequestView::Opaque => return deny,
+            // Decided per request: may allow, does not deny yet.
+            RequestView::HttpStream => !deny,
+            RequestView::Http { method, path } => {
+                (rule.methods.is_empty() || rule.methods.iter().any(|m| m == method))
+                    && (rule.paths.is_empty() || rule.paths.iter().any(|p| path_matches(p, path)))
+            }
+        };
     let identity_ok = rule.identities.is_empty()
         || stream.identity.is_some_and(|id| rule.identities.iter().any(|p| identity_matches(p, id)));
     let namespace_ok = rule.namespaces.is_empty()
         || stream.identity.and_then(caller_namespace).is_some_and(|ns| rule.namespaces.iter().any(|n| n == ns));
     let port_ok = rule.ports.is_empty() || rule.ports.contains(&stream.port);
-    identity_ok && namespace_ok && port_ok
+    l7_ok && identity_ok && namespace_ok && port_ok
 }
 
 /// Decides a stream to `target` under `policies`.
@@ -118,8 +152,33 @@ mod tests {
             ("policy of another namespace", "[{ id: { namespace: other, name: p }, rules: [{ ports: [1] }] }]", CLIENT, 8080, true),
         ];
         for (case, yaml, identity, port, allow) in cases {
-            let decision = authorize(&policies(yaml), &target(), Stream { identity: *identity, port: *port });
+            let stream = Stream { identity: *identity, port: *port, request: RequestView::Opaque };
+            let decision = authorize(&policies(yaml), &target(), stream);
             assert_eq!(decision == Decision::Allow, *allow, "{case}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn http_rules_are_decided_per_request_on_http_streams() {
+        let allow_api =
+            policies("[{ id: { namespace: demo, name: p }, rules: [{ methods: [GET], paths: ['/api/*'] }] }]");
+        let deny_admin =
+            policies("[{ id: { namespace: demo, name: p }, action: Deny, rules: [{ paths: ['/admin'] }] }]");
+        let at = |request| Stream { identity: CLIENT, port: 8080, request };
+        let http = |method, path| RequestView::Http { method, path };
+        // (case, policies, request view, expected allow)
+        let cases: Vec<(&str, &Vec<AuthorizationPolicy>, RequestView<'_>, bool)> = vec![
+            ("allow rule: stream opens", &allow_api, RequestView::HttpStream, true),
+            ("allow rule: matching request", &allow_api, http("GET", "/api/users"), true),
+            ("allow rule: other path", &allow_api, http("GET", "/other"), false),
+            ("allow rule: other method", &allow_api, http("POST", "/api/users"), false),
+            ("deny rule: stream opens", &deny_admin, RequestView::HttpStream, true),
+            ("deny rule: matching request", &deny_admin, http("GET", "/admin"), false),
+            ("deny rule: exact path only", &deny_admin, http("GET", "/admin/x"), true),
+            ("deny rule: opaque stream fails closed", &deny_admin, RequestView::Opaque, false),
+        ];
+        for (case, policies, request, allow) in cases {
+            assert_eq!(authorize(policies, &target(), at(request)) == Decision::Allow, allow, "{case}");
         }
     }
 }

@@ -4,9 +4,14 @@
 //! TLS and the source identity is known and counted; plaintext is accepted for permissive
 //! namespaces (counted as such) and refused for strict ones. Authorization policy is next.
 
+use crate::authz::RequestView;
+use crate::body::ProxyBody;
+use crate::errors::ProxyError;
 use crate::metrics::{InboundLabels, Metrics, TcpLabels};
+use crate::response::ResponseBody;
 use crate::state::ConfigStore;
 use crate::state::{ProxyState, WorkloadInfo};
+use crate::upstream::{ConnectionPool, UpstreamError, UpstreamProtocol};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
@@ -20,6 +25,10 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
+
+/// The header the destination proxy sets on every HTTP request it hands a pod: the caller's
+/// authenticated SPIFFE ID (absent for plaintext callers; never taken from upstream).
+pub const CLIENT_IDENTITY_HEADER: &str = "x-nodus-client-identity";
 
 /// Marks a CONNECT refusal made by authorization policy, so the source proxy answers the
 /// client 403 / PERMISSION_DENIED (other refusals are infrastructure errors).
@@ -39,7 +48,19 @@ struct ActiveStream {
     identity: Option<Arc<str>>,
     target: SocketAddr,
     workload: Arc<WorkloadInfo>,
+    /// Whether it carries HTTP (authorized per request) or opaque bytes.
+    http: bool,
     relay: tokio::task::AbortHandle,
+}
+
+impl ActiveStream {
+    fn view(&self) -> RequestView<'static> {
+        if self.http {
+            RequestView::HttpStream
+        } else {
+            RequestView::Opaque
+        }
+    }
 }
 
 /// Why a stream is refused.
@@ -52,13 +73,18 @@ enum Refusal {
 }
 
 /// Whether the current config refuses a stream from `identity` to `target`.
-fn refusal(state: &ProxyState, identity: Option<&str>, target: SocketAddr) -> Option<Refusal> {
+fn refusal(
+    state: &ProxyState,
+    identity: Option<&str>,
+    target: SocketAddr,
+    request: crate::authz::RequestView<'_>,
+) -> Option<Refusal> {
     let pod = state.snapshot.workloads.iter().find(|w| w.ips.contains(&target.ip()))?;
     let strict = state.snapshot.mtls.iter().any(|m| m.namespace == pod.id.namespace && m.mode == MtlsMode::Strict);
     if identity.is_none() && strict {
         return Some(Refusal::PlaintextToStrict);
     }
-    let stream = crate::authz::Stream { identity, port: target.port() };
+    let stream = crate::authz::Stream { identity, port: target.port(), request };
     match crate::authz::authorize(&state.snapshot.authorization_policies, pod, stream) {
         crate::authz::Decision::Allow => None,
         crate::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
@@ -94,7 +120,7 @@ impl Inbound {
     pub fn reevaluate(&self) {
         let Some(state) = self.store.load() else { return };
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        active.retain(|_, stream| match refusal(&state, stream.identity.as_deref(), stream.target) {
+        active.retain(|_, stream| match refusal(&state, stream.identity.as_deref(), stream.target, stream.view()) {
             None => true,
             Some(refusal) => {
                 tracing::info!(target = %stream.target, caller = stream.identity.as_deref().unwrap_or("(plaintext)"), ?refusal, "open stream no longer allowed: closed");
@@ -172,7 +198,13 @@ impl Inbound {
             tracing::info!(%peer, %target, "tunnel to an address that is not a pod of this node: refused");
             return Ok(answer(StatusCode::FORBIDDEN));
         };
-        let refusal = refusal(&state, identity.as_deref(), target);
+        let http = match request.headers().get(crate::tunnel::PROTOCOL_HEADER).map(|v| v.as_bytes()) {
+            Some(b"http1") => Some(UpstreamProtocol::Http1),
+            Some(b"http2") => Some(UpstreamProtocol::Http2),
+            _ => None,
+        };
+        let view = if http.is_some() { RequestView::HttpStream } else { RequestView::Opaque };
+        let refusal = refusal(&state, identity.as_deref(), target, view);
         self.metrics
             .inbound_tunnels
             .get_or_create(&InboundLabels {
@@ -200,45 +232,136 @@ impl Inbound {
             }
             None => {}
         }
-        let pod = match TcpStream::connect(target).await {
-            Ok(pod) => pod,
-            Err(error) => {
-                tracing::info!(%target, %error, "tunnel target unreachable");
-                return Ok(answer(StatusCode::BAD_GATEWAY));
-            }
-        };
-        let _ = pod.set_nodelay(true);
         let labels = TcpLabels {
             direction: "inbound",
-            protocol: "tunnel",
+            protocol: if http.is_some() { "tunnel_http" } else { "tunnel" },
             destination: format!("{}/{}", workload.namespace, workload.workload),
         };
         let metrics = self.metrics.clone();
         let upgrade = hyper::upgrade::on(&mut request);
         let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
         let inbound = self.clone();
-        let relay = tokio::spawn(async move {
-            let Ok(upgraded) = upgrade.await else { return };
-            metrics.tcp_connections.get_or_create(&labels).inc();
-            metrics.tcp_open.get_or_create(&labels).inc();
-            let mut pod = pod;
-            if let Ok((from_peer, from_pod)) =
-                tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut pod).await
-            {
-                metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_peer);
-                metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_pod);
+        let relay = match http {
+            // HTTP: served here, so each request is authorized and carries the caller's identity.
+            Some(protocol) => {
+                let identity = identity.clone();
+                tokio::spawn(async move {
+                    let Ok(upgraded) = upgrade.await else { return };
+                    metrics.tcp_connections.get_or_create(&labels).inc();
+                    metrics.tcp_open.get_or_create(&labels).inc();
+                    inbound.clone().serve_http_stream(upgraded, protocol, target, identity).await;
+                    metrics.tcp_open.get_or_create(&labels).dec();
+                    inbound.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                })
             }
-            metrics.tcp_open.get_or_create(&labels).dec();
-            inbound.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
-        });
+            None => {
+                let pod = match TcpStream::connect(target).await {
+                    Ok(pod) => pod,
+                    Err(error) => {
+                        tracing::info!(%target, %error, "tunnel target unreachable");
+                        return Ok(answer(StatusCode::BAD_GATEWAY));
+                    }
+                };
+                let _ = pod.set_nodelay(true);
+                tokio::spawn(async move {
+                    let Ok(upgraded) = upgrade.await else { return };
+                    metrics.tcp_connections.get_or_create(&labels).inc();
+                    metrics.tcp_open.get_or_create(&labels).inc();
+                    let mut pod = pod;
+                    if let Ok((from_peer, from_pod)) =
+                        tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut pod).await
+                    {
+                        metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_peer);
+                        metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_pod);
+                    }
+                    metrics.tcp_open.get_or_create(&labels).dec();
+                    inbound.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+                })
+            }
+        };
         let relay = relay.abort_handle();
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
         // A relay that already ended has removed its (absent) entry: do not leave one behind.
         if !relay.is_finished() {
-            active.insert(id, ActiveStream { identity, target, workload, relay });
+            active.insert(id, ActiveStream { identity, target, workload, http: http.is_some(), relay });
         }
         drop(active);
         Ok(answer(StatusCode::OK))
+    }
+
+    /// Serves the HTTP a tunnel stream carries, forwarding each request to the pod.
+    async fn serve_http_stream(
+        self: Arc<Self>,
+        upgraded: hyper::upgrade::Upgraded,
+        protocol: UpstreamProtocol,
+        target: SocketAddr,
+        identity: Option<Arc<str>>,
+    ) {
+        let pool = Arc::new(ConnectionPool::new(target, None));
+        let service = hyper::service::service_fn(move |request| {
+            let (inbound, pool, identity) = (self.clone(), pool.clone(), identity.clone());
+            async move { Ok::<_, Infallible>(inbound.forward(request, &pool, protocol, target, identity.as_deref()).await) }
+        });
+        let io = upgraded;
+        let served = match protocol {
+            UpstreamProtocol::Http1 => {
+                hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await
+            }
+            UpstreamProtocol::Http2 => {
+                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
+            }
+        };
+        if let Err(error) = served {
+            tracing::debug!(%target, %error, "HTTP tunnel stream ended with an error");
+        }
+    }
+
+    /// One request of an HTTP tunnel stream: authorized by method and path, marked with the
+    /// caller's identity (any such header from upstream removed), sent to the pod.
+    async fn forward(
+        &self,
+        mut request: Request<Incoming>,
+        pool: &Arc<ConnectionPool>,
+        protocol: UpstreamProtocol,
+        target: SocketAddr,
+        identity: Option<&str>,
+    ) -> Response<ResponseBody> {
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if let Some(state) = self.store.load() {
+            let view = RequestView::Http { method: request.method().as_str(), path: request.uri().path() };
+            if let Some(Refusal::Denied(policy)) = refusal(&state, identity, target, view) {
+                if let Some(workload) = state.workload(target.ip()) {
+                    tracing::info!(%target, caller = identity.unwrap_or("(plaintext)"), %policy, method = %request.method(), path = request.uri().path(), "request denied by authorization policy");
+                    self.count_denial(identity, workload, policy);
+                }
+                return ProxyError::Upstream(UpstreamError::Denied { addr: target }).into_response(grpc);
+            }
+        }
+        let headers = request.headers_mut();
+        headers.remove(CLIENT_IDENTITY_HEADER);
+        if let Some(value) = identity.and_then(|i| http::HeaderValue::from_str(i).ok()) {
+            headers.insert(CLIENT_IDENTITY_HEADER, value);
+        }
+        let upgrade = protocol == UpstreamProtocol::Http1 && request.headers().contains_key(http::header::UPGRADE);
+        let downstream = upgrade.then(|| hyper::upgrade::on(&mut request));
+        match pool.send(request.map(ProxyBody::Incoming), protocol).await {
+            Ok(mut response) => {
+                if let Some(downstream) = downstream.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
+                    let upstream = hyper::upgrade::on(&mut response);
+                    tokio::spawn(async move {
+                        if let (Ok(client), Ok(server)) = (downstream.await, upstream.await) {
+                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
+                                .await;
+                        }
+                    });
+                }
+                response.map(ResponseBody::upstream)
+            }
+            Err(error) => ProxyError::Upstream(error).into_response(grpc),
+        }
     }
 }
 

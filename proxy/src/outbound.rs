@@ -176,7 +176,7 @@ impl Outbound {
         let labels = TcpLabels { direction: "outbound", protocol: "opaque", destination };
         self.metrics.tcp_connections.get_or_create(&labels).inc();
         match via {
-            Some(peer) => match crate::tunnel::open(peer, target, identities.as_ref()).await {
+            Some(peer) => match crate::tunnel::open(peer, target, identities.as_ref(), None).await {
                 Ok(tunnel) => self.relay(client, TokioIo::new(tunnel), prefix, &labels).await,
                 Err(error) => tracing::info!(%target, %error, "opaque connection: tunnel failed"),
             },

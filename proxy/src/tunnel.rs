@@ -86,12 +86,17 @@ async fn connect_mtls(
     Ok(tls)
 }
 
+/// Tells the destination proxy the stream carries HTTP of this version (absent: opaque bytes),
+/// so that it can authorize each request and add the caller's identity.
+pub const PROTOCOL_HEADER: &str = "x-nodus-protocol";
+
 /// Opens a stream to `target` through the node proxy at `peer`; mutual TLS when `identities`
-/// are given.
+/// are given; `protocol` says which HTTP the stream carries, if any.
 pub async fn open(
     peer_addr: SocketAddr,
     target: SocketAddr,
     identities: Option<&TunnelIdentities>,
+    protocol: Option<crate::upstream::UpstreamProtocol>,
 ) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
     let failed =
         |reason: String| UpstreamError::Connect { addr: target, reason: format!("tunnel via {peer_addr}: {reason}") };
@@ -107,11 +112,15 @@ pub async fn open(
         }
     };
     sender.ready().await.map_err(|e| failed(e.to_string()))?;
-    let request = Request::builder()
-        .method(Method::CONNECT)
-        .uri(target.to_string())
-        .body(Empty::new())
-        .map_err(|e| failed(e.to_string()))?;
+    let mut request = Request::builder().method(Method::CONNECT).uri(target.to_string());
+    if let Some(protocol) = protocol {
+        let name = match protocol {
+            crate::upstream::UpstreamProtocol::Http1 => "http1",
+            crate::upstream::UpstreamProtocol::Http2 => "http2",
+        };
+        request = request.header(PROTOCOL_HEADER, name);
+    }
+    let request = request.body(Empty::new()).map_err(|e| failed(e.to_string()))?;
     let response = sender.send_request(request).await.map_err(|e| failed(e.to_string()))?;
     if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::inbound::DENIED_HEADER) {
         return Err(UpstreamError::Denied { addr: target });

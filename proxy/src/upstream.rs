@@ -148,9 +148,11 @@ impl ConnectionPool {
         Self { identities: Some(identities), ..Self::new(addr, Some(via)) }
     }
 
-    async fn connect(&self) -> Result<UpstreamIo, UpstreamError> {
+    async fn connect(&self, protocol: UpstreamProtocol) -> Result<UpstreamIo, UpstreamError> {
         if let Some(peer) = self.via {
-            return crate::tunnel::open(peer, self.addr, self.identities.as_ref()).await.map(UpstreamIo::Tunnel);
+            return crate::tunnel::open(peer, self.addr, self.identities.as_ref(), Some(protocol))
+                .await
+                .map(UpstreamIo::Tunnel);
         }
         connect_tcp(self.addr)
             .await
@@ -182,7 +184,7 @@ impl ConnectionPool {
                     }
                 }
                 None => {
-                    let io = self.connect().await?;
+                    let io = self.connect(UpstreamProtocol::Http1).await?;
                     let (sender, connection) = http1::Builder::new()
                         .handshake(io)
                         .await
@@ -215,8 +217,10 @@ impl ConnectionPool {
         self: &Arc<Self>,
         request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut sender =
-            self.http2.get(|| self.connect(), |source| UpstreamError::Http { addr: self.addr, source }).await?;
+        let mut sender = self
+            .http2
+            .get(|| self.connect(UpstreamProtocol::Http2), |source| UpstreamError::Http { addr: self.addr, source })
+            .await?;
         sender.ready().await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
         let response =
             sender.send_request(request).await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;

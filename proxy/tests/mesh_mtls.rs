@@ -114,6 +114,41 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
         r#"nodus_inbound_tunnels_total{tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/client",destination="demo/echo-v1-0",result="allowed"}"#,
     );
     assert!(mtls.unwrap_or(0.0) >= 1.0, "{metrics}");
+    // The destination proxy tells the application who called, and a caller cannot forge it.
+    let out = client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args([
+            "--target",
+            "10.96.0.11:80",
+            "--count",
+            "1",
+            "-H",
+            "x-nodus-client-identity: spiffe://cluster.local/ns/kube-system/sa/admin",
+        ])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        answer["report"]["headers"]["x-nodus-client-identity"],
+        serde_json::json!(["spiffe://cluster.local/ns/demo/sa/client"]),
+        "{answer}"
+    );
+    // Same node (echo-v2-0 is on node-1): set by node-1's proxy, equally unforgeable.
+    let out = client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.12:80", "--count", "1", "-H", "x-nodus-client-identity: forged"])
+        .output()
+        .unwrap();
+    let answer: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&out.stdout).lines().next().unwrap()).unwrap();
+    assert_eq!(
+        answer["report"]["headers"]["x-nodus-client-identity"],
+        serde_json::json!(["spiffe://cluster.local/ns/demo/sa/client"]),
+        "{answer}"
+    );
 
     // Opaque TCP (appProtocol: tcp, never parsed) crosses over mutual TLS too: in a strict
     // namespace a plaintext tunnel would be refused and this request would fail.
@@ -180,7 +215,29 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
     proxy2.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
     let http = call(&["--target", "10.96.0.11:80", "--count", "1"]);
     assert!(http.contains("\"status\":200"), "{http}");
+
+    // HTTP rules are decided per request: /admin is denied, the rest of the stream is not.
+    write(&policy, DENY_ADMIN);
+    let version = metric_value(&proxy2.admin_get("/metrics").unwrap().1, "nodus_config_version").unwrap();
+    proxy2.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
+    let admin = call(&["--target", "10.96.0.11:80", "--path", "/admin/users", "--count", "1"]);
+    assert!(admin.contains("\"status\":403"), "{admin}");
+    let other = call(&["--target", "10.96.0.11:80", "--path", "/public", "--count", "2"]);
+    assert_eq!(other.matches("\"status\":200").count(), 2, "{other}");
+    let grpc = call(&["--target", "10.96.0.11:9090", "--protocol", "grpc", "--count", "1"]);
+    assert!(grpc.contains("\"grpc_status\":0"), "gRPC paths are not /admin: {grpc}");
 }
+
+/// Nobody may call /admin paths of echo v1.
+const DENY_ADMIN: &str = r#"
+apiVersion: policy.nodus.dev/v1alpha1
+kind: AuthorizationPolicy
+metadata: { name: no-admin, namespace: demo }
+spec:
+  selector: { matchLabels: { app: echo, version: v1 } }
+  action: Deny
+  rules: [{ paths: ["/admin/*"] }]
+"#;
 
 /// Only spiffe://cluster.local/ns/demo/sa/nobody may call echo v1.
 const AUTHZ_ONLY_NOBODY: &str = r#"

@@ -30,7 +30,7 @@ fn cross_node_requests_go_through_the_peer_proxy_and_local_ones_do_not() {
     let (_, metrics) = mesh.peer.as_ref().unwrap().admin_get("/metrics").unwrap();
     let tunnels = metric_value(
         &metrics,
-        r#"nodus_tcp_connections_total{direction="inbound",protocol="tunnel",destination="demo/echo-v1"}"#,
+        r#"nodus_tcp_connections_total{direction="inbound",protocol="tunnel_http",destination="demo/echo-v1"}"#,
     );
     // Multiplexed: connections to the pod, not to node-2, are counted (pooled, so few).
     assert!(tunnels.unwrap_or(0.0) >= 2.0, "{metrics}");

@@ -125,6 +125,20 @@ impl Service<ProxyRequest> for Backend {
             }
             .ok_or_else(|| ProxyError::NoEndpoints { backend: backend.label.to_string() })?;
             let guard = endpoint.start();
+            // The caller's identity header is the mesh's word, never the application's: removed
+            // here; set by the destination proxy after mTLS, or here for a pod on this node,
+            // whose caller this proxy captured itself.
+            let headers = request.headers_mut();
+            headers.remove(crate::inbound::CLIENT_IDENTITY_HEADER);
+            if let (None, Some(manager), Some(source)) =
+                (endpoint.meta().via, crate::tunnel::mtls(), context.source.as_deref())
+            {
+                let id =
+                    nodus_identity::SpiffeId::new(manager.trust_domain(), &source.namespace, &source.service_account);
+                if let Ok(value) = http::HeaderValue::from_str(&id.to_string()) {
+                    headers.insert(crate::inbound::CLIENT_IDENTITY_HEADER, value);
+                }
+            }
             let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));
             let pool = endpoint.pool_for(source);
             let send = pool.send(request, context.protocol);
