@@ -178,7 +178,13 @@ impl Outbound {
         match via {
             Some(peer) => match crate::tunnel::open(peer, target, identities.as_ref(), None).await {
                 Ok(tunnel) => self.relay(client, TokioIo::new(tunnel), prefix, &labels).await,
-                Err(error) => tracing::info!(%target, %error, "opaque connection: tunnel failed"),
+                Err(error) => {
+                    tracing::info!(%target, %error, "opaque connection: tunnel failed");
+                    if matches!(error, crate::upstream::UpstreamError::Denied { .. }) {
+                        // Refused by policy: reset, as a firewall would, rather than a clean close.
+                        let _ = client.set_zero_linger();
+                    }
+                }
             },
             None => match TcpStream::connect(target).await {
                 Ok(server) => {

@@ -205,6 +205,8 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
     assert!(http.contains("\"status\":403"), "{http}");
     let grpc = call(&["--target", "10.96.0.11:9090", "--protocol", "grpc", "--count", "1"]);
     assert!(grpc.contains("\"grpc_status\":7"), "{grpc}");
+    let opaque = call(&["--target", "10.96.0.13:7000", "--count", "1"]);
+    assert!(opaque.contains("ConnectionReset"), "denied opaque TCP is reset: {opaque}");
     let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
     assert!(
         metrics.contains(r#"nodus_authorization_denials_total{client_identity="spiffe://cluster.local/ns/demo/sa/client",destination="demo/echo-v1-0",policy="no allow policy matched"}"#),
