@@ -1,18 +1,28 @@
 //! The controller's CA service: signs node proxies' CSRs, with node authorization.
 
 use crate::distribute::Distributor;
+use arc_swap::ArcSwap;
 use nodus_identity::{CertificateAuthority, SpiffeId};
 use nodus_wire::proto::certificates_server::{Certificates, CertificatesServer};
 use nodus_wire::proto::{CertificateRequest, CertificateResponse};
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::time::{Duration, UNIX_EPOCH};
 use tonic::{Request, Response, Status};
+
+/// The root (PEM) of the last certificate issued, by node and identity.
+type IssuedRoots = HashMap<(String, SpiffeId), Arc<str>>;
 
 /// Signs workload certificates for node proxies.
 #[derive(Clone)]
 pub struct CertificateService {
-    ca: Arc<CertificateAuthority>,
+    /// The CA signing now (a trust-anchor rotation swaps it).
+    ca: Arc<ArcSwap<CertificateAuthority>>,
+    /// The root (PEM) of the last certificate issued to each node for each identity: a
+    /// rotation is over when every node holds certificates from the new root.
+    issued: Arc<Mutex<IssuedRoots>>,
     trust_domain: String,
     lifetime: Duration,
     /// Node authorization reads the published config: which workloads run where.
@@ -27,7 +37,38 @@ impl CertificateService {
         lifetime: Duration,
         distributor: Distributor,
     ) -> Self {
-        Self { ca, trust_domain: trust_domain.to_string(), lifetime, distributor }
+        Self {
+            ca: Arc::new(ArcSwap::new(ca)),
+            issued: Arc::default(),
+            trust_domain: trust_domain.to_string(),
+            lifetime,
+            distributor,
+        }
+    }
+
+    /// Signs with `ca` from now on.
+    pub fn set_signing(&self, ca: Arc<CertificateAuthority>) {
+        self.ca.store(ca);
+    }
+
+    /// The CA signing now.
+    pub fn signing(&self) -> Arc<CertificateAuthority> {
+        self.ca.load_full()
+    }
+
+    /// The root (PEM) of the last certificate issued to `node` for `identity`.
+    pub fn last_issued_root(&self, node: &str, identity: &SpiffeId) -> Option<Arc<str>> {
+        self.issued.lock().unwrap_or_else(|p| p.into_inner()).get(&(node.to_string(), identity.clone())).cloned()
+    }
+
+    /// The lifetime of the certificates issued.
+    pub fn lifetime(&self) -> Duration {
+        self.lifetime
+    }
+
+    /// The trust domain of the identities.
+    pub fn trust_domain(&self) -> &str {
+        &self.trust_domain
     }
 
     /// The tonic service to add to a server.
@@ -52,15 +93,25 @@ impl CertificateService {
             )));
         }
         let identity = SpiffeId::new(&self.trust_domain, &request.namespace, &request.service_account);
-        let signed = self
-            .ca
+        let ca = self.ca.load_full();
+        let signed = ca
             .sign(&request.csr_pem, &identity, self.lifetime)
             .map_err(|e| Status::invalid_argument(format!("cannot sign the CSR: {e}")))?;
         tracing::info!(node = %request.node, %identity, lifetime_s = self.lifetime.as_secs(), "certificate issued");
+        self.issued
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((request.node.clone(), identity), Arc::from(ca.certificate_pem()));
+        let roots = self.distributor.trust_roots();
+        let trust_bundle_pem = if roots.is_empty() {
+            ca.certificate_pem().to_string()
+        } else {
+            roots.iter().map(|r| r.certificate_pem.as_str()).collect::<Vec<_>>().join("\n")
+        };
         Ok(CertificateResponse {
             certificate_pem: signed.certificate_pem,
             not_after_unix: signed.not_after.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()),
-            trust_bundle_pem: self.ca.certificate_pem().to_string(),
+            trust_bundle_pem,
         })
     }
 }

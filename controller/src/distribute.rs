@@ -6,7 +6,7 @@
 //! push is never built upon, and a burst of changes coalesces into one push.
 
 use crate::node_view::node_view;
-use nodus_config::ConfigSnapshot;
+use nodus_config::{ConfigSnapshot, TrustRoot};
 use nodus_wire::proto::config_discovery_server::{ConfigDiscovery, ConfigDiscoveryServer};
 use nodus_wire::proto::{subscribe_request, ConfigPush, SubscribeRequest};
 use nodus_wire::{select, split, ResourceMap, ResourceMapDelta};
@@ -62,6 +62,8 @@ pub struct Distributor {
     changes: Arc<watch::Sender<u64>>,
     /// Set when the controller shuts down: every stream ends so proxies reconnect elsewhere.
     closing: Arc<watch::Sender<bool>>,
+    /// The CA roots every published snapshot carries (set by the trust-anchor rotation).
+    trust_roots: Arc<Mutex<Vec<TrustRoot>>>,
 }
 
 impl Default for Distributor {
@@ -78,14 +80,39 @@ impl Distributor {
             nodes: Arc::default(),
             changes: Arc::new(watch::channel(0).0),
             closing: Arc::new(watch::channel(false).0),
+            trust_roots: Arc::default(),
         }
     }
 
     /// Publishes a snapshot; returns its version. A snapshot equal to the current one (other
     /// than its version) keeps the current version and wakes nobody.
-    pub fn publish(&self, mut snapshot: ConfigSnapshot) -> u64 {
+    /// The snapshot's trust roots are replaced by those set with [`Self::set_trust_roots`].
+    pub fn publish(&self, snapshot: ConfigSnapshot) -> u64 {
+        self.replace(|_| Some(snapshot))
+    }
+
+    /// Sets the CA roots every node trusts and publishes them with the current config (if one
+    /// was published yet); returns the version carrying them (0: none yet).
+    pub fn set_trust_roots(&self, roots: Vec<TrustRoot>) -> u64 {
+        *self.trust_roots.lock().unwrap_or_else(|p| p.into_inner()) = roots;
+        self.replace(|current| (current.version != 0).then(|| current.snapshot.clone()))
+    }
+
+    /// The trust roots set.
+    pub fn trust_roots(&self) -> Vec<TrustRoot> {
+        self.trust_roots.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Publishes what `next` makes of the current config, if anything, with the trust roots.
+    fn replace(&self, next: impl FnOnce(&Published) -> Option<ConfigSnapshot>) -> u64 {
         let mut version = 0;
         self.published.send_if_modified(|current| {
+            let Some(mut snapshot) = next(current) else {
+                version = current.version;
+                return false;
+            };
+            // Read under the watch's lock: a publish racing a roots change still carries them.
+            snapshot.trust_roots = self.trust_roots();
             snapshot.version = current.snapshot.version;
             if current.version != 0 && current.snapshot == snapshot {
                 version = current.version;

@@ -6,6 +6,7 @@
 //! - [`node_view`]: what each node receives.
 //! - [`distribute`]: the gRPC service node proxies subscribe to.
 //! - [`kube_io`]: watches and status writes against a real API server.
+//! - [`certificates`]: the CA service; [`trust`]: trust-anchor rotation.
 
 pub mod certificates;
 pub mod cluster;
@@ -17,3 +18,4 @@ pub mod reconcile;
 pub mod standalone;
 pub mod status;
 pub mod translate;
+pub mod trust;

@@ -28,6 +28,11 @@ struct Args {
     /// Write Nodus's CRDs (generated from their Rust types) into this directory and exit.
     #[arg(long, value_name = "DIR")]
     write_crds: Option<PathBuf>,
+    /// Generate a new root CA, stage it in this directory as `next.pem`/`next-key.pem` and exit.
+    /// A controller using that --ca-dir rotates to it (docs/security.md); for the CA Secret,
+    /// copy the two files into it as `next.crt`/`next.key`.
+    #[arg(long, value_name = "DIR")]
+    generate_root: Option<PathBuf>,
     /// The namespace the controller runs in (its CA Secret `nodus-ca` lives there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "nodus-system")]
     namespace: String,
@@ -64,6 +69,12 @@ fn main() -> anyhow::Result<()> {
         }
         return Ok(());
     }
+    if let Some(dir) = &args.generate_root {
+        nodus_controller::trust::stage_root(dir, &args.trust_domain)
+            .with_context(|| format!("staging a new root in {}", dir.display()))?;
+        println!("staged a new root in {}: next.pem, next-key.pem", dir.display());
+        return Ok(());
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(run(args))
 }
@@ -74,6 +85,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let kube_client = match args.manifests {
         Some(_) => None,
         None => Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?),
+    };
+    use nodus_controller::trust::CaStore;
+    let store = match (&args.ca_dir, &kube_client) {
+        (Some(dir), _) => CaStore::Dir(dir.clone()),
+        (None, Some(client)) => CaStore::Secret { client: client.clone(), namespace: args.namespace.clone() },
+        (None, None) => CaStore::Memory,
     };
     let ca = match (&args.ca_dir, &kube_client) {
         (Some(dir), _) => nodus_controller::certificates::load_or_create_ca(dir, &args.trust_domain)
@@ -94,6 +111,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
         args.certificate_lifetime,
         distributor.clone(),
     );
+    let rotation = nodus_controller::trust::TrustAnchorRotation {
+        store,
+        certificates: certificates.clone(),
+        distributor: distributor.clone(),
+        poll: Duration::from_secs(1),
+    };
+    rotation.publish_active();
+    tokio::spawn(rotation.run());
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;

@@ -32,6 +32,7 @@ pub fn node_view(snapshot: &ConfigSnapshot, node: &str) -> ConfigSnapshot {
             nodes: snapshot.nodes.clone(),
             mtls,
             authorization_policies,
+            trust_roots: snapshot.trust_roots.clone(),
             ..Default::default()
         };
     }
@@ -51,5 +52,6 @@ pub fn node_view(snapshot: &ConfigSnapshot, node: &str) -> ConfigSnapshot {
         nodes: snapshot.nodes.clone(),
         mtls,
         authorization_policies,
+        trust_roots: snapshot.trust_roots.clone(),
     }
 }

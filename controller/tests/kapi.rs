@@ -303,4 +303,24 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     let secret: k8s_openapi::api::core::v1::Secret =
         Api::namespaced(client.clone(), "nodus-system").get("nodus-ca").await.unwrap();
     assert!(secret.data.unwrap().contains_key("ca.key"));
+
+    // A trust-anchor rotation reads the staged root from the Secret and promotes it there.
+    use nodus_controller::trust::CaStore;
+    let store = CaStore::Secret { client: client.clone(), namespace: "nodus-system".into() };
+    assert!(store.load_next().await.unwrap().is_none());
+    let staged = tempfile::tempdir().unwrap();
+    let next = nodus_controller::trust::stage_root(staged.path(), "cluster.local").unwrap();
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), "nodus-system");
+    let base64 = |text: &str| serde_json::to_value(k8s_openapi::ByteString(text.as_bytes().to_vec())).unwrap();
+    let patch = serde_json::json!({ "data": {
+        "next.crt": base64(next.certificate_pem()), "next.key": base64(next.key_pem()) } });
+    secrets.patch("nodus-ca", &PatchParams::default(), &Patch::Merge(&patch)).await.unwrap();
+    let loaded = store.load_next().await.unwrap().expect("the staged root");
+    assert_eq!(loaded.certificate_pem(), next.certificate_pem());
+    store.promote(&loaded).await.unwrap();
+    let promoted = nodus_controller::certificates::load_or_create_ca_secret(&client, "nodus-system", "cluster.local")
+        .await
+        .unwrap();
+    assert_eq!(promoted.certificate_pem(), next.certificate_pem(), "the new root is the active one");
+    assert!(store.load_next().await.unwrap().is_none(), "and no longer staged");
 }

@@ -5,10 +5,16 @@
 //! keeps the certificate; it renews at half of the lifetime, so rotation never lets one expire,
 //! and drops identities whose last pod has left the node. The server side of tunnels picks a
 //! certificate by SNI from [`IdentityManager::resolver`].
+//!
+//! The roots to trust come with the config ([`crate::state::TrustRoots`]), not with
+//! certificates: a trust-anchor rotation is a config push to every node (old and new roots
+//! trusted, then the new one signing, then the old one gone). When the signing root changes,
+//! every certificate from another root is re-issued at once, not at half-life.
 
 use crate::app::Proxy;
-use arc_swap::ArcSwap;
-use nodus_identity::tls::{IdentityResolver, TrustBundle};
+use crate::state::{ConfigStore, TrustRoots};
+use arc_swap::{ArcSwap, ArcSwapOption};
+use nodus_identity::tls::{issued_by, server_config, IdentityResolver};
 use nodus_identity::{SignedCertificate, SpiffeId, WorkloadCertificate, WorkloadKey};
 use nodus_wire::proto::certificates_client::CertificatesClient;
 use nodus_wire::proto::CertificateRequest;
@@ -31,19 +37,23 @@ pub struct IdentityManager {
     trust_domain: String,
     node: String,
     held: ArcSwap<BTreeMap<SpiffeId, Arc<HeldCertificate>>>,
-    bundle: ArcSwap<Option<TrustBundle>>,
+    store: Arc<ConfigStore>,
     resolver: Arc<IdentityResolver>,
+    /// The inbound TLS config, built once per set of trust roots (not per connection).
+    server: ArcSwapOption<(Arc<TrustRoots>, Arc<tokio_rustls::rustls::ServerConfig>)>,
 }
 
 impl IdentityManager {
-    /// A manager for `node`'s workloads in `trust_domain`.
-    pub fn new(trust_domain: &str, node: &str) -> Self {
+    /// A manager for `node`'s workloads in `trust_domain`, trusting the roots of the config
+    /// in `store`.
+    pub fn new(trust_domain: &str, node: &str, store: Arc<ConfigStore>) -> Self {
         Self {
             trust_domain: trust_domain.to_string(),
             node: node.to_string(),
             held: ArcSwap::default(),
-            bundle: ArcSwap::from_pointee(None),
+            store,
             resolver: Arc::default(),
+            server: ArcSwapOption::empty(),
         }
     }
 
@@ -62,14 +72,31 @@ impl IdentityManager {
         self.held.load().keys().cloned().collect()
     }
 
-    /// The trust bundle the CA sent with the last certificate.
-    pub fn trust_bundle(&self) -> Option<TrustBundle> {
-        (**self.bundle.load()).clone()
+    /// The roots of the config in force.
+    pub fn trust_roots(&self) -> Option<Arc<TrustRoots>> {
+        self.store.load().and_then(|state| state.trust.clone())
+    }
+
+    /// The TLS config of the inbound listener for the roots in force, cached until they change.
+    pub fn server_config(&self) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
+        let roots = self.trust_roots().ok_or("no trust roots in the config yet")?;
+        if let Some(cached) = self.server.load().as_ref().filter(|c| Arc::ptr_eq(&c.0, &roots)) {
+            return Ok(cached.1.clone());
+        }
+        let config = Arc::new(server_config(self.resolver.clone(), &roots.bundle).map_err(|e| e.to_string())?);
+        self.server.store(Some(Arc::new((roots, config.clone()))));
+        Ok(config)
     }
 
     /// Certificates by SNI, for the inbound TLS listener.
     pub fn resolver(&self) -> Arc<IdentityResolver> {
         self.resolver.clone()
+    }
+
+    /// Whether a certificate is held for every identity this node needs now.
+    pub fn has_all(&self, proxy: &Proxy) -> bool {
+        let held = self.held.load();
+        self.wanted(proxy).iter().all(|identity| held.contains_key(identity))
     }
 
     /// The identities this node needs now: its mesh workloads' service accounts.
@@ -107,8 +134,6 @@ impl IdentityManager {
         let certificate = key
             .with_certificate(&SignedCertificate { certificate_pem: response.certificate_pem, not_after })
             .map_err(|e| e.to_string())?;
-        let bundle = TrustBundle::from_pem(&response.trust_bundle_pem).map_err(|e| e.to_string())?;
-        self.bundle.store(Arc::new(Some(bundle)));
         self.resolver.insert(&certificate).map_err(|e| e.to_string())?;
         let lifetime = not_after.duration_since(issued).unwrap_or_default();
         Ok(HeldCertificate { certificate: Arc::new(certificate), renew_at: issued + lifetime / 2 })
@@ -118,6 +143,7 @@ impl IdentityManager {
     pub async fn reconcile(&self, proxy: &Proxy, client: &mut CertificatesClient<tonic::transport::Channel>) {
         let wanted = self.wanted(proxy);
         let now = SystemTime::now();
+        let signing = self.trust_roots().and_then(|roots| roots.signing.clone());
         let mut held: BTreeMap<SpiffeId, Arc<HeldCertificate>> = self
             .held
             .load()
@@ -126,7 +152,14 @@ impl IdentityManager {
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
         for identity in &wanted {
-            let due = held.get(identity).is_none_or(|h| now >= h.renew_at);
+            // Due: missing, past half-life, or from a root the CA no longer signs with (a
+            // trust-anchor rotation).
+            let due = held.get(identity).is_none_or(|h| {
+                now >= h.renew_at
+                    || signing
+                        .as_ref()
+                        .is_some_and(|root| h.certificate.chain.first().is_none_or(|leaf| !issued_by(leaf, root)))
+            });
             if !due {
                 continue;
             }

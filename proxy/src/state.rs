@@ -9,10 +9,12 @@ use crate::balance::{Balancer, BalancerRegistry, EndpointMeta, OutlierPolicy};
 use crate::routes::{CompiledRule, PortRoutes, RouteTable};
 use arc_swap::ArcSwapOption;
 use nodus_config::{AppProtocol, ConfigSnapshot, ObjectRef, ValidationError};
+use nodus_identity::tls::TrustBundle;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use thiserror::Error;
+use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// A Service port clients dial, as the request path needs it.
 #[derive(Debug)]
@@ -62,6 +64,29 @@ pub struct ProxyState {
     balancers: HashMap<(String, String, u16), Arc<Balancer>>,
     /// All routes.
     pub routes: RouteTable,
+    /// The mesh CA roots to trust, if the config carries any.
+    pub trust: Option<Arc<TrustRoots>>,
+}
+
+/// The trust roots of a config, parsed once per config.
+#[derive(Debug)]
+pub struct TrustRoots {
+    /// Every root trusted now (old and new during a trust-anchor rotation).
+    pub bundle: TrustBundle,
+    /// The root the CA signs with now: certificates from another root are re-issued.
+    pub signing: Option<CertificateDer<'static>>,
+}
+
+impl TrustRoots {
+    fn compile(roots: &[nodus_config::TrustRoot]) -> Result<Option<Arc<Self>>, ApplyError> {
+        if roots.is_empty() {
+            return Ok(None);
+        }
+        let pem: String = roots.iter().map(|r| r.certificate_pem.as_str()).collect::<Vec<_>>().join("\n");
+        let bundle = TrustBundle::from_pem(&pem).map_err(|e| ApplyError::Compile(format!("trust roots: {e}")))?;
+        let signing = roots.iter().position(|r| r.signing).and_then(|i| bundle.roots().get(i).cloned());
+        Ok(Some(Arc::new(Self { bundle, signing })))
+    }
 }
 
 impl ProxyState {
@@ -86,6 +111,7 @@ impl ProxyState {
         registry: &BalancerRegistry,
         local_node: Option<&str>,
     ) -> Result<Self, ApplyError> {
+        let trust = TrustRoots::compile(&snapshot.trust_roots)?;
         let tunnels: HashMap<&str, SocketAddr> =
             snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address)).collect();
         let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
@@ -166,7 +192,15 @@ impl ProxyState {
                 }
             }
         }
-        Ok(Self { version: snapshot.version, snapshot: Arc::new(snapshot), destinations, workloads, balancers, routes })
+        Ok(Self {
+            version: snapshot.version,
+            snapshot: Arc::new(snapshot),
+            destinations,
+            workloads,
+            balancers,
+            routes,
+            trust,
+        })
     }
 }
 

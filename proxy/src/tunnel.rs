@@ -8,8 +8,10 @@
 //! source identity, destination identity), since a TLS connection proves exactly one identity
 //! on each side. Without identities (a config file, tests of the plain data path) it is plaintext.
 
-use crate::identity::IdentityManager;
+use crate::identity::{HeldCertificate, IdentityManager};
+use crate::state::TrustRoots;
 use crate::upstream::{connect_tcp, SharedHttp2, UpstreamError};
+use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Empty;
@@ -41,10 +43,37 @@ pub fn mtls() -> Option<&'static Arc<IdentityManager>> {
     IDENTITIES.get()
 }
 
+/// What a mutual TLS connection was established with: the certificate presented and the
+/// roots the peer was verified against.
+#[derive(Debug)]
+struct Credentials {
+    certificate: Arc<HeldCertificate>,
+    roots: Arc<TrustRoots>,
+}
+
+impl Credentials {
+    fn current(identities: &TunnelIdentities) -> Result<Self, String> {
+        let manager = mtls().ok_or("mutual TLS is not in use")?;
+        let certificate = manager
+            .certificate(&identities.source)
+            .ok_or_else(|| format!("no workload certificate for {} yet", identities.source))?;
+        let roots = manager.trust_roots().ok_or("no trust roots in the config yet")?;
+        Ok(Self { certificate, roots })
+    }
+
+    fn same_as(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.certificate, &other.certificate) && Arc::ptr_eq(&self.roots, &other.roots)
+    }
+}
+
 /// One peer node proxy and the multiplexed connection to it.
 #[derive(Debug)]
 struct Peer {
     connection: SharedHttp2<Empty<Bytes>>,
+    /// The credentials of the current mutual TLS connection. When the certificate is renewed
+    /// or the trust roots change, new streams go to a new connection made with the new ones;
+    /// streams open on the old connection finish there, then it closes (no stream is cut).
+    established: ArcSwapOption<Credentials>,
 }
 
 /// Peers by tunnel address and identities, shared by every endpoint pool of the process.
@@ -54,7 +83,7 @@ fn peer(addr: SocketAddr, identities: Option<&TunnelIdentities>) -> Arc<Peer> {
     let mut peers = PEERS.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
     peers
         .entry((addr, identities.cloned()))
-        .or_insert_with(|| Arc::new(Peer { connection: SharedHttp2::new() }))
+        .or_insert_with(|| Arc::new(Peer { connection: SharedHttp2::new(), established: ArcSwapOption::empty() }))
         .clone()
 }
 
@@ -62,14 +91,11 @@ fn peer(addr: SocketAddr, identities: Option<&TunnelIdentities>) -> Arc<Peer> {
 async fn connect_mtls(
     peer_addr: SocketAddr,
     identities: &TunnelIdentities,
+    credentials: &Credentials,
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
-    let manager = mtls().ok_or("mutual TLS is not in use")?;
-    let held = manager
-        .certificate(&identities.source)
-        .ok_or_else(|| format!("no workload certificate for {} yet", identities.source))?;
-    let bundle = manager.trust_bundle().ok_or("no trust bundle yet")?;
     let config =
-        client_config(&held.certificate, &bundle, identities.destination.clone()).map_err(|e| e.to_string())?;
+        client_config(&credentials.certificate.certificate, &credentials.roots.bundle, identities.destination.clone())
+            .map_err(|e| e.to_string())?;
     let tcp = connect_tcp(peer_addr).await?;
     let name = server_name_for(&identities.destination).map_err(|e| e.to_string())?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
@@ -90,6 +116,35 @@ async fn connect_mtls(
 /// so that it can authorize each request and add the caller's identity.
 pub const PROTOCOL_HEADER: &str = "x-nodus-protocol";
 
+/// The peer's live connection, or a new one (mutual TLS with the current credentials when
+/// `identities` are given; a connection made with older credentials is retired first).
+async fn pooled_sender(
+    peer: &Peer,
+    peer_addr: SocketAddr,
+    identities: Option<&TunnelIdentities>,
+    failed: &impl Fn(String) -> UpstreamError,
+) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, UpstreamError> {
+    let connection = &peer.connection;
+    match identities {
+        Some(identities) => {
+            let credentials = Arc::new(Credentials::current(identities).map_err(failed)?);
+            if peer.established.load().as_ref().is_some_and(|established| !established.same_as(&credentials)) {
+                connection.retire();
+            }
+            let connect = || async {
+                let tls = connect_mtls(peer_addr, identities, &credentials).await.map_err(failed)?;
+                peer.established.store(Some(credentials.clone()));
+                Ok(TokioIo::new(tls))
+            };
+            connection.get(connect, |e| failed(e.to_string())).await
+        }
+        None => {
+            let connect = || async { connect_tcp(peer_addr).await.map(TokioIo::new).map_err(failed) };
+            connection.get(connect, |e| failed(e.to_string())).await
+        }
+    }
+}
+
 /// Opens a stream to `target` through the node proxy at `peer`; mutual TLS when `identities`
 /// are given; `protocol` says which HTTP the stream carries, if any.
 pub async fn open(
@@ -100,18 +155,7 @@ pub async fn open(
 ) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
     let failed =
         |reason: String| UpstreamError::Connect { addr: target, reason: format!("tunnel via {peer_addr}: {reason}") };
-    let connection = &peer(peer_addr, identities).connection;
-    let mut sender = match identities {
-        Some(identities) => {
-            let connect = || async { connect_mtls(peer_addr, identities).await.map(TokioIo::new).map_err(failed) };
-            connection.get(connect, |e| failed(e.to_string())).await?
-        }
-        None => {
-            let connect = || async { connect_tcp(peer_addr).await.map(TokioIo::new).map_err(failed) };
-            connection.get(connect, |e| failed(e.to_string())).await?
-        }
-    };
-    sender.ready().await.map_err(|e| failed(e.to_string()))?;
+    let peer = peer(peer_addr, identities);
     let mut request = Request::builder().method(Method::CONNECT).uri(target.to_string());
     if let Some(protocol) = protocol {
         let name = match protocol {
@@ -121,7 +165,27 @@ pub async fn open(
         request = request.header(PROTOCOL_HEADER, name);
     }
     let request = request.body(Empty::new()).map_err(|e| failed(e.to_string()))?;
-    let response = sender.send_request(request).await.map_err(|e| failed(e.to_string()))?;
+    // Two tries: a pooled connection may be going away (the peer drains after an upgrade and
+    // sent GOAWAY, or it died). Nothing has reached the pod before the CONNECT is answered, so
+    // asking again on a new connection — to whoever accepts on the peer's port now — is safe.
+    let mut attempt = 0;
+    let response = loop {
+        attempt += 1;
+        let outcome = async {
+            let mut sender = pooled_sender(&peer, peer_addr, identities, &failed).await?;
+            sender.ready().await.map_err(|e| failed(e.to_string()))?;
+            sender.send_request(request.clone()).await.map_err(|e| failed(e.to_string()))
+        }
+        .await;
+        match outcome {
+            Ok(response) => break response,
+            Err(error) if attempt == 1 => {
+                tracing::debug!(%error, %peer_addr, "tunnel connection unusable; retrying on a new one");
+                peer.connection.retire();
+            }
+            Err(error) => return Err(error),
+        }
+    };
     if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::inbound::DENIED_HEADER) {
         return Err(UpstreamError::Denied { addr: target });
     }

@@ -3,23 +3,11 @@
 //! namespace refuses a plaintext tunnel, a permissive one accepts and counts it. Needs root.
 #![allow(clippy::unwrap_used)]
 
-use nodus_harness::{metric_value, skip_unless_lab_supported, start_echo, ConfigSource, Lab, LabSpec, NetNs};
-use std::path::{Path, PathBuf};
+mod support;
+
+use nodus_harness::{metric_value, skip_unless_lab_supported, NetNs};
 use std::time::Duration;
-
-fn sibling(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy")).with_file_name(name)
-}
-
-fn mesh_policy(mode: &str) -> String {
-    format!("apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{ name: default, namespace: demo }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n")
-}
-
-fn write(path: &Path, text: &str) {
-    let temporary = path.with_extension("tmp");
-    std::fs::write(&temporary, text).unwrap();
-    std::fs::rename(&temporary, path).unwrap();
-}
+use support::controlled::{load_totals, mesh_policy, sibling, start_mesh, write, MtlsMesh};
 
 /// A plaintext HTTP/2 CONNECT to node-2's inbound listener, from node-1's namespace: what a
 /// proxy without identities (or anything else on the network) would send. Returns the status.
@@ -45,52 +33,6 @@ fn plaintext_connect(node1: &NetNs) -> u16 {
             })
         })
         .unwrap()
-}
-
-/// The lab mesh of these tests: controller (standalone, on the example manifests plus a
-/// strict MeshPolicy and an opaque-TCP Service), proxies with mTLS on both nodes, echo pods.
-struct MtlsMesh {
-    proxy1: nodus_harness::NodeProxy,
-    proxy2: nodus_harness::NodeProxy,
-    client: nodus_harness::Pod,
-    echo_v2: nodus_harness::Pod,
-    node1: nodus_harness::Node,
-    manifests: PathBuf,
-    _controller: nodus_harness::Process,
-    _echoes: [nodus_harness::Process; 2],
-    // Dropped last: the lab is torn down after the processes in it.
-    _lab: Lab,
-}
-
-fn start_mesh(controller_args: &[&str]) -> MtlsMesh {
-    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
-    let client = lab.add_pod("node-1", "demo", "client").unwrap();
-    let echo_v2 = lab.add_pod("node-1", "demo", "echo-v2-0").unwrap();
-    let echo_v1 = lab.add_pod("node-2", "demo", "echo-v1-0").unwrap();
-    let echoes = [
-        start_echo(&echo_v1, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
-        start_echo(&echo_v2, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
-    ];
-    let manifests = lab.work_dir().unwrap().join("manifests");
-    std::fs::create_dir_all(&manifests).unwrap();
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
-    for file in ["cluster.yaml", "routes.yaml"] {
-        std::fs::copy(examples.join(file), manifests.join(file)).unwrap();
-    }
-    write(&manifests.join("mesh-policy.yaml"), &mesh_policy("Strict"));
-    write(&manifests.join("tcp-service.yaml"), OPAQUE_SERVICE);
-    let node1 = lab.node("node-1").unwrap().clone();
-    let node2 = lab.node("node-2").unwrap().clone();
-    let status_file = lab.work_dir().unwrap().join("status.yaml");
-    let (controller, url) =
-        lab.start_controller(&node1, &sibling("nodus-controller"), &manifests, &status_file, controller_args).unwrap();
-    let proxy_binary = PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy"));
-    let proxy1 = lab.start_node_proxy(&node1, &proxy_binary, ConfigSource::Controller(url.clone()), &[]).unwrap();
-    let proxy2 = lab.start_node_proxy(&node2, &proxy_binary, ConfigSource::Controller(url), &[]).unwrap();
-    proxy1.wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15)).unwrap();
-    proxy1.wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(15)).unwrap();
-    proxy2.wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(15)).unwrap();
-    MtlsMesh { proxy1, proxy2, client, echo_v2, node1, manifests, _controller: controller, _echoes: echoes, _lab: lab }
 }
 
 #[test]
@@ -252,22 +194,6 @@ spec:
   rules: [{ identities: ["spiffe://cluster.local/ns/demo/sa/nobody"] }]
 "#;
 
-/// A Service whose port is declared opaque TCP, backed by echo-v1-0 on node-2.
-const OPAQUE_SERVICE: &str = r#"
-apiVersion: v1
-kind: Service
-metadata: { name: echo-tcp, namespace: demo }
-spec: { clusterIP: 10.96.0.13, ports: [{ name: tcp, port: 7000, targetPort: 8080, appProtocol: tcp }] }
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: { name: echo-tcp-1, namespace: demo, labels: { kubernetes.io/service-name: echo-tcp } }
-addressType: IPv4
-ports: [{ name: tcp, port: 8080 }]
-endpoints:
-  - { addresses: [10.244.2.2], nodeName: node-2, targetRef: { kind: Pod, namespace: demo, name: echo-v1-0 } }
-"#;
-
 #[test]
 fn certificates_rotate_under_load_with_zero_failed_requests() {
     skip_unless_lab_supported!();
@@ -311,4 +237,162 @@ fn certificates_rotate_under_load_with_zero_failed_requests() {
     assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "{text}");
     let (_, metrics) = mesh.proxy2.admin_get("/metrics").unwrap();
     assert!(metrics.contains(r#"tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/echo""#), "{metrics}");
+}
+
+/// Mutual TLS handshakes a node proxy's inbound listener completed.
+fn handshakes(proxy: &nodus_harness::NodeProxy) -> f64 {
+    let (_, metrics) = proxy.admin_get("/metrics").unwrap();
+    metric_value(&metrics, r#"nodus_inbound_tls_handshakes_total{result="ok"}"#).unwrap_or(0.0)
+}
+
+#[test]
+fn the_trust_anchor_rotates_under_load_with_zero_failed_requests() {
+    skip_unless_lab_supported!();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_arg = ca_dir.path().to_str().unwrap().to_string();
+    let mesh = start_mesh(&["--ca-dir", &ca_arg]);
+    let old_root = std::fs::read_to_string(ca_dir.path().join("ca.pem")).unwrap();
+    let issued = |proxy: &nodus_harness::NodeProxy| {
+        metric_value(&proxy.admin_get("/metrics").unwrap().1, "nodus_workload_certificates_issued_total").unwrap()
+    };
+    let issued_before = (issued(&mesh.proxy1), issued(&mesh.proxy2));
+
+    // Steady cross-node traffic over a tunnel established with certificates from the old root.
+    let load = mesh
+        .client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--rate", "100", "--duration-secs", "12", "--report-every", "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // And connection churn over opaque TCP: every connection is a new tunnel stream, so each
+    // step of the rotation meets new mutual TLS handshakes (a tunnel connection is replaced
+    // when its certificate or the trust roots change).
+    let churn = mesh
+        .client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.13:7000", "--new-connection", "--rate", "50", "--duration-secs", "12"])
+        .args(["--report-every", "10"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    let handshakes_before = handshakes(&mesh.proxy2);
+    // What an operator runs: stage a new root next to the active one.
+    let staged =
+        std::process::Command::new(sibling("nodus-controller")).args(["--generate-root", &ca_arg]).output().unwrap();
+    assert!(staged.status.success(), "{}", String::from_utf8_lossy(&staged.stderr));
+    let new_root = std::fs::read_to_string(ca_dir.path().join("next.pem")).unwrap();
+    assert_ne!(new_root, old_root);
+
+    // Trust both, sign with the new root, re-issue, retire the old root, store the new one.
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    while (ca_dir.path().join("next.pem").exists()
+        || std::fs::read_to_string(ca_dir.path().join("ca.pem")).unwrap() != new_root)
+        && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(std::fs::read_to_string(ca_dir.path().join("ca.pem")).unwrap(), new_root, "rotation completed");
+    // Proxies trust only the new root now (their config dump shows the roots pushed).
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let only_new = |proxy: &nodus_harness::NodeProxy| {
+        let (_, dump) = proxy.admin_get("/config_dump").unwrap();
+        let config: serde_json::Value = serde_json::from_str(&dump).unwrap();
+        let roots = config["snapshot"]["trustRoots"].as_array().cloned().unwrap_or_default();
+        roots.len() == 1 && roots[0]["certificatePem"] == serde_json::Value::String(new_root.clone())
+    };
+    while !(only_new(&mesh.proxy1) && only_new(&mesh.proxy2)) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(only_new(&mesh.proxy1) && only_new(&mesh.proxy2), "the old root is retired on both nodes");
+    // Every identity was re-issued from the new root at once (24 h certificates: not renewal).
+    assert!(issued(&mesh.proxy1) >= issued_before.0 + 2.0, "node-1's two identities re-issued");
+    assert!(issued(&mesh.proxy2) >= issued_before.1 + 1.0, "node-2's identity re-issued");
+
+    let out = load.wait_with_output().unwrap();
+    let (requests, ok) = load_totals(&out.stdout);
+    assert!(requests >= 1000, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(ok, requests, "no failed request during the rotation");
+    let out = churn.wait_with_output().unwrap();
+    let (requests, ok) = load_totals(&out.stdout);
+    assert!(requests >= 500, "{}", String::from_utf8_lossy(&out.stdout));
+    assert_eq!(ok, requests, "no failed connection during the rotation");
+    // Node-1's tunnel to node-2 was replaced at each step: handshakes happened mid-rotation.
+    assert!(handshakes(&mesh.proxy2) >= handshakes_before + 3.0, "new mTLS connections during the rotation");
+    // A new identity pair needs a fresh handshake: both sides now hold new-root certificates
+    // and trust only the new root.
+    let out = mesh
+        .echo_v2
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--count", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "{text}");
+}
+
+#[test]
+fn private_keys_stay_in_memory_out_of_logs_and_off_the_admin_port() {
+    skip_unless_lab_supported!();
+    let ca_dir = tempfile::tempdir().unwrap();
+    let ca_arg = ca_dir.path().to_str().unwrap().to_string();
+    let mesh = start_mesh(&["--ca-dir", &ca_arg, "--certificate-lifetime", "2s"]);
+    // Certificates are issued and renewed (every second) while traffic crosses the nodes.
+    let out = mesh
+        .client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--rate", "50", "--duration-secs", "3", "--report-every", "10"])
+        .output()
+        .unwrap();
+    let (requests, ok) = load_totals(&out.stdout);
+    assert!(requests > 0 && ok == requests);
+    let ca_key = std::fs::read_to_string(ca_dir.path().join("ca-key.pem")).unwrap();
+    let key_body: String = ca_key.lines().filter(|l| !l.starts_with("-----")).collect();
+    let secret_markers = ["PRIVATE KEY", key_body.get(..40).unwrap()];
+    let leaks = |what: &str, text: &str| {
+        for marker in secret_markers {
+            assert!(!text.contains(marker), "{what} shows key material ({marker:?})");
+        }
+    };
+    for proxy in [&mesh.proxy1, &mesh.proxy2] {
+        for path in ["/metrics", "/config_dump", "/ready", "/live", "/debug", "/keys"] {
+            let (_, body) = proxy.admin_get(path).unwrap();
+            leaks(&format!("{} admin {path}", proxy.node), &body);
+        }
+    }
+    // Every log the lab kept: both proxies' and the controller's.
+    let work = mesh.lab.work_dir().unwrap();
+    let mut logs = 0;
+    for entry in std::fs::read_dir(&work).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "log") {
+            leaks(&path.display().to_string(), &std::fs::read_to_string(&path).unwrap_or_default());
+            logs += 1;
+        }
+    }
+    assert!(logs >= 3, "the proxies' and the controller's logs were read ({logs} in {})", work.display());
+    // On disk, key material exists only where the controller keeps the CA (0600); node proxies
+    // write nothing: no file under the lab's directories holds a PEM private key.
+    for entry in walk(&work) {
+        let text = std::fs::read(&entry).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default();
+        assert!(!text.contains("PRIVATE KEY"), "{} holds a private key", entry.display());
+    }
+}
+
+fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk(&path));
+        } else if path.is_file() {
+            files.push(path);
+        }
+    }
+    files
 }

@@ -17,7 +17,7 @@ mod validate;
 mod workload;
 
 pub use duration::{parse_gateway_duration, GatewayDuration};
-pub use policy::{AuthorizationAction, AuthorizationPolicy, AuthorizationRule, MtlsMode, NamespaceMtls};
+pub use policy::{AuthorizationAction, AuthorizationPolicy, AuthorizationRule, MtlsMode, NamespaceMtls, TrustRoot};
 pub use route::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter,
     HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind, NameValue, PathMatch, PathModifier, QueryParamMatch,
@@ -82,6 +82,9 @@ pub struct ConfigSnapshot {
     /// Authorization policies selecting this node's workloads.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub authorization_policies: Vec<AuthorizationPolicy>,
+    /// The mesh CA roots proxies trust (empty without workload identities, e.g. a config file).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub trust_roots: Vec<TrustRoot>,
 }
 
 /// A node and its proxy's tunnel address.

@@ -79,3 +79,16 @@ impl AuthorizationPolicy {
         self.id.namespace == namespace && self.selector.iter().all(|(k, v)| labels.get(k) == Some(v))
     }
 }
+
+/// A root certificate of the mesh CA that proxies trust. Normally there is one; during a
+/// trust-anchor rotation the old and the new root are both trusted, and `signing` says which
+/// one issues certificates now, so proxies know to re-issue those from the other.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TrustRoot {
+    /// The root certificate, PEM.
+    pub certificate_pem: String,
+    /// Whether the CA signs with this root now (at most one root is signing).
+    #[serde(default)]
+    pub signing: bool,
+}

@@ -12,6 +12,9 @@ use thiserror::Error;
 /// controller in a NACK and shown to a user as is.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum ValidationError {
+    /// The trust roots are malformed: not PEM certificates, repeated, or more than one signing.
+    #[error("trust roots: {0}")]
+    TrustRoots(String),
     /// Two objects of the same kind share a namespace/name.
     #[error("duplicate {kind} {id}")]
     Duplicate {
@@ -102,6 +105,7 @@ impl ConfigSnapshot {
             }
             check_authorization_policy(policy)?;
         }
+        check_trust_roots(&self.trust_roots)?;
         let mut seen = HashSet::new();
         for route in &self.http_routes {
             if !seen.insert(&route.id) {
@@ -415,6 +419,27 @@ fn check_authorization_policy(policy: &crate::AuthorizationPolicy) -> Result<(),
         if rule.ports.contains(&0) {
             return Err(invalid("port 0".to_string()));
         }
+    }
+    Ok(())
+}
+
+/// The shape of the trust roots; the proxy parses the certificates themselves when it compiles.
+fn check_trust_roots(roots: &[crate::TrustRoot]) -> Result<(), ValidationError> {
+    let mut seen = HashSet::new();
+    for root in roots {
+        let pem = root.certificate_pem.trim();
+        if !pem.starts_with("-----BEGIN CERTIFICATE-----") || !pem.ends_with("-----END CERTIFICATE-----") {
+            return Err(ValidationError::TrustRoots("a root is not one PEM certificate".to_string()));
+        }
+        if pem.matches("-----BEGIN CERTIFICATE-----").count() != 1 {
+            return Err(ValidationError::TrustRoots("a root holds more than one certificate".to_string()));
+        }
+        if !seen.insert(pem) {
+            return Err(ValidationError::TrustRoots("a root is listed twice".to_string()));
+        }
+    }
+    if roots.iter().filter(|r| r.signing).count() > 1 {
+        return Err(ValidationError::TrustRoots("more than one root is marked signing".to_string()));
     }
     Ok(())
 }

@@ -203,3 +203,30 @@ fn unresolved_backends_are_valid_config_and_keep_their_reason() {
     let backends = &snapshot.http_routes[0].rules[0].backends;
     assert_eq!(backends[1].unresolved.as_deref(), Some("BackendNotFound: service other/gone does not exist"));
 }
+
+#[test]
+fn trust_roots_are_single_pem_certificates_with_at_most_one_signing() {
+    use nodus_config::TrustRoot;
+    let pem = |body: &str| format!("-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n");
+    let root = |body: &str, signing: bool| TrustRoot { certificate_pem: pem(body), signing };
+    let cases: Vec<(&str, Vec<TrustRoot>, Option<&str>)> = vec![
+        ("none", vec![], None),
+        ("rotation: old and new, new signing", vec![root("AAA", false), root("BBB", true)], None),
+        ("two signing", vec![root("AAA", true), root("BBB", true)], Some("more than one root is marked signing")),
+        ("repeated", vec![root("AAA", true), root("AAA", false)], Some("listed twice")),
+        ("not PEM", vec![TrustRoot { certificate_pem: "hello".into(), signing: true }], Some("not one PEM")),
+        (
+            "two in one",
+            vec![TrustRoot { certificate_pem: format!("{}{}", pem("AAA"), pem("BBB")), signing: true }],
+            Some("more than one certificate"),
+        ),
+    ];
+    for (name, trust_roots, expected) in cases {
+        let snapshot = ConfigSnapshot { trust_roots, ..Default::default() };
+        match (snapshot.validate(), expected) {
+            (Ok(()), None) => {}
+            (Err(error), Some(text)) => assert!(error.to_string().contains(text), "{name}: {error}"),
+            (outcome, expected) => panic!("{name}: got {outcome:?}, expected {expected:?}"),
+        }
+    }
+}

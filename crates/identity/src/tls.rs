@@ -38,7 +38,16 @@ impl TrustBundle {
         if roots.is_empty() {
             return Err(IdentityError::Decode { what: "trust bundle", message: "no certificate".to_string() });
         }
+        for root in &roots {
+            webpki::anchor_from_trusted_cert(root)
+                .map_err(|e| IdentityError::Decode { what: "trust bundle", message: e.to_string() })?;
+        }
         Ok(Self { roots })
+    }
+
+    /// The roots, in order.
+    pub fn roots(&self) -> &[CertificateDer<'static>] {
+        &self.roots
     }
 
     fn store(&self) -> Result<RootCertStore, IdentityError> {
@@ -58,6 +67,18 @@ pub fn identity_of(certificate: &CertificateDer<'_>) -> Option<SpiffeId> {
         x509_parser::extensions::GeneralName::URI(uri) => uri.parse().ok(),
         _ => None,
     })
+}
+
+/// Whether `leaf` names `root` as its issuer. Roots have distinct names (the CA puts a key tag
+/// in each), so during a trust-anchor rotation this tells a certificate from the old root from
+/// one from the new.
+pub fn issued_by(leaf: &CertificateDer<'_>, root: &CertificateDer<'_>) -> bool {
+    let (Ok((_, leaf)), Ok((_, root))) =
+        (x509_parser::parse_x509_certificate(leaf), x509_parser::parse_x509_certificate(root))
+    else {
+        return false;
+    };
+    leaf.issuer().as_raw() == root.subject().as_raw()
 }
 
 /// The authenticated identity of the peer of an established connection.

@@ -162,4 +162,9 @@ async fn a_bundle_with_old_and_new_roots_bridges_a_trust_anchor_rotation() {
         handshake(&client, &old_only, id("demo", "web"), &server, &old_only).await.is_err(),
         "without the new root they do not"
     );
+    // Proxies tell which certificates to re-issue by their issuer.
+    let (old_root, new_root) = (&old_only.roots()[0], &both.roots()[1]);
+    assert!(nodus_identity::tls::issued_by(&client.chain[0], old_root));
+    assert!(!nodus_identity::tls::issued_by(&client.chain[0], new_root));
+    assert!(nodus_identity::tls::issued_by(&server.chain[0], new_root));
 }

@@ -2,7 +2,7 @@
 
 use crate::proto::{ConfigPush, Resource, ResourceKind};
 use nodus_config::{
-    AuthorizationPolicy, ConfigSnapshot, GrpcRoute, HttpRoute, NamespaceMtls, NodeInfo, Service, Workload,
+    AuthorizationPolicy, ConfigSnapshot, GrpcRoute, HttpRoute, NamespaceMtls, NodeInfo, Service, TrustRoot, Workload,
 };
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
@@ -64,6 +64,11 @@ fn keyed(snapshot: &ConfigSnapshot) -> impl Iterator<Item = (String, u64)> + '_ 
         .chain(keys("node", snapshot.nodes.iter().map(|n| n.name.clone()).collect()))
         .chain(keys("mtls", snapshot.mtls.iter().map(|m| m.namespace.clone()).collect()))
         .chain(keys("authorizationpolicy", snapshot.authorization_policies.iter().map(|p| p.id.to_string()).collect()))
+        // A root is named by its content: the same root keeps its key while its signing flag changes.
+        .chain(keys(
+            "trustroot",
+            snapshot.trust_roots.iter().map(|r| content_version(r.certificate_pem.as_bytes())).collect(),
+        ))
 }
 
 /// Cuts a snapshot into resources keyed `<kind>/<namespace>/<name>`.
@@ -100,6 +105,9 @@ pub fn split(snapshot: &ConfigSnapshot) -> Result<ResourceMap, WireError> {
     for p in &snapshot.authorization_policies {
         next(ResourceKind::AuthorizationPolicy, p)?;
     }
+    for r in &snapshot.trust_roots {
+        next(ResourceKind::TrustRoot, r)?;
+    }
     Ok(map)
 }
 
@@ -131,6 +139,7 @@ enum Item {
     Node(NodeInfo),
     NamespaceMtls(NamespaceMtls),
     AuthorizationPolicy(AuthorizationPolicy),
+    TrustRoot(TrustRoot),
 }
 
 fn decode(r: &Resource) -> Result<Item, WireError> {
@@ -145,6 +154,7 @@ fn decode(r: &Resource) -> Result<Item, WireError> {
         Ok(ResourceKind::Node) => Item::Node(json(r)?),
         Ok(ResourceKind::NamespaceMtls) => Item::NamespaceMtls(json(r)?),
         Ok(ResourceKind::AuthorizationPolicy) => Item::AuthorizationPolicy(json(r)?),
+        Ok(ResourceKind::TrustRoot) => Item::TrustRoot(json(r)?),
         Ok(ResourceKind::Unspecified) | Err(_) => {
             return Err(WireError::UnknownKind { key: r.key.clone(), kind: r.kind })
         }
@@ -160,7 +170,7 @@ fn in_order<T>(mut items: Vec<(u64, T)>) -> Vec<T> {
 fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> ConfigSnapshot {
     let (mut services, mut workloads, mut http, mut grpc, mut nodes) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let (mut mtls, mut policies) = (Vec::new(), Vec::new());
+    let (mut mtls, mut policies, mut roots) = (Vec::new(), Vec::new(), Vec::new());
     for (order, item) in items {
         match item {
             Item::Service(s) => services.push((order, s.clone())),
@@ -170,6 +180,7 @@ fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> 
             Item::Node(n) => nodes.push((order, n.clone())),
             Item::NamespaceMtls(m) => mtls.push((order, m.clone())),
             Item::AuthorizationPolicy(p) => policies.push((order, p.clone())),
+            Item::TrustRoot(r) => roots.push((order, r.clone())),
         }
     }
     ConfigSnapshot {
@@ -181,6 +192,7 @@ fn build<'i>(version: u64, items: impl IntoIterator<Item = (u64, &'i Item)>) -> 
         nodes: in_order(nodes),
         mtls: in_order(mtls),
         authorization_policies: in_order(policies),
+        trust_roots: in_order(roots),
     }
 }
 
@@ -312,6 +324,19 @@ mod tests {
         assert_eq!(map.len(), 2);
         let back = assemble(1, map.values()).unwrap();
         assert_eq!(back, original, "order within a kind is kept even though keys sort differently");
+    }
+
+    #[test]
+    fn trust_roots_keep_their_key_when_the_signing_flag_moves() {
+        let root = |pem: &str, signing: bool| nodus_config::TrustRoot { certificate_pem: pem.to_string(), signing };
+        let mut before = snapshot(vec![]);
+        before.trust_roots = vec![root("old", true), root("new", false)];
+        let mut after = before.clone();
+        after.trust_roots = vec![root("old", false), root("new", true)];
+        let (a, b) = (split(&before).unwrap(), split(&after).unwrap());
+        assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
+        assert_eq!(b.delta_to(&a.versions()).updated.len(), 2, "both flags changed");
+        assert_eq!(assemble(1, b.values()).unwrap(), after);
     }
 
     #[test]
