@@ -58,9 +58,18 @@ async fn handle(
 }
 
 /// Serves the admin endpoints until the listener fails.
-pub async fn serve(listener: TcpListener, store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> std::io::Result<()> {
+pub async fn serve(
+    listener: TcpListener,
+    store: Arc<ConfigStore>,
+    metrics: Arc<Metrics>,
+    drain: crate::drain::Drain,
+) -> std::io::Result<()> {
     loop {
-        let (stream, _) = listener.accept().await?;
+        // Once draining, the successor accepts on this (shared) socket.
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => accepted?,
+            () = drain.signaled() => return Ok(()),
+        };
         let (store, metrics) = (store.clone(), metrics.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| handle(request, store.clone(), metrics.clone()));

@@ -36,6 +36,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Woken whenever a config is applied (enrolment listens).
     pub config_applied: Arc<Notify>,
+    /// Set when the proxy hands over to a successor or stops: see [`crate::drain`].
+    pub drain: crate::drain::Drain,
 }
 
 impl Proxy {
@@ -50,7 +52,12 @@ impl Proxy {
     }
 
     fn with_store(store: ConfigStore, metrics: Metrics) -> Self {
-        Self { store: Arc::new(store), metrics: Arc::new(metrics), config_applied: Arc::new(Notify::new()) }
+        Self {
+            store: Arc::new(store),
+            metrics: Arc::new(metrics),
+            config_applied: Arc::new(Notify::new()),
+            drain: crate::drain::Drain::default(),
+        }
     }
 
     /// Applies a snapshot, recording the outcome; the config in force stays on error.
@@ -73,7 +80,7 @@ impl Proxy {
 }
 
 /// Addresses a started proxy listens on.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Listening {
     /// Outbound listener.
     pub outbound: SocketAddr,
@@ -81,6 +88,9 @@ pub struct Listening {
     pub admin: SocketAddr,
     /// Inbound (tunnel) listener.
     pub inbound: Option<SocketAddr>,
+    /// The listening sockets (outbound, admin, inbound), for a hand-over to a successor; valid
+    /// until draining starts.
+    pub fds: Vec<std::os::fd::RawFd>,
 }
 
 /// Binds the listeners and spawns their tasks on the current runtime.
@@ -89,19 +99,46 @@ pub async fn start(
     settings: &ProxySettings,
     original_dst: Arc<dyn OriginalDst>,
 ) -> std::io::Result<Listening> {
-    let outbound_listener = TcpListener::bind(settings.outbound_addr).await?;
-    let admin_listener = TcpListener::bind(settings.admin_addr).await?;
-    let inbound_listener = match settings.inbound_addr {
-        Some(addr) => Some(TcpListener::bind(addr).await?),
-        None => None,
+    start_with(proxy, settings, original_dst, None).await
+}
+
+/// Like [`start`], accepting on listeners taken over from a predecessor when given
+/// ([`crate::handoff`]) instead of binding new ones.
+pub async fn start_with(
+    proxy: &Arc<Proxy>,
+    settings: &ProxySettings,
+    original_dst: Arc<dyn OriginalDst>,
+    inherited: Option<crate::handoff::Inherited>,
+) -> std::io::Result<Listening> {
+    let (outbound_listener, admin_listener, inbound_listener) = match inherited {
+        Some(inherited) => (
+            TcpListener::from_std(inherited.outbound)?,
+            TcpListener::from_std(inherited.admin)?,
+            inherited.inbound.map(TcpListener::from_std).transpose()?,
+        ),
+        None => (
+            TcpListener::bind(settings.outbound_addr).await?,
+            TcpListener::bind(settings.admin_addr).await?,
+            match settings.inbound_addr {
+                Some(addr) => Some(TcpListener::bind(addr).await?),
+                None => None,
+            },
+        ),
     };
+    use std::os::fd::AsRawFd;
+    let mut fds = vec![outbound_listener.as_raw_fd(), admin_listener.as_raw_fd()];
+    fds.extend(inbound_listener.as_ref().map(AsRawFd::as_raw_fd));
     let listening = Listening {
         outbound: outbound_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
         inbound: inbound_listener.as_ref().map(TcpListener::local_addr).transpose()?,
+        fds,
     };
     if let Some(listener) = inbound_listener {
-        let inbound = Arc::new(crate::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone()));
+        let inbound = Arc::new(
+            crate::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone(), settings.outbound.limits)
+                .with_drain(proxy.drain.clone()),
+        );
         // Every applied config is a chance that open streams are no longer allowed.
         let (reevaluated, applied) = (inbound.clone(), proxy.config_applied.clone());
         tokio::spawn(async move {
@@ -116,16 +153,18 @@ pub async fn start(
             }
         });
     }
-    let outbound =
-        Arc::new(Outbound::new(proxy.store.clone(), proxy.metrics.clone(), original_dst, settings.outbound.clone()));
+    let outbound = Arc::new(
+        Outbound::new(proxy.store.clone(), proxy.metrics.clone(), original_dst, settings.outbound.clone())
+            .with_drain(proxy.drain.clone()),
+    );
     tokio::spawn(async move {
         if let Err(error) = outbound.serve(outbound_listener).await {
             tracing::error!(%error, "outbound listener failed");
         }
     });
-    let (store, metrics) = (proxy.store.clone(), proxy.metrics.clone());
+    let (store, metrics, drain) = (proxy.store.clone(), proxy.metrics.clone(), proxy.drain.clone());
     tokio::spawn(async move {
-        if let Err(error) = crate::admin::serve(admin_listener, store, metrics).await {
+        if let Err(error) = crate::admin::serve(admin_listener, store, metrics, drain).await {
             tracing::error!(%error, "admin listener failed");
         }
     });

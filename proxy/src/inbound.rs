@@ -16,9 +16,9 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use nodus_config::MtlsMode;
-use nodus_identity::tls::{peer_identity, server_config};
+use nodus_identity::tls::peer_identity;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub struct Inbound {
     /// Streams being relayed, so that a policy change can end those it no longer allows.
     active: Mutex<HashMap<u64, ActiveStream>>,
     next_stream: AtomicU64,
+    limits: crate::limits::ConnectionLimits,
+    drain: crate::drain::Drain,
 }
 
 /// A relayed tunnel stream.
@@ -99,8 +101,21 @@ fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
 
 impl Inbound {
     /// The listener's shared state.
-    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>) -> Self {
-        Self { store, metrics, active: Mutex::default(), next_stream: AtomicU64::new(0) }
+    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, limits: crate::limits::ConnectionLimits) -> Self {
+        Self {
+            store,
+            metrics,
+            active: Mutex::default(),
+            next_stream: AtomicU64::new(0),
+            limits,
+            drain: crate::drain::Drain::default(),
+        }
+    }
+
+    /// Drains on `drain` (see [`crate::drain`]): tunnel connections get GOAWAY.
+    pub fn with_drain(mut self, drain: crate::drain::Drain) -> Self {
+        self.drain = drain;
+        self
     }
 
     fn count_denial(&self, identity: Option<&str>, workload: &WorkloadInfo, policy: String) {
@@ -112,6 +127,10 @@ impl Inbound {
                 policy,
             })
             .inc();
+    }
+
+    fn count_handshake(&self, result: &'static str) {
+        self.metrics.tls_handshakes.get_or_create(&crate::metrics::HandshakeLabels { result }).inc();
     }
 
     /// Re-checks every relayed stream against the config in force and ends those it no longer
@@ -138,26 +157,31 @@ impl Inbound {
     /// from its certificate); anything else is plaintext, which strict namespaces refuse.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, peer) = listener.accept().await?;
+            // Once draining, the successor accepts on this (shared) socket.
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = self.drain.signaled() => return Ok(()),
+            };
             let _ = stream.set_nodelay(true);
             let inbound = self.clone();
             tokio::spawn(async move {
+                let _open = inbound.drain.track();
                 match crate::tunnel::mtls() {
                     Some(manager) if starts_with_tls(&stream).await => {
-                        let Some(bundle) = manager.trust_bundle() else {
-                            tracing::info!(%peer, "mTLS tunnel refused: no trust bundle yet");
-                            return;
-                        };
-                        let config = match server_config(manager.resolver(), &bundle) {
+                        let config = match manager.server_config() {
                             Ok(config) => config,
-                            Err(error) => return tracing::warn!(%error, "no TLS server config"),
+                            Err(error) => return tracing::info!(%peer, %error, "mTLS tunnel refused"),
                         };
-                        match tokio_rustls::TlsAcceptor::from(Arc::new(config)).accept(stream).await {
+                        match tokio_rustls::TlsAcceptor::from(config).accept(stream).await {
                             Ok(tls) => {
+                                inbound.count_handshake("ok");
                                 let identity = peer_identity(tls.get_ref().1);
                                 inbound.serve_connection(TokioIo::new(tls), peer, identity.map(|i| i.to_string())).await
                             }
-                            Err(error) => tracing::info!(%peer, %error, "mTLS handshake failed"),
+                            Err(error) => {
+                                inbound.count_handshake("failed");
+                                tracing::info!(%peer, %error, "mTLS handshake failed")
+                            }
                         }
                     }
                     _ => inbound.serve_connection(TokioIo::new(stream), peer, None).await,
@@ -171,8 +195,10 @@ impl Inbound {
         IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let identity: Option<Arc<str>> = identity.map(Arc::from);
+        let (builder, drain) = (self.limits.http2(), self.drain.clone());
         let service = hyper::service::service_fn(move |request| self.clone().handle(request, peer, identity.clone()));
-        let served = hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await;
+        // Draining: GOAWAY; the streams relayed on this connection run to their end.
+        let served = drain.serve(builder.serve_connection(io, service), |c| c.graceful_shutdown()).await;
         if let Err(error) = served {
             tracing::debug!(%peer, %error, "tunnel connection ended with an error");
         }
@@ -245,7 +271,11 @@ impl Inbound {
             // HTTP: served here, so each request is authorized and carries the caller's identity.
             Some(protocol) => {
                 let identity = identity.clone();
+                // The stream outlives its request on the tunnel connection: counted on its own,
+                // so a draining proxy does not exit under it.
+                let open = inbound.drain.track();
                 tokio::spawn(async move {
+                    let _open = open;
                     let Ok(upgraded) = upgrade.await else { return };
                     metrics.tcp_connections.get_or_create(&labels).inc();
                     metrics.tcp_open.get_or_create(&labels).inc();
@@ -263,7 +293,9 @@ impl Inbound {
                     }
                 };
                 let _ = pod.set_nodelay(true);
+                let open = self.drain.track();
                 tokio::spawn(async move {
+                    let _open = open;
                     let Ok(upgraded) = upgrade.await else { return };
                     metrics.tcp_connections.get_or_create(&labels).inc();
                     metrics.tcp_open.get_or_create(&labels).inc();
@@ -298,17 +330,19 @@ impl Inbound {
         identity: Option<Arc<str>>,
     ) {
         let pool = Arc::new(ConnectionPool::new(target, None));
+        let (limits, drain) = (self.limits, self.drain.clone());
         let service = hyper::service::service_fn(move |request| {
             let (inbound, pool, identity) = (self.clone(), pool.clone(), identity.clone());
-            async move { Ok::<_, Infallible>(inbound.forward(request, &pool, protocol, target, identity.as_deref()).await) }
+            async move {
+                let response = inbound.forward(request, &pool, protocol, target, identity.as_deref()).await;
+                Ok::<_, Infallible>(crate::drain::close_when_draining(&inbound.drain, response))
+            }
         });
         let io = upgraded;
         let served = match protocol {
-            UpstreamProtocol::Http1 => {
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await
-            }
+            UpstreamProtocol::Http1 => limits.http1().serve_connection(io, service).with_upgrades().await,
             UpstreamProtocol::Http2 => {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
+                drain.serve(limits.http2().serve_connection(io, service), |c| c.graceful_shutdown()).await
             }
         };
         if let Err(error) = served {

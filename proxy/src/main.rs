@@ -71,6 +71,35 @@ struct Args {
     /// How long to wait for a client's first bytes before treating it as opaque, in ms.
     #[arg(long, default_value_t = 1000)]
     detect_timeout_ms: u64,
+    /// Largest HTTP request head in bytes (HTTP/1.1 request line and headers; HTTP/2 header
+    /// list, which also bounds CONTINUATION floods). Larger heads are refused (431).
+    #[arg(long, default_value_t = 64 * 1024)]
+    max_header_bytes: usize,
+    /// Seconds an HTTP/1.1 client has to send a request head before its connection is closed
+    /// (slowloris).
+    #[arg(long, default_value_t = 10)]
+    header_read_timeout_secs: u64,
+    /// HTTP/2 streams one client connection may have open at once.
+    #[arg(long, default_value_t = 256)]
+    max_concurrent_streams: u32,
+    /// HTTP/2 streams a client may reset before they were answered, before its connection is
+    /// closed (rapid reset, CVE-2023-44487).
+    #[arg(long, default_value_t = 20)]
+    max_pending_reset_streams: usize,
+    /// A Unix socket for upgrades: a new proxy started with the same path takes the listening
+    /// sockets over from this one, which then drains and exits (docs/operations.md).
+    #[arg(long)]
+    handoff_socket: Option<PathBuf>,
+    /// Seconds a stopping or upgraded proxy waits for its connections to finish.
+    #[arg(long, default_value_t = 30)]
+    drain_grace_secs: u64,
+    /// Open outbound connections one pod may have through this proxy; more are closed at once.
+    #[arg(long, default_value_t = 1024)]
+    max_connections_per_source: usize,
+    /// Requests one pod may have in progress through this proxy; more wait for a slot, so one
+    /// pod flooding the shared proxy cannot starve the others.
+    #[arg(long, default_value_t = 256)]
+    max_requests_per_source: usize,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -96,7 +125,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         outbound_addr: args.outbound_addr,
         admin_addr: args.admin_addr,
         inbound_addr: Some(args.inbound_addr),
-        outbound: OutboundSettings { detect_timeout: Duration::from_millis(args.detect_timeout_ms) },
+        outbound: OutboundSettings {
+            detect_timeout: Duration::from_millis(args.detect_timeout_ms),
+            limits: nodus_proxy::limits::ConnectionLimits {
+                max_header_bytes: args.max_header_bytes,
+                header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
+                max_concurrent_streams: args.max_concurrent_streams,
+                max_pending_reset_streams: args.max_pending_reset_streams,
+            },
+            sources: nodus_proxy::fairness::SourceLimits {
+                max_connections: args.max_connections_per_source,
+                max_requests: args.max_requests_per_source,
+            },
+        },
     };
     let mut metrics = Metrics::new();
     let mut redirect_handle = None;
@@ -117,13 +158,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => bail!("either --redirect-cgroup (eBPF capture) or --fixed-original-dst is needed"),
     };
     let proxy = Arc::new(Proxy::for_node(outlier, metrics, &args.node));
+    let mut identities_for_handoff = None;
     match (&args.controller, &args.config_file) {
         (Some(controller), _) => {
             drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()));
-            let identities = Arc::new(nodus_proxy::identity::IdentityManager::new(&args.trust_domain, &args.node));
+            let identities = Arc::new(nodus_proxy::identity::IdentityManager::new(
+                &args.trust_domain,
+                &args.node,
+                proxy.store.clone(),
+            ));
             // Tunnels between node proxies become mutual TLS with these certificates.
             nodus_proxy::tunnel::use_mtls(identities.clone());
-            drop(nodus_proxy::identity::run(proxy.clone(), identities, controller.clone()));
+            drop(nodus_proxy::identity::run(proxy.clone(), identities.clone(), controller.clone()));
+            identities_for_handoff = Some(identities);
         }
         (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),
         (None, None) => bail!("either --controller or --config-file is needed"),
@@ -133,7 +180,38 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let enrollment = Arc::new(Enrollment::new(args.node.clone(), discovery, redirect));
         app::run_enrollment(proxy.clone(), enrollment, Duration::from_secs(2));
     }
-    let listening = app::start(&proxy, &settings, original_dst).await.context("binding listeners")?;
+    // An upgrade: take the listening sockets over from the running proxy, if one offers them —
+    // but only once this process can serve what it accepts: its config applied and its
+    // workloads' certificates held (until then the old proxy keeps serving).
+    if args.handoff_socket.as_ref().is_some_and(|path| path.exists()) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        let ready = || {
+            proxy.store.load().is_some()
+                && identities_for_handoff
+                    .as_ref()
+                    .is_none_or(|manager: &Arc<nodus_proxy::identity::IdentityManager>| manager.has_all(&proxy))
+        };
+        while !ready() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if !ready() {
+            tracing::warn!("not ready after 60 s; taking the listeners over anyway");
+        }
+    }
+    let inherited = match &args.handoff_socket {
+        Some(path) => nodus_proxy::handoff::take_over(path)
+            .with_context(|| format!("taking the listeners over at {}", path.display()))?,
+        None => None,
+    };
+    let upgrading = inherited.is_some();
+    let listening = app::start_with(&proxy, &settings, original_dst, inherited).await.context("binding listeners")?;
+    if upgrading {
+        tracing::info!("took the listeners over from the previous proxy, which now drains");
+    }
+    let handed_over = match args.handoff_socket.clone() {
+        Some(path) => tokio::spawn(nodus_proxy::handoff::offer(path, listening.fds.clone())),
+        None => tokio::spawn(std::future::pending()),
+    };
     // Harnesses wait for this line.
     println!(
         "nodus-proxy ready outbound={} inbound={} admin={}",
@@ -145,7 +223,17 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
+        result = handed_over => match result {
+            Ok(Ok(())) => tracing::info!("listeners handed over to a new proxy"),
+            Ok(Err(error)) => tracing::warn!(%error, "offering the listeners failed"),
+            Err(error) => tracing::warn!(%error, "offering the listeners failed"),
+        },
     }
-    tracing::info!("shutting down");
+    // Drain: stop accepting, GOAWAY on HTTP/2, `Connection: close` on HTTP/1.1's next answer,
+    // opaque relays to their end; then exit.
+    proxy.drain.start();
+    let grace = Duration::from_secs(args.drain_grace_secs);
+    let left = proxy.drain.drained(grace).await;
+    tracing::info!(connections_cut = left, "shutting down");
     Ok(())
 }

@@ -78,6 +78,20 @@ pub struct InboundLabels {
     pub result: &'static str,
 }
 
+/// Labels of mutual TLS handshakes at the inbound listener.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HandshakeLabels {
+    /// `ok`, or `failed` (unknown CA, expired certificate, no certificate for the SNI...).
+    pub result: &'static str,
+}
+
+/// Labels of per-source limiting.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    /// `connections` (a connection closed at once) or `requests` (a request that waited).
+    pub reason: &'static str,
+}
+
 /// Labels of authorization denials.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DenialLabels {
@@ -121,6 +135,7 @@ fn latency_histogram() -> Histogram {
 /// Every metric family of the proxy.
 #[derive(Debug)]
 pub struct Metrics {
+    names: Vec<&'static str>,
     registry: Registry,
     requests: Family<RequestLabels, Counter>,
     request_duration: Family<RequestLabels, Histogram, fn() -> Histogram>,
@@ -132,6 +147,10 @@ pub struct Metrics {
     pub tcp_connections: Family<TcpLabels, Counter>,
     /// Tunnel streams at the inbound listener, by transport security and source identity.
     pub inbound_tunnels: Family<InboundLabels, Counter>,
+    /// Connections refused and requests delayed by a source's share of the proxy.
+    pub source_limited: Family<LimitLabels, Counter>,
+    /// Mutual TLS handshakes at the inbound listener.
+    pub tls_handshakes: Family<HandshakeLabels, Counter>,
     /// Streams refused by authorization policy.
     pub authorization_denials: Family<DenialLabels, Counter>,
     /// TCP connections open now.
@@ -166,6 +185,8 @@ impl Metrics {
     /// Registers every family.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("nodus");
+        // Every name registered, for the metric reference (docs/observability.md) to be checked.
+        let mut names = Vec::new();
         let requests = Family::<RequestLabels, Counter>::default();
         let request_duration = Family::<RequestLabels, Histogram, fn() -> Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
@@ -175,6 +196,8 @@ impl Metrics {
         let tcp_connections = Family::default();
         let inbound_tunnels = Family::<InboundLabels, Counter>::default();
         let authorization_denials = Family::<DenialLabels, Counter>::default();
+        let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
+        let source_limited = Family::<LimitLabels, Counter>::default();
         let tcp_open = Family::default();
         let tcp_received_bytes = Family::default();
         let tcp_sent_bytes = Family::default();
@@ -185,67 +208,132 @@ impl Metrics {
         let config_updates = Family::default();
         let redirect_enrolled_pods = Gauge::default();
         let redirect_missing_pods = Gauge::default();
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "redirect_enrolled_pods",
             "Pods of this node captured by the redirect",
             redirect_enrolled_pods.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "redirect_missing_pods",
             "Mesh pods of this node whose network namespace was not found yet",
             redirect_missing_pods.clone(),
         );
-        registry.register("requests", "HTTP and gRPC requests, by route, backend and outcome", requests.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
+            "requests",
+            "HTTP and gRPC requests, by route, backend and outcome",
+            requests.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "request_duration_seconds",
             "Time from request to the end of the answer",
             request_duration.clone(),
         );
-        registry.register("retries", "Retries sent, or refused because the retry budget was spent", retries.clone());
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
+            "retries",
+            "Retries sent, or refused because the retry budget was spent",
+            retries.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "endpoint_ejections",
             "Endpoints taken out of rotation by outlier detection",
             ejections.clone(),
         );
-        registry.register("tcp_connections", "TCP connections accepted", tcp_connections.clone());
-        registry.register(
+        register(&mut registry, &mut names, "tcp_connections", "TCP connections accepted", tcp_connections.clone());
+        register(
+            &mut registry,
+            &mut names,
             "inbound_tunnels",
             "Tunnel streams from other node proxies, by mTLS and authenticated source identity",
             inbound_tunnels.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
+            "source_limited",
+            "Connections refused and requests delayed because their source pod used its share of the proxy",
+            source_limited.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "inbound_tls_handshakes",
+            "Mutual TLS handshakes from other node proxies, by result",
+            tls_handshakes.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "authorization_denials",
             "Tunnel streams refused by authorization policy",
             authorization_denials.clone(),
         );
-        registry.register("tcp_open_connections", "TCP connections open now", tcp_open.clone());
-        registry.register("tcp_received_bytes", "Bytes received from clients", tcp_received_bytes.clone());
-        registry.register("tcp_sent_bytes", "Bytes sent to clients", tcp_sent_bytes.clone());
-        registry.register("config_version", "Version of the config snapshot in force", config_version.clone());
-        registry.register(
+        register(&mut registry, &mut names, "tcp_open_connections", "TCP connections open now", tcp_open.clone());
+        register(
+            &mut registry,
+            &mut names,
+            "tcp_received_bytes",
+            "Bytes received from clients",
+            tcp_received_bytes.clone(),
+        );
+        register(&mut registry, &mut names, "tcp_sent_bytes", "Bytes sent to clients", tcp_sent_bytes.clone());
+        register(
+            &mut registry,
+            &mut names,
+            "config_version",
+            "Version of the config snapshot in force",
+            config_version.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
             "control_plane_connected",
             "1 while the stream to the controller is up (the last good config is served either way)",
             control_plane_connected.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "workload_certificates_issued",
             "Workload certificates issued by the controller's CA (first issue and renewals)",
             certificates_issued.clone(),
         );
-        registry.register(
+        register(
+            &mut registry,
+            &mut names,
             "workload_certificate_errors",
             "Workload certificate requests that failed (the certificate held, if any, stays)",
             certificate_errors.clone(),
         );
-        registry.register("config_updates", "Config snapshots accepted or rejected", config_updates.clone());
+        register(
+            &mut registry,
+            &mut names,
+            "config_updates",
+            "Config snapshots accepted or rejected",
+            config_updates.clone(),
+        );
         Self {
             registry,
+            names,
             requests,
             request_duration,
             retries,
             ejections,
             tcp_connections,
             inbound_tunnels,
+            tls_handshakes,
+            source_limited,
             authorization_denials,
             tcp_open,
             tcp_received_bytes,
@@ -265,6 +353,12 @@ impl Metrics {
         &mut self.registry
     }
 
+    /// The names of every metric registered here (without the `nodus_` prefix and a counter's
+    /// `_total`), whether or not it has samples yet.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
+
     /// The OpenMetrics text of every metric.
     pub fn encode(&self) -> String {
         let mut text = String::new();
@@ -278,6 +372,18 @@ impl Metrics {
         self.requests.get_or_create(&labels).inc();
         self.request_duration.get_or_create(&labels).observe(seconds);
     }
+}
+
+/// Registers `metric` and remembers its name.
+fn register(
+    registry: &mut Registry,
+    names: &mut Vec<&'static str>,
+    name: &'static str,
+    help: &'static str,
+    metric: impl prometheus_client::registry::Metric,
+) {
+    names.push(name);
+    registry.register(name, help, metric);
 }
 
 /// Rewrites an OpenMetrics exposition as Prometheus text format 0.0.4 (for clients that do not

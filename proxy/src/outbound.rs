@@ -14,7 +14,7 @@ use crate::svc::{
 };
 use crate::upstream::UpstreamProtocol;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use nodus_config::AppProtocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -30,11 +30,19 @@ pub struct OutboundSettings {
     /// How long to wait for a client's first bytes before treating it as a server-speaks-first
     /// protocol (opaque TCP).
     pub detect_timeout: Duration,
+    /// Limits of the HTTP connections served.
+    pub limits: crate::limits::ConnectionLimits,
+    /// Each source pod's share of the proxy.
+    pub sources: crate::fairness::SourceLimits,
 }
 
 impl Default for OutboundSettings {
     fn default() -> Self {
-        Self { detect_timeout: Duration::from_secs(1) }
+        Self {
+            detect_timeout: Duration::from_secs(1),
+            limits: crate::limits::ConnectionLimits::default(),
+            sources: crate::fairness::SourceLimits::default(),
+        }
     }
 }
 
@@ -44,6 +52,8 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     original_dst: Arc<dyn OriginalDst>,
     settings: OutboundSettings,
+    sources: Arc<crate::fairness::SourceGate>,
+    drain: crate::drain::Drain,
 }
 
 impl Outbound {
@@ -54,13 +64,24 @@ impl Outbound {
         original_dst: Arc<dyn OriginalDst>,
         settings: OutboundSettings,
     ) -> Self {
-        Self { store, metrics, original_dst, settings }
+        let sources = crate::fairness::SourceGate::new(settings.sources);
+        Self { store, metrics, original_dst, settings, sources, drain: crate::drain::Drain::default() }
+    }
+
+    /// Drains on `drain` (see [`crate::drain`]).
+    pub fn with_drain(mut self, drain: crate::drain::Drain) -> Self {
+        self.drain = drain;
+        self
     }
 
     /// Accepts connections until the listener fails.
     pub async fn serve(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
         loop {
-            let (stream, peer) = listener.accept().await?;
+            // Once draining, the successor accepts on this (shared) socket.
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = self.drain.signaled() => return Ok(()),
+            };
             let outbound = self.clone();
             tokio::spawn(async move {
                 let span = tracing::debug_span!("outbound", %peer);
@@ -71,6 +92,12 @@ impl Outbound {
 
     async fn handle(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
         let _ = stream.set_nodelay(true);
+        let _open = self.drain.track();
+        let Some(admitted) = self.sources.admit(peer.ip()) else {
+            self.metrics.source_limited.get_or_create(&crate::metrics::LimitLabels { reason: "connections" }).inc();
+            tracing::debug!("source at its connection limit; closing");
+            return;
+        };
         let Ok(local) = stream.local_addr() else { return };
         let Some(original_dst) = self.original_dst.lookup(peer, local) else {
             tracing::debug!("connection was not captured by the redirect; closing");
@@ -97,7 +124,7 @@ impl Outbound {
                 let upstream =
                     if protocol == Protocol::Http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
                 let connection = ConnectionInfo { peer, original_dst, protocol: upstream };
-                self.serve_http(Rewind::new(prefix.freeze(), stream), connection).await;
+                self.serve_http(Rewind::new(prefix.freeze(), stream), connection, admitted.budget.clone()).await;
             }
             _ if state.is_none() => {
                 // Fail closed: policy may apply and cannot be known.
@@ -127,7 +154,12 @@ impl Outbound {
         }
     }
 
-    async fn serve_http(&self, io: Rewind<TcpStream>, connection: ConnectionInfo) {
+    async fn serve_http(
+        &self,
+        io: Rewind<TcpStream>,
+        connection: ConnectionInfo,
+        budget: Arc<crate::fairness::SourceBudget>,
+    ) {
         let metrics = &self.metrics;
         let labels =
             TcpLabels { direction: "outbound", protocol: "http", destination: connection.original_dst.to_string() };
@@ -145,17 +177,28 @@ impl Outbound {
             metrics.clone(),
             "outbound",
         );
+        let limited = metrics.clone();
+        let drain = self.drain.clone();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let mut stack = stack.clone();
-            stack.call(request.map(ProxyBody::Incoming))
+            let (budget, limited, drain) = (budget.clone(), limited.clone(), drain.clone());
+            async move {
+                // The source's share: past it, requests wait for one of its own to finish.
+                let (_slot, waited) = budget.request_slot().await;
+                if waited {
+                    limited.source_limited.get_or_create(&crate::metrics::LimitLabels { reason: "requests" }).inc();
+                }
+                let response = stack.call(request.map(ProxyBody::Incoming)).await?;
+                Ok::<_, std::convert::Infallible>(crate::drain::close_when_draining(&drain, response))
+            }
         });
         let io = TokioIo::new(io);
         let result = match connection.protocol {
-            UpstreamProtocol::Http1 => {
-                hyper::server::conn::http1::Builder::new().serve_connection(io, service).with_upgrades().await
-            }
+            // HTTP/1.1 ends through `Connection: close` on its next answer (close_when_draining).
+            UpstreamProtocol::Http1 => self.settings.limits.http1().serve_connection(io, service).with_upgrades().await,
             UpstreamProtocol::Http2 => {
-                hyper::server::conn::http2::Builder::new(TokioExecutor::new()).serve_connection(io, service).await
+                let connection = self.settings.limits.http2().serve_connection(io, service);
+                self.drain.serve(connection, |c| c.graceful_shutdown()).await
             }
         };
         if let Err(error) = result {

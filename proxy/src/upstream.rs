@@ -97,6 +97,12 @@ where
         self.sender.load().as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
     }
 
+    /// Sends no new request over the current connection: the next [`Self::get`] makes a new
+    /// one. Requests in flight on the old connection finish; it closes when they have.
+    pub(crate) fn retire(&self) {
+        self.sender.store(None);
+    }
+
     /// The live connection, or a new one made over the IO `connect` opens.
     pub(crate) async fn get<T, E, F>(
         &self,
@@ -217,15 +223,39 @@ impl ConnectionPool {
         self: &Arc<Self>,
         request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        let mut sender = self
-            .http2
-            .get(|| self.connect(UpstreamProtocol::Http2), |source| UpstreamError::Http { addr: self.addr, source })
-            .await?;
-        sender.ready().await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
-        let response =
-            sender.send_request(request).await.map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
-        let (parts, body) = response.into_parts();
-        Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin: None }))
+        let failed = |source| UpstreamError::Http { addr: self.addr, source };
+        let mut request = request;
+        let mut retried = false;
+        loop {
+            let mut sender = self.http2.get(|| self.connect(UpstreamProtocol::Http2), failed).await?;
+            let outcome = match sender.ready().await {
+                Ok(()) => sender.try_send_request(request).await,
+                Err(error) if !retried => {
+                    // The shared connection is going away (GOAWAY from a draining peer): a new one.
+                    tracing::debug!(%error, addr = %self.addr, "HTTP/2 connection unusable; opening a new one");
+                    self.http2.retire();
+                    retried = true;
+                    continue;
+                }
+                Err(error) => return Err(failed(error)),
+            };
+            match outcome {
+                Ok(response) => {
+                    let (parts, body) = response.into_parts();
+                    return Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin: None }));
+                }
+                // hyper hands a request back only when none of it was sent (the connection closed
+                // or refused the stream first), so sending it again cannot duplicate it.
+                Err(mut error) => match error.take_message() {
+                    Some(unsent) if !retried => {
+                        self.http2.retire();
+                        retried = true;
+                        request = unsent;
+                    }
+                    _ => return Err(failed(error.into_error())),
+                },
+            }
+        }
     }
 
     fn checkin(&self, sender: http1::SendRequest<ProxyBody>) {

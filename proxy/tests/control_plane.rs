@@ -236,7 +236,9 @@ async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
     let v1 = distributor.publish(snapshot(8080, ""));
     let ca = Arc::new(CertificateAuthority::generate("cluster.local", Duration::from_secs(86_400)).unwrap());
     // Seconds-long certificates, so that rotation happens during the test.
-    let certificates = CertificateService::new(ca, "cluster.local", Duration::from_secs(2), distributor.clone());
+    let certificates =
+        CertificateService::new(ca.clone(), "cluster.local", Duration::from_secs(2), distributor.clone());
+    let v1 = distributor.set_trust_roots(nodus_controller::trust::roots(&[&ca], &ca)).max(v1);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (service, ca_service) = (distributor.service(), certificates.service());
@@ -248,7 +250,7 @@ async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
     );
     let node1 = node_proxy("node-1", addr);
     assert!(distributor.wait_for(WAIT, acked(v1, &["node-1"])).await);
-    let manager = Arc::new(IdentityManager::new("cluster.local", "node-1"));
+    let manager = Arc::new(IdentityManager::new("cluster.local", "node-1", node1.store.clone()));
     nodus_proxy::identity::run(node1.clone(), manager.clone(), format!("http://{addr}"));
 
     let client = SpiffeId::new("cluster.local", "demo", "default");
@@ -263,7 +265,7 @@ async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
         std::slice::from_ref(&client),
         "plain/db runs on node-2 and is not in the mesh: never requested"
     );
-    assert!(manager.trust_bundle().is_some());
+    assert!(manager.trust_roots().is_some(), "the roots come with the config");
 
     // Renewed at half-life (1 s), before it expires (2 s), without a gap.
     let mut renewed = None;

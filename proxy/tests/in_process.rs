@@ -19,12 +19,19 @@ use tokio::net::{TcpListener, TcpStream};
 const VIP: &str = "10.96.0.10";
 
 async fn start_proxy(service_port: u16) -> (Arc<Proxy>, app::Listening) {
+    start_proxy_with(service_port, nodus_proxy::limits::ConnectionLimits::default()).await
+}
+
+async fn start_proxy_with(
+    service_port: u16,
+    limits: nodus_proxy::limits::ConnectionLimits,
+) -> (Arc<Proxy>, app::Listening) {
     let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
     let settings = ProxySettings {
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         inbound_addr: None,
-        outbound: OutboundSettings { detect_timeout: Duration::from_millis(200) },
+        outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
     };
     let original = SocketAddr::new(VIP.parse().unwrap(), service_port);
     let listening = app::start(&proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap();

@@ -128,3 +128,4 @@ pub fn start_two_nodes(routes_yaml: &str) -> Mesh {
     mesh.peer = Some(peer);
     mesh
 }
+pub mod controlled;

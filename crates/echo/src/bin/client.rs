@@ -58,6 +58,9 @@ struct Args {
     /// Extra request header `name:value` (repeatable).
     #[arg(short = 'H', long = "header")]
     headers: Vec<String>,
+    /// Open a new connection for every request (HTTP/1.1): connection churn.
+    #[arg(long)]
+    new_connection: bool,
     /// Number of requests (count mode).
     #[arg(long, default_value_t = 1)]
     count: u64,
@@ -222,7 +225,13 @@ async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderN
 async fn make_sender(args: &Args) -> anyhow::Result<Sender> {
     let connector = FixedConnector(args.target);
     Ok(match args.protocol {
-        Protocol::H1 => Sender::Http(Client::builder(TokioExecutor::new()).build(connector)),
+        Protocol::H1 => {
+            let mut builder = Client::builder(TokioExecutor::new());
+            if args.new_connection {
+                builder.pool_max_idle_per_host(0);
+            }
+            Sender::Http(builder.build(connector))
+        }
         Protocol::H2 => Sender::Http(Client::builder(TokioExecutor::new()).http2_only(true).build(connector)),
         Protocol::Grpc => {
             let host = args.host.clone().unwrap_or_else(|| args.target.to_string());

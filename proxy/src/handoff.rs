@@ -1,0 +1,144 @@
+//! Handing the listening sockets from a running node proxy to its successor, for upgrades
+//! without a refused connection.
+//!
+//! The running proxy offers its listeners on a Unix socket (`--handoff-socket`). A new proxy
+//! started with the same path connects, receives duplicates of the listening sockets
+//! (`SCM_RIGHTS`) and accepts on them at once; the old one then stops accepting and drains
+//! ([`crate::drain`]). Connections waiting in the kernel's accept queue belong to the socket,
+//! not the process, so none is lost in between — unlike two processes on `SO_REUSEPORT`, where
+//! closing one listener resets the connections queued on it. The eBPF redirect needs nothing:
+//! its programs and maps are pinned and the new process re-adopts them.
+
+use nix::sys::socket::{recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags};
+use std::io::{IoSlice, IoSliceMut, Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// What a successor asks for.
+const REQUEST: &[u8; 5] = b"TAKE\n";
+
+/// Listening sockets received from the predecessor.
+#[derive(Debug)]
+pub struct Inherited {
+    /// The outbound listener.
+    pub outbound: std::net::TcpListener,
+    /// The admin listener.
+    pub admin: std::net::TcpListener,
+    /// The inbound (tunnel) listener, if the predecessor had one.
+    pub inbound: Option<std::net::TcpListener>,
+}
+
+fn io_error(error: nix::Error) -> std::io::Error {
+    std::io::Error::from_raw_os_error(error as i32)
+}
+
+/// Takes the listeners over from a proxy offering them at `path`. `Ok(None)` when nobody offers
+/// (the first proxy on the node): it binds its own.
+pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
+    let mut stream = match UnixStream::connect(path) {
+        Ok(stream) => stream,
+        Err(error) if matches!(error.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) => {
+            return Ok(None)
+        }
+        Err(error) => return Err(error),
+    };
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    stream.write_all(REQUEST)?;
+    let mut count = [0u8; 1];
+    let mut buffer = nix::cmsg_space!([RawFd; 3]);
+    let mut iov = [IoSliceMut::new(&mut count)];
+    let message =
+        recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut buffer), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io_error)?;
+    let mut fds = Vec::new();
+    for control in message.cmsgs().map_err(io_error)? {
+        if let ControlMessageOwned::ScmRights(received) = control {
+            fds.extend(received);
+        }
+    }
+    let listeners: Vec<std::net::TcpListener> = fds
+        .into_iter()
+        // SAFETY: each descriptor was just received with SCM_RIGHTS and is owned by nobody else.
+        .map(|fd| unsafe { std::net::TcpListener::from_raw_fd(fd) })
+        .collect();
+    for listener in &listeners {
+        listener.set_nonblocking(true)?;
+    }
+    let mut listeners = listeners.into_iter();
+    match (listeners.next(), listeners.next(), listeners.next()) {
+        (Some(outbound), Some(admin), inbound) => Ok(Some(Inherited { outbound, admin, inbound })),
+        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the predecessor sent no listeners")),
+    }
+}
+
+/// Offers `fds` (outbound, admin, then inbound if any) at `path` to one successor; returns once
+/// they were handed over. Removes a stale socket file left by a crashed process first.
+pub async fn offer(path: PathBuf, fds: Vec<RawFd>) -> std::io::Result<()> {
+    let _ = std::fs::remove_file(&path);
+    let listener = UnixListener::bind(&path)?;
+    tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+        loop {
+            let (mut stream, _) = listener.accept()?;
+            stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+            let mut request = [0u8; REQUEST.len()];
+            if stream.read_exact(&mut request).is_err() || &request != REQUEST {
+                continue;
+            }
+            let count = [u8::try_from(fds.len()).unwrap_or(0)];
+            let rights = [ControlMessage::ScmRights(&fds)];
+            match sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&count)], &rights, MsgFlags::empty(), None) {
+                Ok(_) => {
+                    // The successor binds its own offer at this path next.
+                    drop(listener);
+                    return Ok(());
+                }
+                Err(error) => tracing::warn!(%error, "handing the listeners over failed; still offering"),
+            }
+        }
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[tokio::test]
+    async fn listeners_pass_to_a_successor_with_their_queued_connections() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("handoff.sock");
+        assert!(take_over(&path).unwrap().is_none(), "nobody offers yet");
+        let outbound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = outbound.local_addr().unwrap();
+        // A client connects before the hand-over: its connection waits in the accept queue.
+        let mut early = std::net::TcpStream::connect(address).unwrap();
+        let offering = tokio::spawn(offer(path.clone(), vec![outbound.as_raw_fd(), admin.as_raw_fd()]));
+        let taken = loop {
+            if let Some(taken) = tokio::task::spawn_blocking({
+                let path = path.clone();
+                move || take_over(&path).unwrap()
+            })
+            .await
+            .unwrap()
+            {
+                break taken;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        };
+        offering.await.unwrap().unwrap();
+        // The predecessor closes its copies; the sockets live on in the successor.
+        drop((outbound, admin));
+        assert_eq!(taken.outbound.local_addr().unwrap(), address);
+        assert!(taken.inbound.is_none());
+        taken.outbound.set_nonblocking(false).unwrap();
+        let (mut accepted, _) = taken.outbound.accept().unwrap();
+        early.write_all(b"hi").unwrap();
+        let mut greeting = [0u8; 2];
+        accepted.read_exact(&mut greeting).unwrap();
+        assert_eq!(&greeting, b"hi", "the queued connection reached the successor");
+    }
+}

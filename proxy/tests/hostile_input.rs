@@ -1,0 +1,191 @@
+//! Hostile clients against the outbound listener, written as raw bytes on the wire (a client
+//! library would refuse to misbehave): oversized request heads, a slowloris head, HTTP/2 rapid
+//! reset (CVE-2023-44487) and a CONTINUATION flood. Each time the proxy stays up, the attacking
+//! connection is ended, and a well-behaved client is served. In-process on loopback with a fixed
+//! original destination (see in_process.rs for why that is not a mock).
+#![allow(clippy::unwrap_used)]
+
+use nodus_config::ConfigSnapshot;
+use nodus_proxy::app::{self, Proxy, ProxySettings};
+use nodus_proxy::balance::OutlierPolicy;
+use nodus_proxy::limits::ConnectionLimits;
+use nodus_proxy::metrics::Metrics;
+use nodus_proxy::original_dst::FixedOriginalDst;
+use nodus_proxy::outbound::OutboundSettings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const VIP: &str = "10.96.0.10";
+
+/// An echo backend and a proxy in front of it whose Service port speaks `app_protocol`.
+async fn start(app_protocol: &str, limits: ConnectionLimits) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_port = listener.local_addr().unwrap().port();
+    let identity = nodus_echo::EchoIdentity { pod: "echo-0".into(), namespace: "demo".into(), service: "echo".into() };
+    tokio::spawn(nodus_echo::serve(listener, identity));
+    let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
+    let config: ConfigSnapshot = serde_norway::from_str(&format!(
+        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {echo_port}, appProtocol: {app_protocol} }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
+    ))
+    .unwrap();
+    proxy.apply(config).unwrap();
+    let settings = ProxySettings {
+        outbound_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        inbound_addr: None,
+        outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
+    };
+    let original = SocketAddr::new(VIP.parse().unwrap(), 80);
+    app::start(&proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap().outbound
+}
+
+/// Reads until the peer closes or `timeout` passes; returns what arrived and whether it closed.
+async fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
+    let mut received = Vec::new();
+    let deadline = Instant::now() + timeout;
+    let mut buffer = [0u8; 16 * 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match tokio::time::timeout(left, stream.read(&mut buffer)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => return (received, true),
+            Ok(Ok(n)) => received.extend_from_slice(&buffer[..n]),
+            Err(_) => return (received, false),
+        }
+    }
+}
+
+async fn well_behaved_http1(proxy: SocketAddr) {
+    let answer = nodus_echo::http1_get(proxy, "echo", "/", &[]).await.unwrap();
+    assert_eq!(answer.status, 200, "a well-behaved client is served");
+}
+
+async fn well_behaved_h2(proxy: SocketAddr) {
+    let answer = nodus_echo::h2c_get(proxy, "echo", "/", &[]).await.unwrap();
+    assert_eq!(answer.status, 200, "a well-behaved HTTP/2 client is served");
+}
+
+#[tokio::test]
+async fn an_oversized_request_head_gets_431_and_others_are_served() {
+    let limits = ConnectionLimits { max_header_bytes: 16 * 1024, ..Default::default() };
+    let proxy = start("http", limits).await;
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let head = format!("GET / HTTP/1.1\r\nHost: echo\r\nx-big: {}\r\n\r\n", "a".repeat(64 * 1024));
+    // The proxy may answer before reading everything; a failed write then is fine.
+    let _ = stream.write_all(head.as_bytes()).await;
+    let (answer, _) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 431"), "{answer}");
+    well_behaved_http1(proxy).await;
+}
+
+#[tokio::test]
+async fn a_slowloris_request_head_is_cut_off_and_others_are_served() {
+    let limits = ConnectionLimits { header_read_timeout: Duration::from_secs(1), ..Default::default() };
+    let proxy = start("http", limits).await;
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let started = Instant::now();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\nx-slow: 1\r\n").await.unwrap();
+    // One more header line every 300 ms, never the end of the head.
+    let mut closed = false;
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if stream.write_all(format!("x-slow-{i}: 1\r\n").as_bytes()).await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut probe = [0u8; 1024];
+        if let Ok(Ok(0)) = tokio::time::timeout(Duration::from_millis(1), stream.read(&mut probe)).await {
+            closed = true;
+            break;
+        }
+        if i == 2 {
+            well_behaved_http1(proxy).await;
+        }
+    }
+    let elapsed = started.elapsed();
+    assert!(closed, "the slow head was cut off");
+    assert!(elapsed < Duration::from_secs(4), "within the header read timeout ({elapsed:?})");
+    well_behaved_http1(proxy).await;
+}
+
+/// HTTP/2 frame: length, type, flags, stream id, payload.
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let length = payload.len() as u32;
+    let mut out = vec![(length >> 16) as u8, (length >> 8) as u8, length as u8, kind, flags];
+    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// HPACK: :method GET, :scheme http, :path /, :authority echo.
+const GET_HEADERS: [u8; 9] = [0x82, 0x86, 0x84, 0x41, 0x04, b'e', b'c', b'h', b'o'];
+
+/// Whether `bytes` (frames from the server) hold a GOAWAY.
+fn has_goaway(bytes: &[u8]) -> bool {
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let length = (usize::from(bytes[at]) << 16) | (usize::from(bytes[at + 1]) << 8) | usize::from(bytes[at + 2]);
+        if bytes[at + 3] == 0x7 {
+            return true;
+        }
+        at += 9 + length;
+    }
+    false
+}
+
+#[tokio::test]
+async fn http2_rapid_reset_gets_goaway_and_others_are_served() {
+    let proxy = start("http2", ConnectionLimits::default()).await;
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let mut attack = PREFACE.to_vec();
+    attack.extend(frame(0x4, 0, 0, &[])); // SETTINGS
+                                          // Open a stream and cancel it at once, 5,000 times.
+    for i in 0..5000u32 {
+        let id = 2 * i + 1;
+        attack.extend(frame(0x1, 0x5, id, &GET_HEADERS)); // HEADERS, END_STREAM | END_HEADERS
+        attack.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
+    }
+    let _ = stream.write_all(&attack).await;
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
+    assert!(has_goaway(&received), "the proxy sent GOAWAY ({} bytes received)", received.len());
+    assert!(closed, "and closed the connection");
+    well_behaved_h2(proxy).await;
+}
+
+#[tokio::test]
+async fn an_http2_continuation_flood_is_cut_off_and_others_are_served() {
+    let limits = ConnectionLimits { max_header_bytes: 16 * 1024, ..Default::default() };
+    let proxy = start("http2", limits).await;
+    let mut stream = TcpStream::connect(proxy).await.unwrap();
+    let mut start = PREFACE.to_vec();
+    start.extend(frame(0x4, 0, 0, &[]));
+    start.extend(frame(0x1, 0x1, 1, &GET_HEADERS)); // HEADERS without END_HEADERS
+    stream.write_all(&start).await.unwrap();
+    // CONTINUATION frames, each a 4 KiB literal header, never END_HEADERS: 64 MiB if unbounded.
+    let mut literal = vec![0x40, 0x05];
+    literal.extend_from_slice(b"x-pad");
+    literal.extend_from_slice(&[0x7f, 0x81, 0x1f]); // value length 4096 (7-bit prefix integer)
+    literal.extend(std::iter::repeat_n(b'a', 4096));
+    let continuation = frame(0x9, 0, 1, &literal);
+    let mut sent = 0usize;
+    let mut write_failed = false;
+    for _ in 0..16 * 1024 {
+        if stream.write_all(&continuation).await.is_err() {
+            write_failed = true;
+            break;
+        }
+        sent += continuation.len();
+    }
+    let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(5)).await;
+    assert!(
+        write_failed || closed || has_goaway(&received),
+        "the flood was refused (sent {sent} bytes, GOAWAY {}, closed {closed})",
+        has_goaway(&received)
+    );
+    assert!(sent < 64 * 1024 * 1024 || has_goaway(&received), "not all 64 MiB were taken in silently");
+    well_behaved_h2(proxy).await;
+}

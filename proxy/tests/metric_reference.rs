@@ -1,0 +1,29 @@
+//! docs/observability.md is the metric reference: every metric the proxy registers is listed
+//! there, and the doc lists no metric the proxy does not have.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeSet;
+
+#[test]
+fn the_metric_reference_lists_exactly_the_proxys_metrics() {
+    let metrics = nodus_proxy::metrics::Metrics::new();
+    let registered: BTreeSet<String> = metrics.names().iter().map(|n| format!("nodus_{n}")).collect();
+    assert!(registered.len() > 10, "{registered:?}");
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md")).unwrap();
+    // Rows of the reference table start with `| \`nodus_...\``.
+    let documented: BTreeSet<String> = doc
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split('`').next())
+        .filter(|name| name.starts_with("nodus_"))
+        .map(|name| name.trim_end_matches("_total").to_string())
+        .collect();
+    let registered_base = registered;
+    let missing: Vec<_> = registered_base.difference(&documented).collect();
+    assert!(missing.is_empty(), "not in docs/observability.md: {missing:?}");
+    // The redirect's counters come from BPF maps through a collector registered at start-up.
+    let redirect = ["nodus_redirect_captured", "nodus_redirect_bypassed", "nodus_redirect_errors"];
+    let stale: Vec<_> =
+        documented.iter().filter(|d| !registered_base.contains(*d) && !redirect.contains(&d.as_str())).collect();
+    assert!(stale.is_empty(), "documented but not exported: {stale:?}");
+}
