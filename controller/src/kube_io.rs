@@ -18,6 +18,28 @@ use serde_json::{json, Value};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
+/// What the controller does with the Kubernetes API across the cluster, as RBAC sees it: (API
+/// group, resource, verbs). The Helm chart's ClusterRole grants exactly this and no more
+/// (`tests/chart.rs` checks it): watchers list and watch, status is written by server-side
+/// apply (`patch`).
+pub const CLUSTER_ACCESS: &[(&str, &str, &[&str])] = &[
+    ("", "namespaces", &["list", "watch"]),
+    ("", "services", &["list", "watch"]),
+    ("", "pods", &["list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+    ("gateway.networking.k8s.io", "httproutes", &["list", "watch"]),
+    ("gateway.networking.k8s.io", "grpcroutes", &["list", "watch"]),
+    ("gateway.networking.k8s.io", "referencegrants", &["list", "watch"]),
+    ("gateway.networking.k8s.io", "httproutes/status", &["patch"]),
+    ("gateway.networking.k8s.io", "grpcroutes/status", &["patch"]),
+    ("policy.nodus.dev", "meshpolicies", &["list", "watch"]),
+    ("policy.nodus.dev", "authorizationpolicies", &["list", "watch"]),
+];
+
+/// In the controller's own namespace: the CA Secret is created once, then read and, during a
+/// trust-anchor rotation, updated.
+pub const CA_SECRET_ACCESS: &[&str] = &["create", "get", "update"];
+
 /// The field manager of our server-side applies.
 pub const FIELD_MANAGER: &str = "nodus-controller";
 
