@@ -420,3 +420,45 @@ spec:
     assert_eq!(node_view(&t.snapshot, "node-2").mtls.len(), 1, "node-2 runs a demo pod");
     assert!(node_view(&t.snapshot, "node-3").mtls.is_empty());
 }
+
+#[test]
+fn retry_annotations_set_every_rules_policy_or_say_why_not() {
+    let annotated = |annotations: &str| {
+        route(
+            "r",
+            "demo",
+            "    - backendRefs: [{ name: web, port: 80 }]\n    - backendRefs: [{ name: web-v2, port: 80 }]",
+        )
+        .replace("generation: 1 }", &format!("generation: 1, annotations: {{ {annotations} }} }}"))
+    };
+    let ok = [
+        ("attempts only", r#"retry.nodus.dev/attempts: "2""#, Some((2, vec![], None))),
+        (
+            "all three",
+            r#"retry.nodus.dev/attempts: "3", retry.nodus.dev/codes: "502, 503", retry.nodus.dev/backoff: 25ms"#,
+            Some((3, vec![502, 503], Some(std::time::Duration::from_millis(25)))),
+        ),
+        ("none", r#"other: x"#, None),
+    ];
+    for (case, annotations, expected) in ok {
+        let t = run(&annotated(annotations));
+        assert_eq!(reasons(&t, &http_key("demo", "r")).0, "Accepted", "{case}");
+        let route = &t.snapshot.http_routes[0];
+        for rule in &route.rules {
+            let got = rule.retry.as_ref().map(|r| (r.attempts, r.codes.clone(), r.backoff.map(|b| b.as_duration())));
+            assert_eq!(got, expected, "{case}");
+        }
+    }
+    let bad = [
+        ("too many", r#"retry.nodus.dev/attempts: "50""#, "from 1 to 10"),
+        ("not 5xx", r#"retry.nodus.dev/attempts: "1", retry.nodus.dev/codes: "404""#, "not a 5xx"),
+        ("bad backoff", r#"retry.nodus.dev/attempts: "1", retry.nodus.dev/backoff: soon"#, "backoff"),
+        ("codes without attempts", r#"retry.nodus.dev/codes: "503""#, "attempts is required"),
+    ];
+    for (case, annotations, fragment) in bad {
+        let t = run(&annotated(annotations));
+        let parent = &t.statuses[&http_key("demo", "r")].parents[0];
+        assert_eq!(parent.accepted.reason, "UnsupportedValue", "{case}");
+        assert!(parent.accepted.message.contains(fragment), "{case}: {}", parent.accepted.message);
+    }
+}

@@ -43,15 +43,21 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 /// The example manifests, built into the binary so the demo runs from any directory.
-const EXAMPLE_MANIFESTS: [(&str, &str); 2] = [
+const EXAMPLE_MANIFESTS: [(&str, &str); 3] = [
     ("cluster.yaml", include_str!("../../examples/local-mesh/cluster.yaml")),
     ("routes.yaml", include_str!("../../examples/local-mesh/routes.yaml")),
+    ("catalog.yaml", include_str!("../../examples/local-mesh/catalog.yaml")),
 ];
 
 /// Pods, in creation order (their IPs are fixed by it): (node, namespace, name, echo server).
-const PODS: [(&str, &str, &str, bool); 3] =
-    [("node-1", "demo", "client", false), ("node-1", "demo", "echo-v2-0", true), ("node-2", "demo", "echo-v1-0", true)];
+const PODS: [(&str, &str, &str, bool); 4] = [
+    ("node-1", "demo", "client", false),
+    ("node-1", "demo", "echo-v2-0", true),
+    ("node-2", "demo", "echo-v1-0", true),
+    ("node-2", "demo", "catalog-0", true),
+];
 const ECHO_SERVICE: &str = "10.96.0.10";
+const CATALOG_SERVICE: &str = "10.96.0.20";
 
 fn step(text: &str) -> Instant {
     print!("  {text} ... ");
@@ -99,7 +105,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let client_binary = sibling_binary("nodus-echo-client")?;
 
     println!("Nodus local mesh");
-    let started = step("[1/5] building the lab: 2 nodes, 3 pods");
+    let started = step("[1/5] building the lab: 2 nodes, 4 pods");
     let mut lab = Lab::new(LabSpec { nodes: 2 }).context("building the lab")?;
     let mut pods = Vec::new();
     for (node, namespace, name, _) in PODS {
@@ -165,13 +171,14 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     );
     println!("        HTTP:  HTTPRoute demo/echo-split (weights v1 80 / v2 20)");
     println!("        gRPC:  GRPCRoute demo/echo-by-method (EchoTwo -> v2, rest -> v1), method alternating");
+    println!("        HTTP:  HTTPRoute demo/catalog ({CATALOG_SERVICE}): retries, 1 s timeout; only the client's identity allowed");
     println!("        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod on node-1, or");
     println!("               -> HTTP/2 CONNECT tunnel -> node-2 proxy (inbound :15008) -> pod on node-2");
-    // node-1 holds client's and echo-v2's certificates, node-2 echo-v1's.
+    // node-1 holds client's and echo's certificates, node-2 echo's and catalog's.
     let issued = proxies[0]
         .wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(10))
         .and_then(|_| {
-            proxies[1].wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(10))
+            proxies[1].wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(10))
         })
         .map(|_| "issued")
         .unwrap_or("not issued yet");
@@ -183,19 +190,21 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     let report_every = args.interval.as_secs_f64().to_string();
     let rate = args.rate.to_string();
     let duration = duration_secs.to_string();
-    let streams: [(&str, Vec<&str>); 3] = [
-        ("HTTP/1.1", vec!["--protocol", "h1", "--host", "echo.demo.svc"]),
-        ("gRPC Echo", vec!["--protocol", "grpc", "--grpc-method", "Echo"]),
-        ("gRPC EchoTwo", vec!["--protocol", "grpc", "--grpc-method", "EchoTwo"]),
+    let echo_http = format!("{ECHO_SERVICE}:80");
+    let echo_grpc = format!("{ECHO_SERVICE}:9090");
+    let catalog_http = format!("{CATALOG_SERVICE}:80");
+    let streams: [(&str, &str, Vec<&str>); 4] = [
+        ("HTTP/1.1 echo", &echo_http, vec!["--protocol", "h1", "--host", "echo.demo.svc"]),
+        ("gRPC Echo", &echo_grpc, vec!["--protocol", "grpc", "--grpc-method", "Echo"]),
+        ("gRPC EchoTwo", &echo_grpc, vec!["--protocol", "grpc", "--grpc-method", "EchoTwo"]),
+        ("HTTP/1.1 catalog", &catalog_http, vec!["--protocol", "h1", "--host", "catalog.demo.svc"]),
     ];
     let (tx, rx) = mpsc::channel::<(usize, Summary)>();
     let mut clients = Vec::new();
-    for (index, (_, extra)) in streams.iter().enumerate() {
-        let port = if index == 0 { "80" } else { "9090" };
-        let target = format!("{ECHO_SERVICE}:{port}");
+    for (index, (_, target, extra)) in streams.iter().enumerate() {
         let mut command = client.command(&client_binary)?;
         command
-            .args(["--target", &target, "--duration-secs", &duration, "--report-every", &report_every, "--rate", &rate])
+            .args(["--target", target, "--duration-secs", &duration, "--report-every", &report_every, "--rate", &rate])
             .args(extra)
             .stdout(Stdio::piped())
             .stderr(Stdio::null());
@@ -213,7 +222,7 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     drop(tx);
 
-    let totals = report(&args, &rx, &streams.iter().map(|(n, _)| *n).collect::<Vec<_>>(), &proxies[0])?;
+    let totals = report(&args, &rx, &streams.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(), &proxies[0])?;
     for mut child in clients {
         let _ = child.kill();
         let _ = child.wait();

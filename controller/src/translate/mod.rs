@@ -94,6 +94,8 @@ pub fn translate(state: &ClusterState, options: &TranslateOptions, last_accepted
         grpc_routes: Vec::new(),
         mtls: policy::namespace_mtls(state),
         authorization_policies: policy::authorization_policies(state),
+        // The CA's roots are not Kubernetes objects: the distributor adds them.
+        trust_roots: Vec::new(),
     };
     let routes = routes::translate_routes(state, &snapshot, last_accepted);
     snapshot.http_routes = routes.http;

@@ -98,6 +98,57 @@ fn enum_text<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
 }
 
+/// Annotations that set an HTTPRoute's retry policy (every rule). The standard-channel CRDs
+/// have no retry field (GEP-1731 is experimental and pruned), so, as Linkerd does, annotations
+/// carry it: `attempts` (1-10) enables retries; `codes` (comma-separated 5xx codes; connection
+/// failures are always retried) and `backoff` (a Gateway API duration) are optional.
+pub const RETRY_ATTEMPTS_ANNOTATION: &str = "retry.nodus.dev/attempts";
+/// Response codes retried, e.g. `502,503,504`.
+pub const RETRY_CODES_ANNOTATION: &str = "retry.nodus.dev/codes";
+/// Base backoff between attempts, e.g. `25ms`.
+pub const RETRY_BACKOFF_ANNOTATION: &str = "retry.nodus.dev/backoff";
+
+fn retry_from_annotations(
+    annotations: Option<&std::collections::BTreeMap<String, String>>,
+) -> Result<Option<nodus_config::RetryPolicy>, String> {
+    let Some(annotations) = annotations else { return Ok(None) };
+    let codes = annotations.get(RETRY_CODES_ANNOTATION);
+    let backoff = annotations.get(RETRY_BACKOFF_ANNOTATION);
+    let Some(attempts) = annotations.get(RETRY_ATTEMPTS_ANNOTATION) else {
+        if codes.is_some() || backoff.is_some() {
+            return Err(format!("{RETRY_ATTEMPTS_ANNOTATION} is required with the other retry annotations"));
+        }
+        return Ok(None);
+    };
+    let attempts = attempts
+        .trim()
+        .parse::<u32>()
+        .ok()
+        .filter(|a| (1..=10).contains(a))
+        .ok_or_else(|| format!("{RETRY_ATTEMPTS_ANNOTATION}: {attempts:?} is not a number from 1 to 10"))?;
+    let codes = match codes {
+        None => Vec::new(),
+        Some(text) => text
+            .split(',')
+            .map(|code| {
+                code.trim()
+                    .parse::<u16>()
+                    .ok()
+                    .filter(|c| (500..=599).contains(c))
+                    .ok_or_else(|| format!("{RETRY_CODES_ANNOTATION}: {code:?} is not a 5xx status code"))
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let backoff = backoff
+        .map(|text| {
+            nodus_config::parse_gateway_duration(text.trim())
+                .map(nodus_config::GatewayDuration)
+                .map_err(|e| format!("{RETRY_BACKOFF_ANNOTATION}: {e}"))
+        })
+        .transpose()?;
+    Ok(Some(nodus_config::RetryPolicy { codes, attempts, backoff }))
+}
+
 /// Problems found while resolving one route, by status condition.
 #[derive(Default)]
 struct Problems {
@@ -565,6 +616,10 @@ pub(super) fn translate_routes(
             route_kind: "HTTPRoute",
             problems: Problems::default(),
         };
+        let retry = retry_from_annotations(route.metadata.annotations.as_ref()).unwrap_or_else(|problem| {
+            resolver.problems.unsupported.push(problem);
+            None
+        });
         let rules = route
             .spec
             .rules
@@ -586,7 +641,7 @@ pub(super) fn translate_routes(
                     filters,
                     backends,
                     timeouts: resolver.timeouts(rule.timeouts.as_ref()),
-                    retry: None,
+                    retry: retry.clone(),
                 }
             })
             .collect();
