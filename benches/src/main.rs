@@ -12,7 +12,10 @@
 //! a fixed rate with coordinated-omission correction (oha `-q --latency-correction`); proxy CPU
 //! seconds per 10k requests (from /proc); proxy peak RSS.
 
+mod chart;
+mod churn;
 mod scenario_b;
+mod scenario_c;
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
@@ -36,11 +39,15 @@ struct Args {
     /// Fixed request rate for the latency runs.
     #[arg(long, default_value_t = 5000)]
     rate: u32,
+    /// A second, lower fixed rate for the latency runs.
+    #[arg(long, default_value_t = 1000)]
+    low_rate: u32,
     /// Connections of the load generators.
     #[arg(long, default_value_t = 50)]
     connections: u32,
-    /// Which scenarios to run: `a` (one node, plaintext, peers), `b` (two nodes, mTLS).
-    #[arg(long, value_delimiter = ',', default_value = "a,b")]
+    /// Which scenarios to run: `a` (one node, plaintext, peers), `b` (two nodes, mTLS), `c`
+    /// (HTTP/2 and gRPC).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
     scenarios: Vec<String>,
     /// Where to write results (results.md, results.json).
     #[arg(long, default_value = "bench-results")]
@@ -64,6 +71,15 @@ enum Contender {
 impl Contender {
     const ALL: [Contender; 5] =
         [Contender::Direct, Contender::NodusL4, Contender::Nodus, Contender::Nginx, Contender::Haproxy];
+    fn short_name(self) -> &'static str {
+        match self {
+            Contender::Direct => "direct",
+            Contender::NodusL4 => "Nodus L4 (redirect + relay)",
+            Contender::Nodus => "Nodus L7",
+            Contender::Nginx => "nginx L7",
+            Contender::Haproxy => "haproxy L7",
+        }
+    }
     fn name(self) -> &'static str {
         match self {
             Contender::Direct => "direct (no proxy)",
@@ -81,6 +97,10 @@ struct Measure {
     p50_ms: f64,
     p99_ms: f64,
     p999_ms: f64,
+    /// p50 / p99 / p99.9 at the low rate.
+    low_rate_ms: (f64, f64, f64),
+    /// Closed-loop requests per second with a new connection for each.
+    new_connection_rps: f64,
     cpu_s_per_10k: Option<f64>,
     rss_mib: Option<f64>,
 }
@@ -100,21 +120,45 @@ fn main() -> Result<()> {
         bail!("{} not found: build with `cargo build --release -p nodus-proxy`", proxy_binary.display());
     }
 
-    let mut report = String::new();
+    let started = std::time::SystemTime::now();
+    let mut report = format!(
+        "# Nodus benchmarks\n\nMachine: {}, {} CPUs, Linux {}. Started {} (Unix time). `nodus-bench {}`\n",
+        std::fs::read_to_string("/proc/cpuinfo")
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("model name").map(|v| v.trim_start_matches([' ', '\t', ':']).to_string()))
+            .unwrap_or_else(|| "unknown CPU".into()),
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        started.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs()),
+        std::env::args().skip(1).collect::<Vec<_>>().join(" ")
+    );
+    let mut bars: Vec<(String, f64)> = Vec::new();
     if args.scenarios.iter().any(|s| s == "a") {
-        report.push_str(&scenario_a(&args, &proxy_binary)?);
+        let (text, more) = scenario_a(&args, &proxy_binary)?;
+        report.push_str(&text);
+        bars.extend(more);
     }
     if args.scenarios.iter().any(|s| s == "b") {
-        report.push_str(&scenario_b::run(&args, &proxy_binary)?);
+        let (text, more) = scenario_b::run(&args, &proxy_binary)?;
+        report.push_str(&text);
+        bars.extend(more);
+    }
+    if args.scenarios.iter().any(|s| s == "c") {
+        let (text, more) = scenario_c::run(&args, &proxy_binary)?;
+        report.push_str(&text);
+        bars.extend(more);
     }
     std::fs::create_dir_all(&args.out)?;
+    chart::throughput_chart(&args.out.join("throughput.png"), "Nodus: throughput as a fraction of direct", &bars)?;
+    report.push_str("\n![throughput as a fraction of direct](throughput.png)\n");
     std::fs::write(args.out.join("results.md"), &report)?;
     println!("{report}");
     Ok(())
 }
 
 /// Scenario A; returns its markdown section (and writes results.json).
-fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<String> {
+fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64)>)> {
     let args = args.clone();
     let mut lab = Lab::new(LabSpec { nodes: 1 })?;
     let backend = lab.add_pod("node-1", "bench", "backend")?;
@@ -128,6 +172,8 @@ fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<String> {
     std::fs::write(&config, snapshot(&backend, &client_mesh))?;
     let nodus = lab.start_node_proxy(&node, proxy_binary, &config, &["--workers", "1"])?;
     nodus.wait_for_metric("nodus_redirect_enrolled_pods", 1.0, Duration::from_secs(10))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss_at_start = process_tree_rss_mib(nodus.process.id())?;
     let nginx = start_nginx_proxy(&node, &backend, &work)?;
     let haproxy = start_haproxy(&node, &backend, &work)?;
     let pids = BTreeMap::from([
@@ -151,8 +197,11 @@ fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<String> {
             let pid = pids.get(&contender).copied();
             let cpu_before = pid.map(process_tree_cpu_seconds).transpose()?;
             let (rps, closed_requests) = wrk(pod, &target, &args)?;
-            let (p50, p99, p999, fixed_requests) = oha(pod, &target, &args)?;
+            let (p50, p99, p999, fixed_requests) = oha(pod, &target, &args, args.rate)?;
+            let (low50, low99, low999, low_requests) = oha(pod, &target, &args, args.low_rate)?;
+            let fixed_requests = fixed_requests + low_requests;
             let cpu_after = pid.map(process_tree_cpu_seconds).transpose()?;
+            let new_connection_rps = churn::new_connection_rps(pod, &target, args.seconds)?;
             let cpu = match (cpu_before, cpu_after) {
                 (Some(before), Some(after)) => Some((after - before) / (closed_requests + fixed_requests) * 10_000.0),
                 _ => None,
@@ -163,13 +212,20 @@ fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<String> {
                 p50_ms: p50,
                 p99_ms: p99,
                 p999_ms: p999,
+                low_rate_ms: (low50, low99, low999),
+                new_connection_rps,
                 cpu_s_per_10k: cpu,
                 rss_mib: rss,
             });
         }
     }
     let idle_rss = process_tree_rss_mib(nodus.process.id())?;
-    let report = render(&args, &results, idle_rss);
+    let mut report = render(&args, &results, idle_rss);
+    let direct = median_of(&results, Contender::Direct);
+    let bars = [Contender::NodusL4, Contender::Nodus, Contender::Nginx, Contender::Haproxy]
+        .into_iter()
+        .map(|c| (format!("A: {}", c.short_name()), median_of(&results, c) / direct))
+        .collect();
     std::fs::create_dir_all(&args.out)?;
     std::fs::write(
         args.out.join("results.json"),
@@ -177,7 +233,62 @@ fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<String> {
     )?;
     drop((nginx, haproxy, nodus));
     lab.teardown()?;
-    Ok(report)
+    let routes = 1000;
+    let with_routes = rss_with_routes(proxy_binary, routes)?;
+    let _ = writeln!(
+        report,
+        "- Nodus node proxy RSS, idle (config applied, before any load): {rss_at_start:.1} MiB (target <= 15 MiB: {}); \
+         with {routes} Services and {routes} HTTPRoutes loaded: {with_routes:.1} MiB",
+        verdict(rss_at_start <= 15.0)
+    );
+    Ok((report, bars))
+}
+
+/// The median closed-loop throughput of a contender.
+fn median_of(results: &BTreeMap<Contender, Vec<Measure>>, contender: Contender) -> f64 {
+    let mut values: Vec<f64> =
+        results.get(&contender).map(|m| m.iter().map(|x| x.closed_loop_rps).collect()).unwrap_or_default();
+    median_range(&mut values).0
+}
+
+/// RSS of an idle node proxy holding `count` Services (one endpoint each) and as many
+/// HTTPRoutes (a prefix match and a header match each), in MiB.
+fn rss_with_routes(proxy_binary: &Path, count: usize) -> Result<f64> {
+    let lab = Lab::new(LabSpec { nodes: 1 })?;
+    let node = lab.node("node-1").context("node-1")?.clone();
+    let text = many_routes_snapshot(count);
+    let config = lab.work_dir()?.join("routes-1000.yaml");
+    std::fs::write(&config, text)?;
+    let proxy = lab.start_node_proxy(&node, proxy_binary, &config, &["--workers", "1"])?;
+    proxy.wait_for_metric("nodus_config_version", 1.0, Duration::from_secs(20))?;
+    std::thread::sleep(Duration::from_secs(1));
+    let rss = process_tree_rss_mib(proxy.process.id())?;
+    drop(proxy);
+    lab.teardown()?;
+    Ok(rss)
+}
+
+/// A snapshot of `count` Services (one endpoint each) and as many HTTPRoutes.
+fn many_routes_snapshot(count: usize) -> String {
+    let mut text = String::from("version: 1\nservices:\n");
+    for i in 0..count {
+        let _ = writeln!(
+            text,
+            "  - {{ id: {{ namespace: bench, name: svc-{i} }}, clusterIps: [10.97.{}.{}], ports: [{{ port: 80, targetPort: 8080, appProtocol: http }}], endpoints: [{{ address: 10.98.{}.{} }}] }}",
+            i / 250,
+            i % 250 + 1,
+            i / 250,
+            i % 250 + 1
+        );
+    }
+    text.push_str("httpRoutes:\n");
+    for i in 0..count {
+        let _ = writeln!(
+            text,
+            "  - {{ id: {{ namespace: bench, name: route-{i} }}, parents: [{{ service: {{ namespace: bench, name: svc-{i} }}, port: 80 }}], rules: [{{ matches: [{{ path: {{ type: PathPrefix, value: /api/{i} }}, headers: [{{ name: x-tenant, match: {{ type: Exact, value: t{i} }} }}] }}], backends: [{{ service: {{ namespace: bench, name: svc-{i} }}, port: 80 }}] }}] }}"
+        );
+    }
+    text
 }
 
 fn snapshot(backend: &Pod, client: &Pod) -> String {
@@ -294,7 +405,7 @@ fn wrk(pod: &Pod, target: &str, args: &Args) -> Result<(f64, f64)> {
 }
 
 /// Fixed rate with latency correction: returns (p50, p99, p99.9) in ms and requests.
-fn oha(pod: &Pod, target: &str, args: &Args) -> Result<(f64, f64, f64, f64)> {
+fn oha(pod: &Pod, target: &str, args: &Args, rate: u32) -> Result<(f64, f64, f64, f64)> {
     let out = pod
         .command("oha")?
         .args([
@@ -303,7 +414,7 @@ fn oha(pod: &Pod, target: &str, args: &Args) -> Result<(f64, f64, f64, f64)> {
             "json",
             "--latency-correction",
             "-q",
-            &args.rate.to_string(),
+            &rate.to_string(),
             "-c",
             &args.connections.to_string(),
             "-z",
@@ -389,24 +500,29 @@ fn render(args: &Args, results: &BTreeMap<Contender, Vec<Measure>>, nodus_rss_af
     let _ = writeln!(out, "## Scenario A: one node, plaintext L7\n");
     let _ = writeln!(
         out,
-        "{} rounds interleaved; each: wrk -t2 -c{} -d{}s (closed loop), then oha -q {} --latency-correction -c{} -z {}s. \
-         Backend: nginx returning 12 bytes. Medians, [min-max].\n",
-        args.rounds, args.connections, args.seconds, args.rate, args.connections, args.seconds
+        "{} rounds interleaved; each: wrk -t2 -c{} -d{}s (closed loop), then oha -q {} and -q {} --latency-correction \
+         -c{} -z {}s, then oha --disable-keepalive -c 16 (a new connection per request). Backend: nginx returning 12 \
+         bytes. Medians, [min-max].\n",
+        args.rounds, args.connections, args.seconds, args.rate, args.low_rate, args.connections, args.seconds
     );
-    let _ = writeln!(out, "| path | closed loop req/s | p50 / p99 / p99.9 at {} req/s (ms) | proxy CPU-s per 10k req | proxy peak RSS (MiB) |", args.rate);
-    let _ = writeln!(out, "|---|---|---|---|---|");
+    let _ = writeln!(out, "| path | closed loop req/s | p50 / p99 / p99.9 at {} req/s (ms) | p50 / p99 / p99.9 at {} req/s (ms) | req/s, new connection each | proxy CPU-s per 10k req | proxy peak RSS (MiB) |", args.rate, args.low_rate);
+    let _ = writeln!(out, "|---|---|---|---|---|---|---|");
     for c in Contender::ALL {
         let (rps, rps_lo, rps_hi) = pick(c, &|m| Some(m.closed_loop_rps));
         let (p50, ..) = pick(c, &|m| Some(m.p50_ms));
         let (p99, p99_lo, p99_hi) = pick(c, &|m| Some(m.p99_ms));
         let (p999, ..) = pick(c, &|m| Some(m.p999_ms));
+        let (low50, ..) = pick(c, &|m| Some(m.low_rate_ms.0));
+        let (low99, ..) = pick(c, &|m| Some(m.low_rate_ms.1));
+        let (low999, ..) = pick(c, &|m| Some(m.low_rate_ms.2));
+        let (churn, churn_lo, churn_hi) = pick(c, &|m| Some(m.new_connection_rps));
         let (cpu, cpu_lo, cpu_hi) = pick(c, &|m| m.cpu_s_per_10k);
         let (rss, ..) = pick(c, &|m| m.rss_mib);
         let cpu = if cpu.is_nan() { "-".into() } else { format!("{cpu:.3} [{cpu_lo:.3}-{cpu_hi:.3}]") };
         let rss = if rss.is_nan() { "-".into() } else { format!("{rss:.1}") };
         let _ = writeln!(
             out,
-            "| {} | {rps:.0} [{rps_lo:.0}-{rps_hi:.0}] | {p50:.2} / {p99:.2} [{p99_lo:.2}-{p99_hi:.2}] / {p999:.2} | {cpu} | {rss} |",
+            "| {} | {rps:.0} [{rps_lo:.0}-{rps_hi:.0}] | {p50:.2} / {p99:.2} [{p99_lo:.2}-{p99_hi:.2}] / {p999:.2} | {low50:.2} / {low99:.2} / {low999:.2} | {churn:.0} [{churn_lo:.0}-{churn_hi:.0}] | {cpu} | {rss} |",
             c.name()
         );
     }
@@ -441,6 +557,51 @@ fn render(args: &Args, results: &BTreeMap<Contender, Vec<Measure>>, nodus_rss_af
             added(c, &|m| Some(m.p99_ms))
         );
     }
+    for c in [Contender::NodusL4, Contender::Nodus, Contender::Nginx, Contender::Haproxy] {
+        let _ = writeln!(
+            out,
+            "- {} added over direct at {} req/s: p50 {:+.3} ms, p99 {:+.3} ms",
+            c.name(),
+            args.low_rate,
+            added(c, &|m| Some(m.low_rate_ms.0)),
+            added(c, &|m| Some(m.low_rate_ms.1))
+        );
+    }
+    let _ = writeln!(
+        out,
+        "- New connection per request, Nodus / nginx: {:.2}x; / direct: {:.2}x",
+        ratio(Contender::Nodus, Contender::Nginx, &|m| Some(m.new_connection_rps)),
+        ratio(Contender::Nodus, Contender::Direct, &|m| Some(m.new_connection_rps))
+    );
     let _ = writeln!(out, "- Nodus node proxy RSS after the run: {nodus_rss_after:.1} MiB");
+    let _ = writeln!(
+        out,
+        "\nAgainst the targets: throughput >= 1.0x nginx: {}; CPU per request <= nginx: {}; added p99 at {} req/s <= 0.5 ms: {}.",
+        verdict(ratio(Contender::Nodus, Contender::Nginx, &rps) >= 1.0),
+        verdict(ratio(Contender::Nodus, Contender::Nginx, &|m| m.cpu_s_per_10k) <= 1.0),
+        args.rate,
+        verdict(added(Contender::Nodus, &|m| Some(m.p99_ms)) <= 0.5)
+    );
     out
+}
+
+/// "met" or "**not met**".
+fn verdict(met: bool) -> &'static str {
+    if met {
+        "met"
+    } else {
+        "**not met**"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    #[test]
+    fn the_many_routes_snapshot_is_valid_config() {
+        let snapshot: nodus_config::ConfigSnapshot = serde_norway::from_str(&super::many_routes_snapshot(300)).unwrap();
+        snapshot.validate().unwrap();
+        assert_eq!((snapshot.services.len(), snapshot.http_routes.len()), (300, 300));
+    }
 }
