@@ -126,6 +126,8 @@ fn live_attach(bpffs: &Path) -> std::result::Result<String, String> {
         cgroup: scratch.clone(),
         pin_dir: pins.clone(),
         proxy_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001),
+        // Inbound capture attaches to interfaces: not on this machine's own ones.
+        inbound_port: None,
     };
     let result = nodus_redirect::Redirect::attach(&spec)
         .map_err(|e| e.to_string())

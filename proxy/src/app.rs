@@ -24,6 +24,9 @@ pub struct ProxySettings {
     pub admin_addr: SocketAddr,
     /// Inbound (tunnel) listener address, if this proxy accepts tunnels from other nodes.
     pub inbound_addr: Option<SocketAddr>,
+    /// Inbound capture listener address (transparent; needs CAP_NET_ADMIN), when the eBPF
+    /// redirect captures connections on their way in to pods.
+    pub capture_addr: Option<SocketAddr>,
     /// Outbound listener settings.
     pub outbound: OutboundSettings,
 }
@@ -88,9 +91,28 @@ pub struct Listening {
     pub admin: SocketAddr,
     /// Inbound (tunnel) listener.
     pub inbound: Option<SocketAddr>,
-    /// The listening sockets (outbound, admin, inbound), for a hand-over to a successor; valid
-    /// until draining starts.
-    pub fds: Vec<std::os::fd::RawFd>,
+    /// Inbound capture listener.
+    pub capture: Option<SocketAddr>,
+    /// The listening sockets, for a hand-over to a successor; valid until draining starts.
+    pub fds: Vec<(crate::handoff::ListenerRole, std::os::fd::RawFd)>,
+}
+
+/// Binds a transparent listener: it may accept connections addressed to other hosts (pods),
+/// which the eBPF redirect assigns to it; each accepted socket's local address is the one the
+/// client dialled.
+fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    use nix::sys::socket::{bind, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType};
+    let SocketAddr::V4(v4) = addr else {
+        return Err(std::io::Error::new(std::io::ErrorKind::Unsupported, "the capture listener is IPv4 only"));
+    };
+    let flags = SockFlag::SOCK_CLOEXEC | SockFlag::SOCK_NONBLOCK;
+    let fd = socket(AddressFamily::Inet, SockType::Stream, flags, None)?;
+    setsockopt(&fd, sockopt::IpTransparent, &true)?;
+    setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+    use std::os::fd::AsRawFd;
+    bind(fd.as_raw_fd(), &nix::sys::socket::SockaddrIn::from(v4))?;
+    listen(&fd, Backlog::new(1024).unwrap_or(Backlog::MAXCONN))?;
+    TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
 /// Binds the listeners and spawns their tasks on the current runtime.
@@ -110,11 +132,12 @@ pub async fn start_with(
     original_dst: Arc<dyn OriginalDst>,
     inherited: Option<crate::handoff::Inherited>,
 ) -> std::io::Result<Listening> {
-    let (outbound_listener, admin_listener, inbound_listener) = match inherited {
+    let (outbound_listener, admin_listener, inbound_listener, capture_listener) = match inherited {
         Some(inherited) => (
             TcpListener::from_std(inherited.outbound)?,
             TcpListener::from_std(inherited.admin)?,
             inherited.inbound.map(TcpListener::from_std).transpose()?,
+            inherited.capture.map(TcpListener::from_std).transpose()?,
         ),
         None => (
             TcpListener::bind(settings.outbound_addr).await?,
@@ -123,20 +146,28 @@ pub async fn start_with(
                 Some(addr) => Some(TcpListener::bind(addr).await?),
                 None => None,
             },
+            settings.capture_addr.map(bind_transparent).transpose()?,
         ),
     };
+    use crate::handoff::ListenerRole;
     use std::os::fd::AsRawFd;
-    let mut fds = vec![outbound_listener.as_raw_fd(), admin_listener.as_raw_fd()];
-    fds.extend(inbound_listener.as_ref().map(AsRawFd::as_raw_fd));
+    let mut fds = vec![
+        (ListenerRole::Outbound, outbound_listener.as_raw_fd()),
+        (ListenerRole::Admin, admin_listener.as_raw_fd()),
+    ];
+    fds.extend(inbound_listener.as_ref().map(|l| (ListenerRole::Inbound, l.as_raw_fd())));
+    fds.extend(capture_listener.as_ref().map(|l| (ListenerRole::Capture, l.as_raw_fd())));
     let listening = Listening {
         outbound: outbound_listener.local_addr()?,
         admin: admin_listener.local_addr()?,
         inbound: inbound_listener.as_ref().map(TcpListener::local_addr).transpose()?,
+        capture: capture_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         fds,
     };
-    if let Some(listener) = inbound_listener {
+    if inbound_listener.is_some() || capture_listener.is_some() {
         let inbound = Arc::new(
             crate::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone(), settings.outbound.limits)
+                .with_detect_timeout(settings.outbound.detect_timeout)
                 .with_drain(proxy.drain.clone()),
         );
         // Every applied config is a chance that open streams are no longer allowed.
@@ -147,11 +178,21 @@ pub async fn start_with(
                 reevaluated.reevaluate();
             }
         });
-        tokio::spawn(async move {
-            if let Err(error) = inbound.serve(listener).await {
-                tracing::error!(%error, "inbound listener failed");
-            }
-        });
+        if let Some(listener) = capture_listener {
+            let captured = inbound.clone();
+            tokio::spawn(async move {
+                if let Err(error) = captured.serve_captured(listener).await {
+                    tracing::error!(%error, "inbound capture listener failed");
+                }
+            });
+        }
+        if let Some(listener) = inbound_listener {
+            tokio::spawn(async move {
+                if let Err(error) = inbound.serve(listener).await {
+                    tracing::error!(%error, "inbound listener failed");
+                }
+            });
+        }
     }
     let outbound = Arc::new(
         Outbound::new(proxy.store.clone(), proxy.metrics.clone(), original_dst, settings.outbound.clone())

@@ -32,8 +32,11 @@ pub struct Enrollment {
 /// What one reconciliation did.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct EnrollmentReport {
-    /// Pods (by IP) captured now.
+    /// Pods (by IP) whose outbound connections are captured now.
     pub enrolled: Vec<Ipv4Addr>,
+    /// Pods (by IP) whose new inbound connections are captured now (all mesh pods of the node,
+    /// whether or not their network namespace was found).
+    pub inbound: Vec<Ipv4Addr>,
     /// Mesh pods of this node whose namespace was not found yet.
     pub missing: Vec<Ipv4Addr>,
 }
@@ -74,6 +77,17 @@ impl Enrollment {
                 IpAddr::V6(_) => None,
             })
             .collect();
+        let node_ips: HashSet<Ipv4Addr> = state
+            .snapshot
+            .workloads
+            .iter()
+            .filter(|w| w.node == self.node)
+            .flat_map(|w| w.ips.iter())
+            .filter_map(|ip| match ip {
+                IpAddr::V4(v4) => Some(*v4),
+                IpAddr::V6(_) => None,
+            })
+            .collect();
         let found = self.scan();
         let wanted_cookies: HashSet<u64> = wanted.iter().filter_map(|ip| found.get(ip)).copied().collect();
         let mut report = EnrollmentReport::default();
@@ -94,11 +108,59 @@ impl Enrollment {
                 None => report.missing.push(*ip),
             }
         }
+        // Inbound: mesh pods by address. A pod that left the mesh stays in the map without
+        // capture of new connections while it exists, so the connections the proxy holds for it
+        // end normally; gone pods are forgotten.
+        if redirect.captures_inbound() {
+            if let Err(error) = redirect.attach_interfaces() {
+                tracing::warn!(%error, "attaching inbound capture to new interfaces failed");
+            }
+            for (ip, _) in redirect.inbound().unwrap_or_default() {
+                let result = if !node_ips.contains(&ip) {
+                    redirect.remove_inbound(ip)
+                } else if !wanted.contains(&ip) {
+                    redirect.set_inbound(ip, false)
+                } else {
+                    Ok(())
+                };
+                if let Err(error) = result {
+                    tracing::warn!(pod = %ip, %error, "updating inbound capture failed");
+                }
+            }
+            for ip in &wanted {
+                match redirect.set_inbound(*ip, true) {
+                    Ok(()) => report.inbound.push(*ip),
+                    Err(error) => tracing::warn!(pod = %ip, %error, "enabling inbound capture failed"),
+                }
+            }
+        }
         report.enrolled.sort();
+        report.inbound.sort();
         report.missing.sort();
         report
     }
 }
+
+/// Reads one counter out of the redirect's counters.
+pub type ReadCounter = fn(&nodus_redirect::RedirectCounters) -> u64;
+
+/// The counters the redirect's eBPF programs keep, as exported: name (without `nodus_` and
+/// `_total`), help, and how to read it.
+pub const REDIRECT_METRICS: [(&str, &str, ReadCounter); 5] = [
+    ("redirect_captured", "Pod connections redirected to this proxy by eBPF", |c| c.captured),
+    ("redirect_bypassed", "Enrolled pods' connections left alone (loopback, the proxy itself)", |c| c.bypassed),
+    ("redirect_errors", "Connections refused because their original destination could not be kept", |c| c.errors),
+    (
+        "redirect_inbound_captured",
+        "Connections to enrolled pods diverted to this proxy's capture listener on their way in",
+        |c| c.inbound_captured,
+    ),
+    (
+        "redirect_inbound_no_listener",
+        "New connections to enrolled pods dropped because no capture listener was found",
+        |c| c.inbound_no_listener,
+    ),
+];
 
 /// Exports the redirect programs' counters (read from their per-CPU map at scrape time).
 #[derive(Debug)]
@@ -124,19 +186,8 @@ impl prometheus_client::collector::Collector for RedirectCollector {
                 return Ok(());
             }
         };
-        for (name, help, value) in [
-            ("redirect_captured", "Pod connections redirected to this proxy by eBPF", counters.captured),
-            (
-                "redirect_bypassed",
-                "Enrolled pods' connections left alone (loopback, the proxy itself)",
-                counters.bypassed,
-            ),
-            (
-                "redirect_errors",
-                "Connections refused because their original destination could not be kept",
-                counters.errors,
-            ),
-        ] {
+        for (name, help, value) in REDIRECT_METRICS {
+            let value = value(&counters);
             let counter = ConstCounter::new(value);
             let metric = encoder.encode_descriptor(name, help, None, counter.metric_type())?;
             counter.encode(metric)?;

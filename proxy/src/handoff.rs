@@ -19,6 +19,21 @@ use std::time::Duration;
 /// What a successor asks for.
 const REQUEST: &[u8; 5] = b"TAKE\n";
 
+/// Which listener a handed-over socket is: sent as one byte per socket, in the order of the
+/// sockets in the message.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum ListenerRole {
+    /// Captured outbound connections of pods.
+    Outbound = b'o',
+    /// /metrics, /ready...
+    Admin = b'a',
+    /// Tunnels from other nodes' proxies.
+    Inbound = b'i',
+    /// Connections captured on their way in to pods (transparent).
+    Capture = b'c',
+}
+
 /// Listening sockets received from the predecessor.
 #[derive(Debug)]
 pub struct Inherited {
@@ -28,6 +43,8 @@ pub struct Inherited {
     pub admin: std::net::TcpListener,
     /// The inbound (tunnel) listener, if the predecessor had one.
     pub inbound: Option<std::net::TcpListener>,
+    /// The inbound capture listener, if the predecessor had one.
+    pub capture: Option<std::net::TcpListener>,
 }
 
 fn io_error(error: nix::Error) -> std::io::Error {
@@ -46,11 +63,12 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
     };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(REQUEST)?;
-    let mut count = [0u8; 1];
-    let mut buffer = nix::cmsg_space!([RawFd; 3]);
-    let mut iov = [IoSliceMut::new(&mut count)];
+    let mut roles = [0u8; 8];
+    let mut buffer = nix::cmsg_space!([RawFd; 8]);
+    let mut iov = [IoSliceMut::new(&mut roles)];
     let message =
         recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut buffer), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io_error)?;
+    let role_count = message.bytes;
     let mut fds = Vec::new();
     for control in message.cmsgs().map_err(io_error)? {
         if let ControlMessageOwned::ScmRights(received) = control {
@@ -65,16 +83,34 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
     for listener in &listeners {
         listener.set_nonblocking(true)?;
     }
-    let mut listeners = listeners.into_iter();
-    match (listeners.next(), listeners.next(), listeners.next()) {
-        (Some(outbound), Some(admin), inbound) => Ok(Some(Inherited { outbound, admin, inbound })),
-        _ => Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the predecessor sent no listeners")),
+    let (mut outbound, mut admin, mut inbound, mut capture) = (None, None, None, None);
+    for (role, listener) in roles[..role_count.min(roles.len())].iter().zip(listeners) {
+        let slot = match *role {
+            b'o' => &mut outbound,
+            b'a' => &mut admin,
+            b'i' => &mut inbound,
+            b'c' => &mut capture,
+            other => {
+                tracing::warn!(role = other, "the predecessor sent a listener of an unknown role; closed");
+                continue;
+            }
+        };
+        *slot = Some(listener);
+    }
+    match (outbound, admin) {
+        (Some(outbound), Some(admin)) => Ok(Some(Inherited { outbound, admin, inbound, capture })),
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the predecessor sent no outbound or admin listener",
+        )),
     }
 }
 
-/// Offers `fds` (outbound, admin, then inbound if any) at `path` to one successor; returns once
-/// they were handed over. Removes a stale socket file left by a crashed process first.
-pub async fn offer(path: PathBuf, fds: Vec<RawFd>) -> std::io::Result<()> {
+/// Offers `listeners` at `path` to one successor; returns once they were handed over. Removes
+/// a stale socket file left by a crashed process first.
+pub async fn offer(path: PathBuf, listeners: Vec<(ListenerRole, RawFd)>) -> std::io::Result<()> {
+    let roles: Vec<u8> = listeners.iter().map(|(role, _)| *role as u8).collect();
+    let fds: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path)?;
     tokio::task::spawn_blocking(move || -> std::io::Result<()> {
@@ -85,9 +121,8 @@ pub async fn offer(path: PathBuf, fds: Vec<RawFd>) -> std::io::Result<()> {
             if stream.read_exact(&mut request).is_err() || &request != REQUEST {
                 continue;
             }
-            let count = [u8::try_from(fds.len()).unwrap_or(0)];
             let rights = [ControlMessage::ScmRights(&fds)];
-            match sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&count)], &rights, MsgFlags::empty(), None) {
+            match sendmsg::<()>(stream.as_raw_fd(), &[IoSlice::new(&roles)], &rights, MsgFlags::empty(), None) {
                 Ok(_) => {
                     // The successor binds its own offer at this path next.
                     drop(listener);
@@ -116,7 +151,16 @@ mod tests {
         let address = outbound.local_addr().unwrap();
         // A client connects before the hand-over: its connection waits in the accept queue.
         let mut early = std::net::TcpStream::connect(address).unwrap();
-        let offering = tokio::spawn(offer(path.clone(), vec![outbound.as_raw_fd(), admin.as_raw_fd()]));
+        let capture = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let capture_address = capture.local_addr().unwrap();
+        let offering = tokio::spawn(offer(
+            path.clone(),
+            vec![
+                (ListenerRole::Outbound, outbound.as_raw_fd()),
+                (ListenerRole::Admin, admin.as_raw_fd()),
+                (ListenerRole::Capture, capture.as_raw_fd()),
+            ],
+        ));
         let taken = loop {
             if let Some(taken) = tokio::task::spawn_blocking({
                 let path = path.clone();
@@ -131,9 +175,10 @@ mod tests {
         };
         offering.await.unwrap().unwrap();
         // The predecessor closes its copies; the sockets live on in the successor.
-        drop((outbound, admin));
+        drop((outbound, admin, capture));
         assert_eq!(taken.outbound.local_addr().unwrap(), address);
         assert!(taken.inbound.is_none());
+        assert_eq!(taken.capture.as_ref().unwrap().local_addr().unwrap(), capture_address, "roles follow the sockets");
         taken.outbound.set_nonblocking(false).unwrap();
         let (mut accepted, _) = taken.outbound.accept().unwrap();
         early.write_all(b"hi").unwrap();

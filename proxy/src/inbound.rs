@@ -1,14 +1,20 @@
-//! The inbound listener: tunnels from other nodes' proxies arrive here (`:15008`), one HTTP/2
-//! CONNECT stream per connection to a pod. Only pods of this node are reachable: a tunnel never
-//! turns this proxy into an open relay. With workload identities in use, tunnels are mutual
-//! TLS and the source identity is known and counted; plaintext is accepted for permissive
-//! namespaces (counted as such) and refused for strict ones. Authorization policy is next.
+//! The inbound side: tunnels from other nodes' proxies arrive at `:15008`, one HTTP/2 CONNECT
+//! stream per connection to a pod. Only pods of this node are reachable: a tunnel never turns
+//! this proxy into an open relay. With workload identities in use, tunnels are mutual TLS and
+//! the source identity is known and counted; plaintext is accepted for permissive namespaces
+//! (counted as such) and refused for strict ones; authorization policy applies to every stream.
+//!
+//! Connections from outside the mesh straight to a mesh pod's address are captured by the eBPF
+//! redirect on their way in and arrive at the transparent capture listener (`:15006`): the same
+//! rules apply to them as to a plaintext tunnel, so a strict namespace really refuses plaintext.
 
 use crate::authz::RequestView;
 use crate::body::ProxyBody;
+use crate::detect::{detect, Protocol};
 use crate::errors::ProxyError;
 use crate::metrics::{InboundLabels, Metrics, TcpLabels};
 use crate::response::ResponseBody;
+use crate::rewind::Rewind;
 use crate::state::ConfigStore;
 use crate::state::{ProxyState, WorkloadInfo};
 use crate::upstream::{ConnectionPool, UpstreamError, UpstreamProtocol};
@@ -42,6 +48,8 @@ pub struct Inbound {
     active: Mutex<HashMap<u64, ActiveStream>>,
     next_stream: AtomicU64,
     limits: crate::limits::ConnectionLimits,
+    /// How long a captured connection's first bytes are awaited to tell HTTP from opaque TCP.
+    detect_timeout: std::time::Duration,
     drain: crate::drain::Drain,
 }
 
@@ -108,8 +116,15 @@ impl Inbound {
             active: Mutex::default(),
             next_stream: AtomicU64::new(0),
             limits,
+            detect_timeout: std::time::Duration::from_secs(1),
             drain: crate::drain::Drain::default(),
         }
+    }
+
+    /// Sets how long captured connections' first bytes are awaited (`--detect-timeout-ms`).
+    pub fn with_detect_timeout(mut self, timeout: std::time::Duration) -> Self {
+        self.detect_timeout = timeout;
+        self
     }
 
     /// Drains on `drain` (see [`crate::drain`]): tunnel connections get GOAWAY.
@@ -321,14 +336,122 @@ impl Inbound {
         Ok(answer(StatusCode::OK))
     }
 
-    /// Serves the HTTP a tunnel stream carries, forwarding each request to the pod.
-    async fn serve_http_stream(
+    /// Accepts the connections the eBPF redirect captured on their way in to this node's mesh
+    /// pods. The listener is transparent: an accepted socket's local address is the pod address
+    /// the client dialled.
+    pub async fn serve_captured(self: Arc<Self>, listener: TcpListener) -> std::io::Result<()> {
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => accepted?,
+                () = self.drain.signaled() => return Ok(()),
+            };
+            let inbound = self.clone();
+            tokio::spawn(async move {
+                let _open = inbound.drain.track();
+                inbound.relay_captured(stream, peer).await;
+            });
+        }
+    }
+
+    /// One captured connection: plaintext from outside the mesh, so no identity. Refused (reset)
+    /// for a strict namespace or by policy; otherwise HTTP is served here (each request
+    /// authorized, any identity header from the client removed) and other bytes relayed.
+    async fn relay_captured(self: Arc<Self>, mut stream: TcpStream, peer: SocketAddr) {
+        let Ok(target) = stream.local_addr() else { return };
+        let _ = stream.set_nodelay(true);
+        // Fail closed: without a config the namespace's mode and policies are unknown.
+        let Some(state) = self.store.load() else { return reset(stream) };
+        let local = self.store.node();
+        let Some(workload) = state.workload(target.ip()).filter(|w| Some(&*w.node) == local).cloned() else {
+            tracing::info!(%peer, %target, "captured connection to an address that is not a pod of this node: reset");
+            return reset(stream);
+        };
+        let destination = format!("{}/{}", workload.namespace, workload.workload);
+        let count = |result: &'static str| {
+            let labels = crate::metrics::CapturedLabels { destination: destination.clone(), result };
+            self.metrics.inbound_captured.get_or_create(&labels).inc();
+        };
+        let (protocol, prefix) = match detect(&mut stream, self.detect_timeout).await {
+            Ok(detected) => detected,
+            Err(error) => return tracing::debug!(%peer, %error, "captured connection failed during protocol detection"),
+        };
+        let http = match protocol {
+            Protocol::Http1 => Some(UpstreamProtocol::Http1),
+            Protocol::Http2 => Some(UpstreamProtocol::Http2),
+            Protocol::Opaque => None,
+        };
+        let view = if http.is_some() { RequestView::HttpStream } else { RequestView::Opaque };
+        match refusal(&state, None, target, view) {
+            Some(Refusal::PlaintextToStrict) => {
+                count("plaintext_to_strict");
+                tracing::info!(%peer, %target, "plaintext connection to a pod of a strict namespace: reset");
+                return reset(stream);
+            }
+            Some(Refusal::Denied(policy)) => {
+                count("denied");
+                tracing::info!(%peer, %target, %policy, "captured connection denied by authorization policy: reset");
+                self.count_denial(None, &workload, policy);
+                return reset(stream);
+            }
+            None => {}
+        }
+        let labels = TcpLabels {
+            direction: "inbound",
+            protocol: if http.is_some() { "captured_http" } else { "captured" },
+            destination: destination.clone(),
+        };
+        let metrics = self.metrics.clone();
+        let relay = match http {
+            Some(protocol) => {
+                count("allowed");
+                let client = TokioIo::new(Rewind::new(prefix.freeze(), stream));
+                tokio::spawn(self.clone().serve_http_stream(client, protocol, target, None))
+            }
+            None => {
+                let pod = match TcpStream::connect(target).await {
+                    Ok(pod) => pod,
+                    Err(error) => {
+                        count("unreachable");
+                        tracing::info!(%target, %error, "captured connection's pod unreachable");
+                        return reset(stream);
+                    }
+                };
+                count("allowed");
+                let _ = pod.set_nodelay(true);
+                let (metrics, labels) = (metrics.clone(), labels.clone());
+                let mut client = Rewind::new(prefix.freeze(), stream);
+                tokio::spawn(async move {
+                    let mut pod = pod;
+                    if let Ok((from_client, from_pod)) = tokio::io::copy_bidirectional(&mut client, &mut pod).await {
+                        metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_client);
+                        metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_pod);
+                    }
+                })
+            }
+        };
+        metrics.tcp_connections.get_or_create(&labels).inc();
+        metrics.tcp_open.get_or_create(&labels).inc();
+        let id = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let stream =
+            ActiveStream { identity: None, target, workload, http: http.is_some(), relay: relay.abort_handle() };
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).insert(id, stream);
+        // Awaited here so that the drain tracker held by the caller covers the relay.
+        let _ = relay.await;
+        metrics.tcp_open.get_or_create(&labels).dec();
+        self.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
+    }
+
+    /// Serves the HTTP a tunnel stream (or a captured connection) carries, forwarding each
+    /// request to the pod.
+    async fn serve_http_stream<IO>(
         self: Arc<Self>,
-        upgraded: hyper::upgrade::Upgraded,
+        upgraded: IO,
         protocol: UpstreamProtocol,
         target: SocketAddr,
         identity: Option<Arc<str>>,
-    ) {
+    ) where
+        IO: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
         let pool = Arc::new(ConnectionPool::new(target, None));
         let (limits, drain) = (self.limits, self.drain.clone());
         let service = hyper::service::service_fn(move |request| {
@@ -397,6 +520,11 @@ impl Inbound {
             Err(error) => ProxyError::Upstream(error).into_response(grpc),
         }
     }
+}
+
+/// Closes `stream` with a reset (zero linger), as a refused TCP connection is answered.
+fn reset(stream: TcpStream) {
+    let _ = stream.set_zero_linger();
 }
 
 /// Whether the connection's first byte is a TLS handshake record (0x16), without consuming it.

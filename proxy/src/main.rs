@@ -27,6 +27,14 @@ struct Args {
     /// Inbound listener: tunnels from other nodes' proxies to this node's pods.
     #[arg(long, default_value = "0.0.0.0:15008")]
     inbound_addr: SocketAddr,
+    /// Inbound capture listener (transparent): with the eBPF redirect, connections from outside
+    /// the mesh to this node's mesh pods arrive here, so that strict mTLS and authorization
+    /// apply to them. Listens on every address; only the port is used.
+    #[arg(long, default_value = "0.0.0.0:15006")]
+    capture_addr: SocketAddr,
+    /// With the eBPF redirect: leave connections arriving for pods alone (no inbound capture).
+    #[arg(long)]
+    no_inbound_capture: bool,
     /// Admin listener (/metrics, /ready, /live, /config_dump).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_addr: SocketAddr,
@@ -121,10 +129,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         base_ejection: Duration::from_millis(args.outlier_ejection_ms),
         ..OutlierPolicy::default()
     };
+    let inbound_capture = args.redirect_cgroup.is_some() && !args.no_inbound_capture;
     let settings = ProxySettings {
         outbound_addr: args.outbound_addr,
         admin_addr: args.admin_addr,
         inbound_addr: Some(args.inbound_addr),
+        capture_addr: inbound_capture.then_some(args.capture_addr),
         outbound: OutboundSettings {
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
             limits: nodus_proxy::limits::ConnectionLimits {
@@ -145,7 +155,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (Some(cgroup), _) => {
             let pin_dir = args.bpf_pin_dir.clone().context("--bpf-pin-dir is required with --redirect-cgroup")?;
             let proxy_addr = args.redirect_to.context("--redirect-to is required with --redirect-cgroup")?;
-            let spec = RedirectSpec { cgroup: cgroup.clone(), pin_dir, proxy_addr };
+            let inbound_port = inbound_capture.then_some(args.capture_addr.port());
+            let spec = RedirectSpec { cgroup: cgroup.clone(), pin_dir, proxy_addr, inbound_port };
             let redirect = Redirect::attach(&spec).context("attaching the eBPF redirect")?;
             tracing::info!(outcome = ?redirect.outcome(), cgroup = %cgroup.display(), "eBPF redirect attached");
             let lookup = Arc::new(redirect.original_dst_map().context("opening the original-destination map")?);
@@ -214,9 +225,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     // Harnesses wait for this line.
     println!(
-        "nodus-proxy ready outbound={} inbound={} admin={}",
+        "nodus-proxy ready outbound={} inbound={} capture={} admin={}",
         listening.outbound,
         listening.inbound.map_or("-".to_owned(), |a| a.to_string()),
+        listening.capture.map_or("-".to_owned(), |a| a.to_string()),
         listening.admin
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -78,6 +78,17 @@ pub struct InboundLabels {
     pub result: &'static str,
 }
 
+/// Labels of connections the eBPF redirect captured on their way in to a pod (plaintext from
+/// outside the mesh: mesh pods' traffic arrives through tunnels).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CapturedLabels {
+    /// Destination workload (`namespace/owner`).
+    pub destination: String,
+    /// `allowed`, `plaintext_to_strict` (reset), `denied` (by authorization policy, reset) or
+    /// `unreachable` (the pod refused the proxy's connection).
+    pub result: &'static str,
+}
+
 /// Labels of mutual TLS handshakes at the inbound listener.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HandshakeLabels {
@@ -147,6 +158,8 @@ pub struct Metrics {
     pub tcp_connections: Family<TcpLabels, Counter>,
     /// Tunnel streams at the inbound listener, by transport security and source identity.
     pub inbound_tunnels: Family<InboundLabels, Counter>,
+    /// Plaintext connections to mesh pods captured on their way in, by outcome.
+    pub inbound_captured: Family<CapturedLabels, Counter>,
     /// Connections refused and requests delayed by a source's share of the proxy.
     pub source_limited: Family<LimitLabels, Counter>,
     /// Mutual TLS handshakes at the inbound listener.
@@ -195,6 +208,7 @@ impl Metrics {
         let ejections = Family::default();
         let tcp_connections = Family::default();
         let inbound_tunnels = Family::<InboundLabels, Counter>::default();
+        let inbound_captured = Family::<CapturedLabels, Counter>::default();
         let authorization_denials = Family::<DenialLabels, Counter>::default();
         let tls_handshakes = Family::<HandshakeLabels, Counter>::default();
         let source_limited = Family::<LimitLabels, Counter>::default();
@@ -257,6 +271,13 @@ impl Metrics {
             "inbound_tunnels",
             "Tunnel streams from other node proxies, by mTLS and authenticated source identity",
             inbound_tunnels.clone(),
+        );
+        register(
+            &mut registry,
+            &mut names,
+            "inbound_captured",
+            "Plaintext connections to mesh pods captured on their way in (from outside the mesh), by outcome",
+            inbound_captured.clone(),
         );
         register(
             &mut registry,
@@ -332,6 +353,7 @@ impl Metrics {
             ejections,
             tcp_connections,
             inbound_tunnels,
+            inbound_captured,
             tls_handshakes,
             source_limited,
             authorization_denials,

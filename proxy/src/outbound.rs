@@ -139,7 +139,12 @@ impl Outbound {
                 let (target, via, label, identities) = match &destination {
                     Some(d) => match d.balancer.pick() {
                         Some(endpoint) => {
-                            let identities = tunnel_identities(source.as_deref(), endpoint.meta());
+                            let meta = endpoint.meta();
+                            let identities = tunnel_identities(
+                                source.as_deref(),
+                                meta.namespace.as_deref(),
+                                meta.service_account.as_deref(),
+                            );
                             (endpoint.addr, endpoint.meta().via, d.label.to_string(), identities)
                         }
                         None => {
@@ -147,7 +152,18 @@ impl Outbound {
                             return;
                         }
                     },
-                    None => (original_dst, None, "passthrough".to_owned(), None),
+                    None => match state.as_ref().and_then(|s| s.remote_pod(original_dst.ip())) {
+                        // A pod on another node, dialled by its address: through the tunnel.
+                        Some(pod) => {
+                            let identities = tunnel_identities(
+                                source.as_deref(),
+                                pod.namespace.as_deref(),
+                                pod.service_account.as_deref(),
+                            );
+                            (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities)
+                        }
+                        None => (original_dst, None, "passthrough".to_owned(), None),
+                    },
                 };
                 self.forward_tcp(stream, prefix.freeze(), target, via, label, identities).await;
             }
@@ -259,17 +275,14 @@ impl Outbound {
 /// ends are mesh workloads with known service accounts.
 fn tunnel_identities(
     source: Option<&crate::state::WorkloadInfo>,
-    endpoint: &crate::balance::EndpointMeta,
+    destination_namespace: Option<&str>,
+    destination_service_account: Option<&str>,
 ) -> Option<crate::tunnel::TunnelIdentities> {
     let manager = crate::tunnel::mtls()?;
     let source = source?;
     let domain = manager.trust_domain();
     Some(crate::tunnel::TunnelIdentities {
         source: nodus_identity::SpiffeId::new(domain, &source.namespace, &source.service_account),
-        destination: nodus_identity::SpiffeId::new(
-            domain,
-            endpoint.namespace.as_deref()?,
-            endpoint.service_account.as_deref()?,
-        ),
+        destination: nodus_identity::SpiffeId::new(domain, destination_namespace?, destination_service_account?),
     })
 }

@@ -52,6 +52,19 @@ pub struct WorkloadInfo {
     pub node: Arc<str>,
 }
 
+/// A pod on another node that backs a Service, as its endpoints describe it. Connections
+/// dialled to the pod's own address (not the Service's) cross nodes through that node's proxy,
+/// over mutual TLS, as Service traffic does: a strict namespace would refuse them in plaintext.
+#[derive(Debug, Clone)]
+pub struct RemotePod {
+    /// Its node proxy's tunnel address.
+    pub tunnel: SocketAddr,
+    /// Namespace.
+    pub namespace: Option<Arc<str>>,
+    /// Service account (its identity).
+    pub service_account: Option<Arc<str>>,
+}
+
 /// One compiled snapshot.
 #[derive(Debug)]
 pub struct ProxyState {
@@ -61,6 +74,7 @@ pub struct ProxyState {
     pub snapshot: Arc<ConfigSnapshot>,
     destinations: HashMap<SocketAddr, Arc<Destination>>,
     workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
+    remote_pods: HashMap<IpAddr, RemotePod>,
     balancers: HashMap<(String, String, u16), Arc<Balancer>>,
     /// All routes.
     pub routes: RouteTable,
@@ -100,6 +114,11 @@ impl ProxyState {
         self.workloads.get(&ip)
     }
 
+    /// A pod on another node reached through its node's proxy, by its address.
+    pub fn remote_pod(&self, ip: IpAddr) -> Option<&RemotePod> {
+        self.remote_pods.get(&ip)
+    }
+
     /// The balancer of a Service port (mirrors resolve their backend here).
     pub fn balancer(&self, service: &ObjectRef, port: u16) -> Option<&Arc<Balancer>> {
         self.balancers.get(&(service.namespace.clone(), service.name.clone(), port))
@@ -130,6 +149,7 @@ impl ProxyState {
         }
 
         let mut balancers = HashMap::new();
+        let mut remote_pods = HashMap::new();
         let mut labels = HashSet::new();
         // Endpoint changes are applied only once the whole snapshot has compiled.
         let mut endpoint_updates = Vec::new();
@@ -157,6 +177,16 @@ impl ProxyState {
                         }
                     })
                     .collect::<Vec<_>>();
+                for endpoint in &endpoints {
+                    if let Some(tunnel) = endpoint.via {
+                        let pod = RemotePod {
+                            tunnel,
+                            namespace: endpoint.namespace.clone(),
+                            service_account: endpoint.service_account.clone(),
+                        };
+                        remote_pods.insert(endpoint.addr.ip(), pod);
+                    }
+                }
                 endpoint_updates.push((balancer.clone(), endpoints));
                 labels.insert(label);
                 balancers.insert((service.id.namespace.clone(), service.id.name.clone(), port.port), balancer);
@@ -197,6 +227,7 @@ impl ProxyState {
             snapshot: Arc::new(snapshot),
             destinations,
             workloads,
+            remote_pods,
             balancers,
             routes,
             trust,

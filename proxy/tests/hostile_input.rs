@@ -36,6 +36,7 @@ async fn start(app_protocol: &str, limits: ConnectionLimits) -> SocketAddr {
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         inbound_addr: None,
+        capture_addr: None,
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
     };
     let original = SocketAddr::new(VIP.parse().unwrap(), 80);

@@ -31,6 +31,7 @@ async fn start_proxy_with(
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         inbound_addr: None,
+        capture_addr: None,
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
     };
     let original = SocketAddr::new(VIP.parse().unwrap(), service_port);

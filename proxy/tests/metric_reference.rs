@@ -22,8 +22,10 @@ fn the_metric_reference_lists_exactly_the_proxys_metrics() {
     let missing: Vec<_> = registered_base.difference(&documented).collect();
     assert!(missing.is_empty(), "not in docs/observability.md: {missing:?}");
     // The redirect's counters come from BPF maps through a collector registered at start-up.
-    let redirect = ["nodus_redirect_captured", "nodus_redirect_bypassed", "nodus_redirect_errors"];
-    let stale: Vec<_> =
-        documented.iter().filter(|d| !registered_base.contains(*d) && !redirect.contains(&d.as_str())).collect();
+    let redirect: BTreeSet<String> =
+        nodus_proxy::enrollment::REDIRECT_METRICS.iter().map(|(name, _, _)| format!("nodus_{name}")).collect();
+    let undocumented: Vec<_> = redirect.difference(&documented).collect();
+    assert!(undocumented.is_empty(), "not in docs/observability.md: {undocumented:?}");
+    let stale: Vec<_> = documented.iter().filter(|d| !registered_base.contains(*d) && !redirect.contains(*d)).collect();
     assert!(stale.is_empty(), "documented but not exported: {stale:?}");
 }

@@ -16,6 +16,9 @@ pub const MAP_ORIG_BY_COOKIE: &str = "NODUS_ORIG_CK";
 pub const MAP_ORIG_BY_PEER: &str = "NODUS_ORIG_PEER";
 /// Map: per-CPU `u64` counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "NODUS_COUNTERS";
+/// Map: IPv4 addresses of this node's enrolled pods, for inbound capture (`u32` address in
+/// network order as key, [`InboundPod`] value).
+pub const MAP_INBOUND: &str = "NODUS_INBOUND";
 
 /// Program names (the functions' names, distinct from their section names: a function named
 /// like its section fails to link).
@@ -29,10 +32,28 @@ pub const PROG_CONNECT6: &str = "nodus_connect6";
 /// See [`PROG_CONNECT6`].
 pub const PROG_GETPEERNAME6: &str = "nodus_getpeername6";
 
+/// TC ingress on the node's interfaces: new connections to enrolled pods go to the proxy's
+/// capture listener (`bpf_sk_assign`), packets of connections it holds are delivered to it.
+pub const PROG_TC_INGRESS: &str = "nodus_tc_ingress";
+
 /// Entries of the original-destination maps (LRU; entries are also removed when a socket closes).
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
 /// Entries of the enrolled-pods map.
 pub const MAX_ENROLLED_PODS: u32 = 4_096;
+
+/// The packet mark the TC program sets on packets it delivers to the proxy. A policy-routing
+/// rule (`fwmark CAPTURE_MARK/CAPTURE_MARK_MASK lookup CAPTURE_ROUTE_TABLE`) sends them to a
+/// table whose only route is `local 0.0.0.0/0 dev lo`: the pod's address is not the node's, and
+/// without it the kernel would forward the packet past the proxy's socket (TPROXY's way, as
+/// Cilium does for its per-node Envoy). The bits sit in the nibble Cilium also uses for proxy
+/// marks, away from kube-proxy's 0x4000/0x8000 and Calico's upper half.
+pub const CAPTURE_MARK: u32 = 0x0e00;
+/// See [`CAPTURE_MARK`].
+pub const CAPTURE_MARK_MASK: u32 = 0x0f00;
+/// See [`CAPTURE_MARK`].
+pub const CAPTURE_ROUTE_TABLE: u32 = 2107;
+/// Priority of the policy-routing rule (before `main` at 32766, after `local` at 0).
+pub const CAPTURE_RULE_PRIORITY: u32 = 1107;
 
 /// Where captured connections are sent.
 #[repr(C)]
@@ -42,8 +63,9 @@ pub struct RedirectConfig {
     pub proxy_ip4: u32,
     /// Its port, network byte order.
     pub proxy_port: u16,
-    /// Explicit padding (keeps the layout identical on both sides).
-    pub _pad: u16,
+    /// The proxy's inbound capture listener port (network byte order; it listens on every
+    /// address of the node); 0 disables inbound capture.
+    pub inbound_port: u16,
 }
 
 /// Why a pod is in the enrolled map. Only one mode today; the field leaves room for
@@ -57,6 +79,19 @@ pub struct Enrollment {
 
 /// Capture the pod's outbound TCP connections.
 pub const ENROLL_OUTBOUND: u32 = 1;
+
+/// An enrolled pod's address in the inbound map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InboundPod {
+    /// Bit set of `INBOUND_*` flags.
+    pub flags: u32,
+}
+
+/// New connections to this address are captured. Without it (a pod just released) only
+/// packets of connections the proxy already holds are delivered to it, so that leaving the
+/// mesh does not break them.
+pub const INBOUND_CAPTURE_NEW: u32 = 1;
 
 /// The destination a pod asked for before capture rewrote it.
 #[repr(C)]
@@ -111,10 +146,15 @@ pub enum Counter {
     Bypassed = 1,
     /// Connections refused because their original destination could not be recorded.
     Errors = 2,
+    /// Connections to enrolled pods diverted to the proxy's capture listener on their way in.
+    InboundCaptured = 3,
+    /// New connections to enrolled pods dropped because no capture listener was found (the
+    /// client retries its SYN; capture fails closed rather than let them bypass the proxy).
+    InboundNoListener = 4,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 3;
+pub const COUNTER_COUNT: u32 = 5;
 
 #[cfg(feature = "user")]
 mod user {
@@ -124,4 +164,5 @@ mod user {
     unsafe impl aya::Pod for super::Enrollment {}
     unsafe impl aya::Pod for super::OriginalDst {}
     unsafe impl aya::Pod for super::PeerKey {}
+    unsafe impl aya::Pod for super::InboundPod {}
 }

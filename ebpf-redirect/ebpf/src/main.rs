@@ -14,20 +14,29 @@
 //!
 //! The proxy's own sockets live in the node's namespace, which is never enrolled, so its
 //! upstream connections are not captured again.
+//!
+//! Attached (TCX) at ingress of the node's interfaces:
+//! - `nodus_tc_ingress`: a new TCP connection (SYN) to an enrolled pod's address is handed to
+//!   the proxy's capture listener with `bpf_sk_assign`, and every later packet of a connection
+//!   the proxy holds is delivered to it; both are marked so that policy routing delivers them
+//!   locally (the pod's address is not the node's). The proxy's own connections to pods are
+//!   locally generated and never pass ingress, so they are not captured again.
 #![no_std]
 #![no_main]
 
 use aya_ebpf::bindings::{
     BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_ANY,
 };
+use aya_ebpf::bindings::{bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1};
+use aya_ebpf::helpers::gen::{bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp};
 use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
-use aya_ebpf::macros::{cgroup_sock_addr, map, sock_ops};
+use aya_ebpf::macros::{cgroup_sock_addr, classifier, map, sock_ops};
 use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
-use aya_ebpf::programs::{SockAddrContext, SockOpsContext};
+use aya_ebpf::programs::{SockAddrContext, SockOpsContext, TcContext};
 use aya_ebpf::EbpfContext;
 use nodus_redirect_common::{
-    Counter, Enrollment, OriginalDst, PeerKey, RedirectConfig, COUNTER_COUNT, ENROLL_OUTBOUND, MAX_ENROLLED_PODS,
-    MAX_TRACKED_CONNECTIONS,
+    Counter, Enrollment, InboundPod, OriginalDst, PeerKey, RedirectConfig, CAPTURE_MARK, CAPTURE_MARK_MASK,
+    COUNTER_COUNT, ENROLL_OUTBOUND, INBOUND_CAPTURE_NEW, MAX_ENROLLED_PODS, MAX_TRACKED_CONNECTIONS,
 };
 
 const SOCK_STREAM: u32 = 1;
@@ -54,6 +63,9 @@ static NODUS_ORIG_PEER: LruHashMap<PeerKey, OriginalDst> = LruHashMap::pinned(MA
 
 #[map]
 static NODUS_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
+
+#[map]
+static NODUS_INBOUND: HashMap<u32, InboundPod> = HashMap::pinned(MAX_ENROLLED_PODS, 0);
 
 fn count(counter: Counter) {
     if let Some(value) = NODUS_COUNTERS.get_ptr_mut(counter as u32) {
@@ -219,6 +231,117 @@ fn on_close(ctx: &SockOpsContext) {
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let _ = NODUS_ORIG_CK.remove(&cookie);
     let _ = NODUS_ORIG_PEER.remove(&peer_key(ctx));
+}
+
+/// TCX verdicts: let the next program (and then the stack) have the packet, end here, drop.
+const TCX_NEXT: i32 = -1;
+const TCX_PASS: i32 = 0;
+const TCX_DROP: i32 = 2;
+const ETH_HEADER_LEN: usize = 14;
+const ETH_P_IP: u16 = 0x0800;
+const IPPROTO_TCP: u8 = 6;
+const TCP_LISTEN: u32 = 10;
+const TCP_SYN: u8 = 0x02;
+const TCP_ACK: u8 = 0x10;
+/// `BPF_F_CURRENT_NETNS`: look sockets up in the packet's own network namespace.
+const CURRENT_NETNS: u64 = u64::MAX;
+
+#[classifier]
+pub fn nodus_tc_ingress(mut ctx: TcContext) -> i32 {
+    // SAFETY: the kernel passes a valid __sk_buff for the program's lifetime.
+    unsafe { try_tc_ingress(&mut ctx) }.unwrap_or(TCX_NEXT)
+}
+
+/// Marks `ctx` for local delivery (see `CAPTURE_MARK`), keeping other mark bits.
+unsafe fn mark_for_proxy(ctx: &mut TcContext) {
+    let mark = (*ctx.skb.skb).mark;
+    ctx.set_mark((mark & !CAPTURE_MARK_MASK) | CAPTURE_MARK);
+}
+
+/// Looks a TCP socket up in this namespace by `tuple` and returns its state, or `None`.
+unsafe fn socket_state(ctx: &TcContext, tuple: &mut bpf_sock_tuple) -> Option<u32> {
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let sk: *mut bpf_sock = bpf_skc_lookup_tcp(ctx.skb.skb as *mut _, tuple, size, CURRENT_NETNS, 0);
+    if sk.is_null() {
+        return None;
+    }
+    let state = (*sk).state;
+    bpf_sk_release(sk as *mut _);
+    Some(state)
+}
+
+unsafe fn try_tc_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
+    // Already handled at an earlier interface (a bridge port, then the bridge).
+    if (*ctx.skb.skb).mark & CAPTURE_MARK_MASK == CAPTURE_MARK {
+        return Ok(TCX_NEXT);
+    }
+    let ethertype: u16 = ctx.load(12)?;
+    if ethertype != ETH_P_IP.to_be() {
+        return Ok(TCX_NEXT);
+    }
+    let version_ihl: u8 = ctx.load(ETH_HEADER_LEN)?;
+    let header_len = usize::from(version_ihl & 0x0f) * 4;
+    let protocol: u8 = ctx.load(ETH_HEADER_LEN + 9)?;
+    let fragment: u16 = ctx.load(ETH_HEADER_LEN + 6)?;
+    // Only whole IPv4 TCP segments, or first fragments, carry the ports.
+    if version_ihl >> 4 != 4 || header_len < 20 || protocol != IPPROTO_TCP || u16::from_be(fragment) & 0x1fff != 0 {
+        return Ok(TCX_NEXT);
+    }
+    let daddr: u32 = ctx.load(ETH_HEADER_LEN + 16)?;
+    // Cheap test first: most packets are not for an enrolled pod.
+    let Some(pod) = NODUS_INBOUND.get(&daddr) else {
+        return Ok(TCX_NEXT);
+    };
+    let capture_new = pod.flags & INBOUND_CAPTURE_NEW != 0;
+    let saddr: u32 = ctx.load(ETH_HEADER_LEN + 12)?;
+    let tcp = ETH_HEADER_LEN + header_len;
+    let sport: u16 = ctx.load(tcp)?;
+    let dport: u16 = ctx.load(tcp + 2)?;
+    let flags: u8 = ctx.load(tcp + 13)?;
+    let mut tuple: bpf_sock_tuple = core::mem::zeroed();
+    tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 { saddr, daddr, sport, dport };
+
+    // A connection the proxy holds (accepted, half-open or closing): deliver it there. A node
+    // listener on the pod's port is not one of ours.
+    match socket_state(ctx, &mut tuple) {
+        Some(state) if state != TCP_LISTEN => {
+            mark_for_proxy(ctx);
+            return Ok(TCX_PASS);
+        }
+        _ => {}
+    }
+    // Anything but a new connection (SYN without ACK) is left alone: connections opened before
+    // the pod was enrolled keep going straight to it.
+    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN || !capture_new {
+        return Ok(TCX_NEXT);
+    }
+    let Some(config) = NODUS_CONFIG.get(0) else {
+        return Ok(TCX_NEXT);
+    };
+    if config.inbound_port == 0 {
+        return Ok(TCX_NEXT);
+    }
+    tuple.__bindgen_anon_1.ipv4.dport = config.inbound_port;
+    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
+    let listener: *mut bpf_sock = bpf_skc_lookup_tcp(ctx.skb.skb as *mut _, &mut tuple, size, CURRENT_NETNS, 0);
+    if listener.is_null() {
+        // No proxy listening: drop (the client retries its SYN) rather than bypass the proxy.
+        count(Counter::InboundNoListener);
+        return Ok(TCX_DROP);
+    }
+    let assigned = if (*listener).state == TCP_LISTEN {
+        bpf_sk_assign(ctx.skb.skb as *mut _, listener as *mut _, 0)
+    } else {
+        -1
+    };
+    bpf_sk_release(listener as *mut _);
+    if assigned != 0 {
+        count(Counter::InboundNoListener);
+        return Ok(TCX_DROP);
+    }
+    mark_for_proxy(ctx);
+    count(Counter::InboundCaptured);
+    Ok(TCX_PASS)
 }
 
 #[cfg(not(test))]

@@ -1,5 +1,5 @@
-//! The few bpf(2) commands aya 0.13 does not expose for cgroup links: create a link and pin it,
-//! open a pinned link, swap the program behind a link, and ask which cgroup a link is on.
+//! The few bpf(2) commands aya 0.13 does not expose for cgroup and TCX links: create a link and
+//! pin it, open a pinned link, swap the program behind a link, and ask what a link is attached to.
 //! Pinned links are what keep capture running while no proxy process holds them.
 
 use std::ffi::CString;
@@ -23,6 +23,7 @@ pub(crate) enum AttachType {
     CgroupInet6Connect = 11,
     CgroupInet4Getpeername = 29,
     CgroupInet6Getpeername = 30,
+    TcxIngress = 46,
 }
 
 /// `union bpf_attr` is 144 bytes on current kernels; unused bytes must be zero.
@@ -71,6 +72,14 @@ pub(crate) fn link_create(program: BorrowedFd<'_>, cgroup: BorrowedFd<'_>, attac
     owned_fd(bpf(BPF_LINK_CREATE, &mut attr)?)
 }
 
+/// BPF_LINK_CREATE { prog_fd, target_ifindex, BPF_TCX_INGRESS, flags, tcx: { 0, 0 } }: appended
+/// after the interface's other TCX programs (Linux 6.6+).
+pub(crate) fn link_create_tcx(program: BorrowedFd<'_>, ifindex: u32) -> io::Result<OwnedFd> {
+    let mut attr = Attr::new();
+    attr.put_u32(0, program.as_raw_fd() as u32).put_u32(4, ifindex).put_u32(8, AttachType::TcxIngress as u32);
+    owned_fd(bpf(BPF_LINK_CREATE, &mut attr)?)
+}
+
 /// BPF_LINK_UPDATE { link_fd, new_prog_fd, flags, old_prog_fd }: atomically replaces the
 /// program behind a link; traffic never sees a moment without one.
 pub(crate) fn link_update(link: BorrowedFd<'_>, program: BorrowedFd<'_>) -> io::Result<()> {
@@ -95,15 +104,30 @@ pub(crate) fn obj_get(path: &Path) -> io::Result<OwnedFd> {
     owned_fd(bpf(BPF_OBJ_GET, &mut attr)?)
 }
 
-/// The cgroup id a cgroup link is attached to (0 once its cgroup is gone).
-pub(crate) fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
-    // struct bpf_link_info { u32 type; u32 id; u32 prog_id; union { struct { u64 cgroup_id;
-    // u32 attach_type; } cgroup; ... } } — the union starts at offset 16.
+/// The first bytes of a link's `struct bpf_link_info { u32 type; u32 id; u32 prog_id; union {
+/// ... } }`; the union starts at offset 16.
+fn link_info(link: BorrowedFd<'_>) -> io::Result<[u8; 64]> {
     let mut info = [0u8; 64];
     let mut attr = Attr::new();
     attr.put_u32(0, link.as_raw_fd() as u32).put_u32(4, info.len() as u32).put_u64(8, info.as_mut_ptr() as u64);
     bpf(BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    Ok(info)
+}
+
+/// The cgroup id a cgroup link is attached to (0 once its cgroup is gone): `cgroup { u64
+/// cgroup_id; u32 attach_type; }`.
+pub(crate) fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
+    let info = link_info(link)?;
     let mut id = [0u8; 8];
     id.copy_from_slice(&info[16..24]);
     Ok(u64::from_ne_bytes(id))
+}
+
+/// The interface a TCX link is attached to (0 once the interface is gone): `tcx { u32 ifindex;
+/// u32 attach_type; }`.
+pub(crate) fn link_tcx_ifindex(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let info = link_info(link)?;
+    let mut index = [0u8; 4];
+    index.copy_from_slice(&info[16..20]);
+    Ok(u32::from_ne_bytes(index))
 }

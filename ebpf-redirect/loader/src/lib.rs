@@ -9,20 +9,22 @@
 
 mod bpf_sys;
 mod netns;
+mod route_sys;
 
 pub use netns::{current_netns_cookie, netns_cookie_and_ipv4, netns_cookie_of};
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::{CgroupSockAddr, SockOps};
+use aya::programs::{CgroupSockAddr, SchedClassifier, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use bpf_sys::AttachType;
 use nodus_redirect_common::{
-    Counter, Enrollment, OriginalDst, PeerKey, RedirectConfig, ENROLL_OUTBOUND, MAP_CONFIG, MAP_COUNTERS, MAP_ENROLLED,
-    MAP_ORIG_BY_PEER, PROG_CONNECT4, PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SOCK_OPS,
+    Counter, Enrollment, InboundPod, OriginalDst, PeerKey, RedirectConfig, ENROLL_OUTBOUND, INBOUND_CAPTURE_NEW,
+    MAP_CONFIG, MAP_COUNTERS, MAP_ENROLLED, MAP_INBOUND, MAP_ORIG_BY_PEER, PROG_CONNECT4, PROG_CONNECT6,
+    PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SOCK_OPS, PROG_TC_INGRESS,
 };
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -100,6 +102,9 @@ pub struct RedirectSpec {
     pub pin_dir: PathBuf,
     /// The node proxy's outbound listener, as pods reach it.
     pub proxy_addr: SocketAddrV4,
+    /// The port of the proxy's inbound capture listener (transparent, on every address of the
+    /// node); `None` leaves traffic arriving for pods alone.
+    pub inbound_port: Option<u16>,
 }
 
 /// How each program was brought up.
@@ -120,6 +125,10 @@ pub struct RedirectCounters {
     pub bypassed: u64,
     /// Connections refused because their original destination could not be recorded.
     pub errors: u64,
+    /// Connections to enrolled pods diverted to the capture listener on their way in.
+    pub inbound_captured: u64,
+    /// New connections to enrolled pods dropped because no capture listener was found.
+    pub inbound_no_listener: u64,
 }
 
 /// The attached redirect. Dropping it leaves capture running (links and maps stay pinned); call
@@ -130,6 +139,12 @@ pub struct Redirect {
     enrolled: HashMap<MapData, u64, Enrollment>,
     orig_by_peer: HashMap<MapData, PeerKey, OriginalDst>,
     counters: PerCpuArray<MapData, u64>,
+    inbound: HashMap<MapData, u32, InboundPod>,
+    /// The TC ingress program, for interfaces that appear later (new pods' veths); `None`
+    /// without inbound capture.
+    tc_ingress: Option<OwnedFd>,
+    /// Interfaces (name, index) this process attached or re-adopted the TC program on.
+    tc_attached: std::collections::HashSet<(String, u32)>,
     // Keeps the loaded programs (and so their fds) alive for this process's lifetime.
     _ebpf: Ebpf,
 }
@@ -188,22 +203,114 @@ impl Redirect {
             }
         }
 
+        let tc_ingress = match spec.inbound_port {
+            Some(_) => {
+                let program: &mut SchedClassifier = ebpf
+                    .program_mut(PROG_TC_INGRESS)
+                    .ok_or_else(|| RedirectError::KernelFeature {
+                        what: format!("program {PROG_TC_INGRESS}"),
+                        detail: "missing from the object".into(),
+                    })?
+                    .try_into()
+                    .map_err(|e| classify(PROG_TC_INGRESS, e))?;
+                program.load().map_err(|e| classify(PROG_TC_INGRESS, e))?;
+                let fd = program.fd().map_err(|e| classify(PROG_TC_INGRESS, e))?;
+                Some(fd.as_fd().try_clone_to_owned().map_err(|e| classify(PROG_TC_INGRESS, e))?)
+            }
+            None => None,
+        };
+
         let mut config: Array<MapData, RedirectConfig> = take_map(&mut ebpf, MAP_CONFIG)?;
         let value = RedirectConfig {
             proxy_ip4: u32::from_ne_bytes(spec.proxy_addr.ip().octets()),
             proxy_port: spec.proxy_addr.port().to_be(),
-            _pad: 0,
+            inbound_port: spec.inbound_port.unwrap_or(0).to_be(),
         };
         config.set(0, value, 0).map_err(|e| RedirectError::Map { map: MAP_CONFIG, detail: e.to_string() })?;
 
-        Ok(Self {
+        let mut redirect = Self {
             pin_dir: spec.pin_dir.clone(),
             outcome,
             enrolled: take_map(&mut ebpf, MAP_ENROLLED)?,
             orig_by_peer: take_map(&mut ebpf, MAP_ORIG_BY_PEER)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
+            inbound: take_map(&mut ebpf, MAP_INBOUND)?,
+            tc_ingress,
+            tc_attached: std::collections::HashSet::new(),
             _ebpf: ebpf,
-        })
+        };
+        if redirect.tc_ingress.is_some() {
+            route_sys::ensure_capture_routing().map_err(|e| classify("policy routing for inbound capture", e))?;
+            redirect.attach_interfaces()?;
+        }
+        Ok(redirect)
+    }
+
+    /// Attaches (or re-adopts) the TC ingress program on every interface of this network
+    /// namespace but loopback, pinning each link as `links/tc-<interface>`. Idempotent; call it
+    /// again when interfaces appear (a new pod's veth). Returns the interfaces newly attached.
+    pub fn attach_interfaces(&mut self) -> Result<Vec<String>, RedirectError> {
+        let Some(program) = &self.tc_ingress else { return Ok(Vec::new()) };
+        let links_dir = self.pin_dir.join("links");
+        let interfaces = nix::net::if_::if_nameindex().map_err(|e| RedirectError::Io {
+            action: "listing interfaces of",
+            path: PathBuf::from("this network namespace"),
+            source: e.into(),
+        })?;
+        let mut attached = Vec::new();
+        for interface in interfaces.iter() {
+            let name = interface.name().to_string_lossy().into_owned();
+            if name == "lo" || self.tc_attached.contains(&(name.clone(), interface.index())) {
+                continue;
+            }
+            let link_path = links_dir.join(format!("tc-{name}"));
+            match attach_tcx(&link_path, program.as_fd(), interface.index()) {
+                Ok(outcome) => {
+                    self.tc_attached.insert((name.clone(), interface.index()));
+                    if matches!(outcome, TcxOutcome::Attached) {
+                        attached.push(name);
+                    }
+                }
+                // An interface going away between listing and attaching is not an error.
+                Err(error) if error.raw_os_error() == Some(libc::ENODEV) => {}
+                Err(error) => return Err(classify(format!("attaching {PROG_TC_INGRESS} to {name}"), error)),
+            }
+        }
+        Ok(attached)
+    }
+
+    /// Whether inbound capture was set up ([`RedirectSpec::inbound_port`]).
+    pub fn captures_inbound(&self) -> bool {
+        self.tc_ingress.is_some()
+    }
+
+    /// Captures new connections to `ip` (an enrolled pod's address) on their way in, or, with
+    /// `capture_new` false, delivers to the proxy only the connections it already holds (a pod
+    /// just released: they end normally, new ones go straight to the pod).
+    pub fn set_inbound(&mut self, ip: Ipv4Addr, capture_new: bool) -> Result<(), RedirectError> {
+        let flags = if capture_new { INBOUND_CAPTURE_NEW } else { 0 };
+        self.inbound
+            .insert(u32::from_ne_bytes(ip.octets()), InboundPod { flags }, 0)
+            .map_err(|e| RedirectError::Map { map: MAP_INBOUND, detail: e.to_string() })
+    }
+
+    /// Forgets `ip` for inbound capture altogether (its pod is gone).
+    pub fn remove_inbound(&mut self, ip: Ipv4Addr) -> Result<(), RedirectError> {
+        match self.inbound.remove(&u32::from_ne_bytes(ip.octets())) {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) => Err(RedirectError::Map { map: MAP_INBOUND, detail: e.to_string() }),
+        }
+    }
+
+    /// The addresses in the inbound map, each with whether new connections are captured.
+    pub fn inbound(&self) -> Result<Vec<(Ipv4Addr, bool)>, RedirectError> {
+        self.inbound
+            .iter()
+            .map(|entry| {
+                entry.map(|(ip, pod)| (Ipv4Addr::from(ip.to_ne_bytes()), pod.flags & INBOUND_CAPTURE_NEW != 0))
+            })
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| RedirectError::Map { map: MAP_INBOUND, detail: e.to_string() })
     }
 
     /// Whether [`Redirect::attach`] created the links or re-adopted pinned ones.
@@ -266,6 +373,8 @@ impl Redirect {
             captured: read(Counter::Captured)?,
             bypassed: read(Counter::Bypassed)?,
             errors: read(Counter::Errors)?,
+            inbound_captured: read(Counter::InboundCaptured)?,
+            inbound_no_listener: read(Counter::InboundNoListener)?,
         })
     }
 
@@ -337,6 +446,30 @@ fn attach_or_replace(
     let link = bpf_sys::link_create(program, cgroup, attach_type)?;
     bpf_sys::obj_pin(link.as_fd(), link_path)?;
     Ok(false)
+}
+
+/// What [`attach_tcx`] did.
+enum TcxOutcome {
+    /// A pinned link was already attached to this interface: its program was swapped in place.
+    AlreadyAttached,
+    /// A new link was created and pinned.
+    Attached,
+}
+
+/// Like [`attach_or_replace`], for a TCX ingress link on interface `ifindex`.
+fn attach_tcx(link_path: &Path, program: std::os::fd::BorrowedFd<'_>, ifindex: u32) -> io::Result<TcxOutcome> {
+    if link_path.exists() {
+        let link = bpf_sys::obj_get(link_path)?;
+        if bpf_sys::link_tcx_ifindex(link.as_fd())? == ifindex {
+            bpf_sys::link_update(link.as_fd(), program)?;
+            return Ok(TcxOutcome::AlreadyAttached);
+        }
+        // The interface was deleted (and its name reused): the old link is defunct.
+        std::fs::remove_file(link_path)?;
+    }
+    let link = bpf_sys::link_create_tcx(program, ifindex)?;
+    bpf_sys::obj_pin(link.as_fd(), link_path)?;
+    Ok(TcxOutcome::Attached)
 }
 
 /// On cgroup v2 a cgroup's id is its directory's inode number.

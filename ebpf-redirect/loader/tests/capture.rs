@@ -85,6 +85,7 @@ fn spec(node: &Node) -> RedirectSpec {
         cgroup: node.pods_cgroup().path().to_path_buf(),
         pin_dir: node.bpf_pin_dir().to_path_buf(),
         proxy_addr: SocketAddrV4::new(node.ip, PROXY_PORT),
+        inbound_port: None,
     }
 }
 
@@ -193,4 +194,135 @@ fn missing_bpffs_and_non_cgroup_paths_are_reported_clearly() {
     bad.cgroup = std::env::temp_dir();
     let error = Redirect::attach(&bad).unwrap_err().to_string();
     assert!(error.contains("is not a cgroup v2 directory"), "{error}");
+}
+
+/// Serves every connection on `listener` until the test ends: each message is answered with
+/// `name`, the connection's local address (for the proxy: the pod address the client dialled)
+/// and the message.
+fn serve_forever(listener: TcpListener, name: &'static str) {
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { return };
+            std::thread::spawn(move || {
+                let local = stream.local_addr().unwrap();
+                let mut message = [0u8; 64];
+                while let Ok(read) = stream.read(&mut message) {
+                    if read == 0 {
+                        return;
+                    }
+                    let text = String::from_utf8_lossy(&message[..read]).into_owned();
+                    if stream.write_all(format!("{name} {local} {text}").as_bytes()).is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// A connection opened from inside `pod` (its socket lives in the pod's namespace).
+fn connect_from(pod: &Pod, target: SocketAddrV4) -> std::net::TcpStream {
+    let stream = pod.netns().run(move || std::net::TcpStream::connect_timeout(&target.into(), TIMEOUT)).unwrap();
+    let stream = stream.unwrap();
+    stream.set_read_timeout(Some(TIMEOUT)).unwrap();
+    stream
+}
+
+fn ask(stream: &mut std::net::TcpStream, message: &str) -> String {
+    stream.write_all(message.as_bytes()).unwrap();
+    let mut reply = [0u8; 128];
+    let read = stream.read(&mut reply).unwrap();
+    String::from_utf8_lossy(&reply[..read]).into_owned()
+}
+
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+const INBOUND_PORT: u16 = 15006;
+
+/// The node proxy's capture listener as the real proxy makes it: transparent (it accepts
+/// connections addressed to pods), on every address of the node.
+fn transparent_listener(node: &Node) -> TcpListener {
+    use nix::sys::socket::{bind, listen, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn};
+    node.netns()
+        .run(|| {
+            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+            setsockopt(&fd, sockopt::IpTransparent, &true).unwrap();
+            setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+            bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(0, 0, 0, 0, INBOUND_PORT)).unwrap();
+            listen(&fd, nix::sys::socket::Backlog::new(128).unwrap()).unwrap();
+            TcpListener::from(fd)
+        })
+        .unwrap()
+}
+
+#[test]
+fn inbound_capture_takes_new_connections_to_enrolled_pods_and_spares_the_rest() {
+    skip_unless_lab_supported!();
+    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+    let remote_client = lab.add_pod("node-1", "plain", "client").unwrap();
+    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
+    let neighbour = lab.add_pod("node-2", "plain", "neighbour").unwrap();
+    let node2 = lab.node("node-2").unwrap().clone();
+    let target = SocketAddrV4::new(server.ip, 8080);
+    serve_forever(listen(server.netns(), SocketAddr::from((server.ip, 8080))), "pod");
+    serve_forever(transparent_listener(&node2), "proxy");
+
+    // Attached inside node-2's namespace: interfaces and policy routing are per namespace.
+    let mut inbound_spec = spec(&node2);
+    inbound_spec.inbound_port = Some(INBOUND_PORT);
+    let redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
+    let redirect = std::sync::Mutex::new(redirect);
+
+    // Opened before the pod is enrolled: must keep reaching the pod itself throughout.
+    let mut before = connect_from(&remote_client, target);
+    assert_eq!(ask(&mut before, "a"), format!("pod {target} a"));
+
+    redirect.lock().unwrap().set_inbound(server.ip, true).unwrap();
+    // New connections, from another node and from a pod on the same node, reach the proxy,
+    // addressed to the pod they dialled.
+    let mut captured = connect_from(&remote_client, target);
+    assert_eq!(ask(&mut captured, "b"), format!("proxy {target} b"));
+    let mut from_neighbour = connect_from(&neighbour, target);
+    assert_eq!(ask(&mut from_neighbour, "c"), format!("proxy {target} c"));
+    assert_eq!(ask(&mut before, "d"), format!("pod {target} d"), "an older connection is not taken over");
+
+    // Released: new connections go straight to the pod, the proxy keeps the ones it holds.
+    redirect.lock().unwrap().set_inbound(server.ip, false).unwrap();
+    let mut after = connect_from(&remote_client, target);
+    assert_eq!(ask(&mut after, "e"), format!("pod {target} e"));
+    assert_eq!(ask(&mut captured, "f"), format!("proxy {target} f"), "a held connection survives the release");
+    assert_eq!(redirect.lock().unwrap().inbound().unwrap(), vec![(server.ip, false)]);
+
+    let counters = redirect.lock().unwrap().counters().unwrap();
+    assert_eq!((counters.inbound_captured, counters.inbound_no_listener), (2, 0), "{counters:?}");
+
+    // A pod added later gets the program on its veth at the next scan.
+    let late = lab.add_pod("node-2", "plain", "late").unwrap();
+    let attached = node2.netns().run(|| redirect.lock().unwrap().attach_interfaces()).unwrap().unwrap();
+    assert_eq!(attached, vec![late.host_veth.clone()]);
+    redirect.lock().unwrap().set_inbound(server.ip, true).unwrap();
+    let mut from_late = connect_from(&late, target);
+    assert_eq!(ask(&mut from_late, "g"), format!("proxy {target} g"));
+}
+
+#[test]
+fn inbound_capture_fails_closed_without_a_listener() {
+    skip_unless_lab_supported!();
+    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+    let client = lab.add_pod("node-1", "plain", "client").unwrap();
+    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
+    let node2 = lab.node("node-2").unwrap().clone();
+    let target = SocketAddrV4::new(server.ip, 8080);
+    serve_forever(listen(server.netns(), SocketAddr::from((server.ip, 8080))), "pod");
+    let mut inbound_spec = spec(&node2);
+    inbound_spec.inbound_port = Some(INBOUND_PORT);
+    let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
+    redirect.set_inbound(server.ip, true).unwrap();
+
+    // No proxy listening: the SYN is dropped rather than let through to the pod.
+    let attempt = client
+        .netns()
+        .run(move || std::net::TcpStream::connect_timeout(&target.into(), std::time::Duration::from_millis(1500)))
+        .unwrap();
+    assert!(attempt.is_err(), "a connection to an enrolled pod bypassed the missing proxy");
+    assert!(redirect.counters().unwrap().inbound_no_listener >= 1);
 }
