@@ -58,10 +58,15 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
     let client_plain = lab.add_pod("node-1", "plain", "client")?; // 10.244.1.2
     let client_mesh = lab.add_pod("node-1", "demo", "client")?; // 10.244.1.3
     let backend = lab.add_pod("node-2", "bench", "backend")?; // 10.244.2.2
+
+    // The direct baseline's backend: the same nginx in a namespace outside the mesh, since
+    // plaintext to a mesh pod's address is captured on its way in (measured as its own row).
+    let backend_plain = lab.add_pod("node-2", "plain", "backend")?; // 10.244.2.3
     let node1 = lab.node("node-1").context("node-1")?.clone();
     let node2 = lab.node("node-2").context("node-2")?.clone();
     let work = lab.work_dir()?;
     let _backend = crate::start_nginx_backend(&backend, &work)?;
+    let _backend_plain = crate::start_nginx_backend(&backend_plain, &work.join("plain"))?;
     let dir = work.join("manifests");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.yaml"), manifests(&backend.ip.to_string(), &client_mesh.ip.to_string()))?;
@@ -79,10 +84,12 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
 
     let mut direct = Vec::new();
     let mut nodus = Vec::new();
+    let mut captured = Vec::new();
     for round in 1..=args.rounds {
         for (name, pod, target, measures) in [
-            ("direct", &client_plain, format!("{}:{BACKEND_PORT}", backend.ip), &mut direct),
+            ("direct", &client_plain, format!("{}:{BACKEND_PORT}", backend_plain.ip), &mut direct),
             ("Nodus mTLS", &client_mesh, format!("{SERVICE_VIP}:80"), &mut nodus),
+            ("inbound capture", &client_plain, format!("{}:{BACKEND_PORT}", backend.ip), &mut captured),
         ] {
             eprintln!("scenario B round {round}/{}: {name}", args.rounds);
             let cpu_before: f64 = pids.iter().map(|p| process_tree_cpu_seconds(*p)).sum::<Result<f64>>()?;
@@ -108,11 +115,23 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
             });
         }
     }
-    let churn = churn_rounds(args, &node1, &node2, &ca_dir, pids[1], (&client_plain, &client_mesh), &backend)?;
+    let churn = churn_rounds(
+        args,
+        &node1,
+        &node2,
+        &ca_dir,
+        pids[1],
+        (&client_plain, &client_mesh),
+        (&backend_plain, &backend),
+    )?;
     let (_, metrics) = proxy2.admin_get("/metrics")?;
     anyhow::ensure!(
         metrics.contains(r#"tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/client""#),
         "the Nodus runs did not arrive over mTLS"
+    );
+    anyhow::ensure!(
+        nodus_harness::metric_value(&metrics, "nodus_redirect_inbound_captured_total").unwrap_or(0.0) > 0.0,
+        "the inbound capture runs were not captured"
     );
     drop((proxy1, proxy2));
     lab.teardown()?;
@@ -121,7 +140,7 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
         let mut n: Vec<f64> = nodus.iter().map(|m| m.closed_loop_rps).collect();
         median_range(&mut n).0 / median_range(&mut d).0
     };
-    let text = render(args, &mut direct, &mut nodus) + &render_churn(churn);
+    let text = render(args, &mut direct, &mut nodus, &mut captured) + &render_churn(churn);
     Ok((text, vec![("B: Nodus L7, two nodes, mTLS".to_string(), fraction)]))
 }
 
@@ -134,6 +153,8 @@ struct ChurnRound {
     nodus_cpu_per_1k: f64,
     direct_new_conn_rps: f64,
     nodus_new_conn_rps: f64,
+    /// A client outside the mesh to the mesh backend's address: inbound capture.
+    captured_new_conn_rps: f64,
 }
 
 fn churn_rounds(
@@ -143,7 +164,7 @@ fn churn_rounds(
     ca_dir: &Path,
     proxy2_pid: u32,
     (client_plain, client_mesh): (&nodus_harness::Pod, &nodus_harness::Pod),
-    backend: &nodus_harness::Pod,
+    (backend_plain, backend): (&nodus_harness::Pod, &nodus_harness::Pod),
 ) -> Result<Vec<ChurnRound>> {
     use nodus_identity::SpiffeId;
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -170,7 +191,12 @@ fn churn_rounds(
         let nodus_hps = crate::churn::handshake_rate(node1.netns(), proxy_addr, &credentials, args.seconds)?;
         let handshakes = nodus_hps * started.elapsed().as_secs_f64();
         let nodus_cpu_per_1k = (process_tree_cpu_seconds(proxy2_pid)? - cpu_before) / handshakes * 1000.0;
-        let direct_new_conn_rps =
+        let direct_new_conn_rps = crate::churn::new_connection_rps(
+            client_plain,
+            &format!("{}:{BACKEND_PORT}", backend_plain.ip),
+            args.seconds,
+        )?;
+        let captured_new_conn_rps =
             crate::churn::new_connection_rps(client_plain, &format!("{}:{BACKEND_PORT}", backend.ip), args.seconds)?;
         let nodus_new_conn_rps =
             crate::churn::new_connection_rps(client_mesh, &format!("{SERVICE_VIP}:80"), args.seconds)?;
@@ -181,6 +207,7 @@ fn churn_rounds(
             nodus_cpu_per_1k,
             direct_new_conn_rps,
             nodus_new_conn_rps,
+            captured_new_conn_rps,
         });
     }
     stop.store(true, Ordering::Relaxed);
@@ -202,6 +229,8 @@ fn render_churn(rounds: Vec<ChurnRound>) -> String {
     let (churned, churned_lo, churned_hi) = pick(&|r| r.nodus_new_conn_rps);
     let ratio = pick(&|r| r.nodus_hps / r.rustls_hps).0;
     let churn_ratio = pick(&|r| r.nodus_new_conn_rps / r.direct_new_conn_rps).0;
+    let (captured, captured_lo, captured_hi) = pick(&|r| r.captured_new_conn_rps);
+    let captured_ratio = pick(&|r| r.captured_new_conn_rps / r.direct_new_conn_rps).0;
     let mut out = String::new();
     let _ = writeln!(
         out,
@@ -231,10 +260,14 @@ fn render_churn(rounds: Vec<ChurnRound>) -> String {
         out,
         "| req/s, new connection each | {direct:.0} [{direct_lo:.0}-{direct_hi:.0}] (direct) | {churned:.0} [{churned_lo:.0}-{churned_hi:.0}] (two hops, mTLS) | **{churn_ratio:.2}x** |"
     );
+    let _ = writeln!(
+        out,
+        "| req/s, new connection each, client outside the mesh | {direct:.0} (direct) | {captured:.0} [{captured_lo:.0}-{captured_hi:.0}] (inbound capture, one proxy) | **{captured_ratio:.2}x** |"
+    );
     out
 }
 
-fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure]) -> String {
+fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure], captured: &mut [Measure]) -> String {
     let pick = |m: &mut [Measure], f: &dyn Fn(&Measure) -> Option<f64>| {
         let mut v: Vec<f64> = m.iter().filter_map(f).collect();
         median_range(&mut v)
@@ -245,11 +278,17 @@ fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure]) -> String 
         out,
         "Client pod on node-1, nginx backend pod on node-2. Nodus: eBPF redirect -> node-1 proxy -> HTTP/2 CONNECT over \
          mTLS 1.3 (X25519MLKEM768, workload certificates from the controller's CA) -> node-2 proxy -> pod; one worker \
-         per proxy. Same load as scenario A. CPU and RSS: both proxies together.\n"
+         per proxy. Same load as scenario A. CPU and RSS: both proxies together. Inbound capture: the plain client \
+         dials the mesh backend pod's address; node-2's TC program hands the connection to its proxy, which serves \
+         it (permissive namespace, HTTP) and forwards it to the pod. Direct: the same nginx in a pod outside the mesh.\n"
     );
     let _ = writeln!(out, "| path | closed loop req/s | p50 / p99 / p99.9 at {} req/s (ms) | p50 / p99 / p99.9 at {} req/s (ms) | proxies CPU-s per 10k req | proxies peak RSS (MiB) |", args.rate, args.low_rate);
     let _ = writeln!(out, "|---|---|---|---|---|---|");
-    for (name, m) in [("direct (no proxy)", &mut *direct), ("Nodus, two hops, mTLS", &mut *nodus)] {
+    for (name, m) in [
+        ("direct (no proxy)", &mut *direct),
+        ("Nodus, two hops, mTLS", &mut *nodus),
+        ("inbound capture (client outside the mesh -> node-2 proxy -> pod)", &mut *captured),
+    ] {
         let (rps, lo, hi) = pick(m, &|x| Some(x.closed_loop_rps));
         let (p50, ..) = pick(m, &|x| Some(x.p50_ms));
         let (p99, p99_lo, p99_hi) = pick(m, &|x| Some(x.p99_ms));
@@ -266,6 +305,15 @@ fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure]) -> String 
     let fraction = pick(nodus, &|x| Some(x.closed_loop_rps)).0 / pick(direct, &|x| Some(x.closed_loop_rps)).0;
     let added_p99 = pick(nodus, &|x| Some(x.p99_ms)).0 - pick(direct, &|x| Some(x.p99_ms)).0;
     let added_p99_low = pick(nodus, &|x| Some(x.low_rate_ms.1)).0 - pick(direct, &|x| Some(x.low_rate_ms.1)).0;
+    let captured_fraction =
+        pick(captured, &|x| Some(x.closed_loop_rps)).0 / pick(direct, &|x| Some(x.closed_loop_rps)).0;
+    let captured_p99 = pick(captured, &|x| Some(x.p99_ms)).0 - pick(direct, &|x| Some(x.p99_ms)).0;
+    let _ = writeln!(
+        out,
+        "\nInbound capture alone (one proxy, no TLS): {captured_fraction:.2}x direct throughput, added p99 at {} req/s \
+         {captured_p99:+.2} ms.",
+        args.rate
+    );
     let _ = writeln!(
         out,
         "\nThroughput as a fraction of direct: **{fraction:.2}x** (target >= 0.52x: 1.2x ztunnel's two-hop HBONE, 35k of ~81k, \

@@ -186,6 +186,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),
         (None, None) => bail!("either --controller or --config-file is needed"),
     }
+    let redirect_for_capture = redirect_handle.clone();
     if let Some(redirect) = redirect_handle {
         let discovery = NetnsDiscovery { dir: args.netns_dir.clone(), prefix: args.netns_prefix.clone() };
         let enrollment = Arc::new(Enrollment::new(args.node.clone(), discovery, redirect));
@@ -216,6 +217,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     };
     let upgrading = inherited.is_some();
     let listening = app::start_with(&proxy, &settings, original_dst, inherited).await.context("binding listeners")?;
+    // Connections captured on their way in to pods are handed to this listener from now on.
+    let capture_fd = listening.fds.iter().find(|(role, _)| *role == nodus_proxy::handoff::ListenerRole::Capture);
+    if let (Some(redirect), Some((_, fd))) = (&redirect_for_capture, capture_fd) {
+        redirect
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .set_capture_listener(fd)
+            .context("registering the inbound capture listener")?;
+    }
     if upgrading {
         tracing::info!("took the listeners over from the previous proxy, which now drains");
     }

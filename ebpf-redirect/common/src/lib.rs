@@ -16,6 +16,9 @@ pub const MAP_ORIG_BY_COOKIE: &str = "NODUS_ORIG_CK";
 pub const MAP_ORIG_BY_PEER: &str = "NODUS_ORIG_PEER";
 /// Map: per-CPU `u64` counters indexed by [`Counter`].
 pub const MAP_COUNTERS: &str = "NODUS_COUNTERS";
+/// Map: the node proxy's capture listener (a one-slot SOCKMAP; the proxy puts its listening
+/// socket at index 0).
+pub const MAP_CAPTURE_LISTENER: &str = "NODUS_CAPTURE";
 /// Map: IPv4 addresses of this node's enrolled pods, for inbound capture (`u32` address in
 /// network order as key, [`InboundPod`] value).
 pub const MAP_INBOUND: &str = "NODUS_INBOUND";
@@ -32,9 +35,12 @@ pub const PROG_CONNECT6: &str = "nodus_connect6";
 /// See [`PROG_CONNECT6`].
 pub const PROG_GETPEERNAME6: &str = "nodus_getpeername6";
 
-/// TC ingress on the node's interfaces: new connections to enrolled pods go to the proxy's
-/// capture listener (`bpf_sk_assign`), packets of connections it holds are delivered to it.
+/// TC ingress on the node's interfaces: new connections to enrolled pods and packets of
+/// connections the proxy holds are marked for local delivery.
 pub const PROG_TC_INGRESS: &str = "nodus_tc_ingress";
+/// `sk_lookup` on the node's network namespace: the kernel's listener lookup for a connection to
+/// an enrolled pod returns the proxy's capture listener.
+pub const PROG_SK_LOOKUP: &str = "nodus_sk_lookup";
 
 /// Entries of the original-destination maps (LRU; entries are also removed when a socket closes).
 pub const MAX_TRACKED_CONNECTIONS: u32 = 65_536;
@@ -146,10 +152,10 @@ pub enum Counter {
     Bypassed = 1,
     /// Connections refused because their original destination could not be recorded.
     Errors = 2,
-    /// Connections to enrolled pods diverted to the proxy's capture listener on their way in.
+    /// New connections (SYNs) to enrolled pods diverted to the proxy on their way in.
     InboundCaptured = 3,
-    /// New connections to enrolled pods dropped because no capture listener was found (the
-    /// client retries its SYN; capture fails closed rather than let them bypass the proxy).
+    /// New connections to enrolled pods refused because no capture listener was registered
+    /// (capture fails closed rather than let them bypass the proxy).
     InboundNoListener = 4,
 }
 

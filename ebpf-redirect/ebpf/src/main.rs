@@ -15,12 +15,15 @@
 //! The proxy's own sockets live in the node's namespace, which is never enrolled, so its
 //! upstream connections are not captured again.
 //!
-//! Attached (TCX) at ingress of the node's interfaces:
-//! - `nodus_tc_ingress`: a new TCP connection (SYN) to an enrolled pod's address is handed to
-//!   the proxy's capture listener with `bpf_sk_assign`, and every later packet of a connection
-//!   the proxy holds is delivered to it; both are marked so that policy routing delivers them
-//!   locally (the pod's address is not the node's). The proxy's own connections to pods are
-//!   locally generated and never pass ingress, so they are not captured again.
+//! Inbound, in the node's network namespace:
+//! - `nodus_tc_ingress` (TCX ingress of every interface): a new TCP connection (SYN) to an
+//!   enrolled pod's address, and every packet of a connection the proxy holds, is marked so that
+//!   policy routing delivers it locally (the pod's address is not the node's). The proxy's own
+//!   connections to pods are locally generated and never pass ingress: not captured again.
+//! - `nodus_sk_lookup` (`sk_lookup` of the namespace): when the kernel looks for a listener for
+//!   such a connection, it gets the proxy's capture listener. Going through the kernel's own
+//!   lookup (rather than assigning the socket at TC) keeps its TIME_WAIT handling: a SYN that
+//!   reuses the 4-tuple of a connection the proxy closed first retires that TIME_WAIT socket.
 #![no_std]
 #![no_main]
 
@@ -28,11 +31,11 @@ use aya_ebpf::bindings::{
     BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB, BPF_SOCK_OPS_STATE_CB, BPF_SOCK_OPS_STATE_CB_FLAG, BPF_ANY,
 };
 use aya_ebpf::bindings::{bpf_sock, bpf_sock_tuple, bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1};
-use aya_ebpf::helpers::gen::{bpf_sk_assign, bpf_sk_release, bpf_skc_lookup_tcp};
+use aya_ebpf::helpers::gen::{bpf_sk_release, bpf_skc_lookup_tcp};
 use aya_ebpf::helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie};
-use aya_ebpf::macros::{cgroup_sock_addr, classifier, map, sock_ops};
-use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray};
-use aya_ebpf::programs::{SockAddrContext, SockOpsContext, TcContext};
+use aya_ebpf::macros::{cgroup_sock_addr, classifier, map, sk_lookup, sock_ops};
+use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap};
+use aya_ebpf::programs::{SkLookupContext, SockAddrContext, SockOpsContext, TcContext};
 use aya_ebpf::EbpfContext;
 use nodus_redirect_common::{
     Counter, Enrollment, InboundPod, OriginalDst, PeerKey, RedirectConfig, CAPTURE_MARK, CAPTURE_MARK_MASK,
@@ -66,6 +69,9 @@ static NODUS_COUNTERS: PerCpuArray<u64> = PerCpuArray::pinned(COUNTER_COUNT, 0);
 
 #[map]
 static NODUS_INBOUND: HashMap<u32, InboundPod> = HashMap::pinned(MAX_ENROLLED_PODS, 0);
+
+#[map]
+static mut NODUS_CAPTURE: SockMap = SockMap::pinned(1, 0);
 
 fn count(counter: Counter) {
     if let Some(value) = NODUS_COUNTERS.get_ptr_mut(counter as u32) {
@@ -240,6 +246,7 @@ const TCX_DROP: i32 = 2;
 const ETH_HEADER_LEN: usize = 14;
 const ETH_P_IP: u16 = 0x0800;
 const IPPROTO_TCP: u8 = 6;
+const TCP_TIME_WAIT: u32 = 6;
 const TCP_LISTEN: u32 = 10;
 const TCP_SYN: u8 = 0x02;
 const TCP_ACK: u8 = 0x10;
@@ -301,47 +308,67 @@ unsafe fn try_tc_ingress(ctx: &mut TcContext) -> Result<i32, i64> {
     let mut tuple: bpf_sock_tuple = core::mem::zeroed();
     tuple.__bindgen_anon_1.ipv4 = bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1 { saddr, daddr, sport, dport };
 
+    let new_connection = flags & (TCP_SYN | TCP_ACK) == TCP_SYN;
     // A connection the proxy holds (accepted, half-open or closing): deliver it there. A node
-    // listener on the pod's port is not one of ours.
+    // listener on the pod's port is not one of ours. A SYN reusing the 4-tuple of a connection
+    // the proxy closed first (its socket in TIME_WAIT) is a new connection: the kernel would
+    // look for a listener on the pod's port, find none in the node's namespace and reset it.
     match socket_state(ctx, &mut tuple) {
-        Some(state) if state != TCP_LISTEN => {
+        Some(TCP_LISTEN) | None => {}
+        Some(TCP_TIME_WAIT) if new_connection => {}
+        Some(_) => {
             mark_for_proxy(ctx);
             return Ok(TCX_PASS);
         }
-        _ => {}
     }
     // Anything but a new connection (SYN without ACK) is left alone: connections opened before
     // the pod was enrolled keep going straight to it.
-    if flags & (TCP_SYN | TCP_ACK) != TCP_SYN || !capture_new {
+    if !new_connection || !capture_new {
         return Ok(TCX_NEXT);
     }
-    let Some(config) = NODUS_CONFIG.get(0) else {
-        return Ok(TCX_NEXT);
-    };
-    if config.inbound_port == 0 {
+    // Inbound capture switched off (a proxy started with it off re-adopted these links).
+    if NODUS_CONFIG.get(0).is_none_or(|config| config.inbound_port == 0) {
         return Ok(TCX_NEXT);
     }
-    tuple.__bindgen_anon_1.ipv4.dport = config.inbound_port;
-    let size = core::mem::size_of::<bpf_sock_tuple__bindgen_ty_1__bindgen_ty_1>() as u32;
-    let listener: *mut bpf_sock = bpf_skc_lookup_tcp(ctx.skb.skb as *mut _, &mut tuple, size, CURRENT_NETNS, 0);
-    if listener.is_null() {
-        // No proxy listening: drop (the client retries its SYN) rather than bypass the proxy.
-        count(Counter::InboundNoListener);
-        return Ok(TCX_DROP);
-    }
-    let assigned = if (*listener).state == TCP_LISTEN {
-        bpf_sk_assign(ctx.skb.skb as *mut _, listener as *mut _, 0)
-    } else {
-        -1
-    };
-    bpf_sk_release(listener as *mut _);
-    if assigned != 0 {
-        count(Counter::InboundNoListener);
-        return Ok(TCX_DROP);
-    }
+    // The kernel's listener lookup for it runs `nodus_sk_lookup`, which picks the capture
+    // listener.
     mark_for_proxy(ctx);
     count(Counter::InboundCaptured);
     Ok(TCX_PASS)
+}
+
+const SK_DROP: u32 = 0;
+const SK_PASS: u32 = 1;
+const AF_INET: u32 = 2;
+
+#[sk_lookup]
+pub fn nodus_sk_lookup(ctx: SkLookupContext) -> u32 {
+    // SAFETY: the kernel passes a valid bpf_sk_lookup for the program's lifetime.
+    let (family, protocol, local_ip4) =
+        unsafe { ((*ctx.lookup).family, (*ctx.lookup).protocol, (*ctx.lookup).local_ip4) };
+    if family != AF_INET || protocol != u32::from(IPPROTO_TCP) {
+        return SK_PASS;
+    }
+    // SAFETY: map value read by copy.
+    let capture_new = match unsafe { NODUS_INBOUND.get(&local_ip4) } {
+        Some(pod) => pod.flags & INBOUND_CAPTURE_NEW != 0,
+        None => return SK_PASS,
+    };
+    if !capture_new {
+        return SK_PASS;
+    }
+    // SAFETY: the only mutable access to the map object from this program; the helper it calls
+    // takes a reference on the socket and releases it. (The kernel may look a listener up more
+    // than once per connection: connections are counted at TC, by their SYN.)
+    let assigned = unsafe { (*core::ptr::addr_of_mut!(NODUS_CAPTURE)).redirect_sk_lookup(&ctx, 0, 0) };
+    match assigned {
+        Ok(()) => SK_PASS,
+        Err(_) => {
+            // No proxy listening: refuse rather than let the connection bypass it.
+            count(Counter::InboundNoListener);
+            SK_DROP
+        }
+    }
 }
 
 #[cfg(not(test))]

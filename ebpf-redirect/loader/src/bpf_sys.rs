@@ -23,6 +23,7 @@ pub(crate) enum AttachType {
     CgroupInet6Connect = 11,
     CgroupInet4Getpeername = 29,
     CgroupInet6Getpeername = 30,
+    SkLookup = 36,
     TcxIngress = 46,
 }
 
@@ -121,6 +122,15 @@ pub(crate) fn link_cgroup_id(link: BorrowedFd<'_>) -> io::Result<u64> {
     let mut id = [0u8; 8];
     id.copy_from_slice(&info[16..24]);
     Ok(u64::from_ne_bytes(id))
+}
+
+/// The network namespace (inode) an `sk_lookup` link is attached to: `netns { u32 netns_ino;
+/// u32 attach_type; }`.
+pub(crate) fn link_netns_ino(link: BorrowedFd<'_>) -> io::Result<u32> {
+    let info = link_info(link)?;
+    let mut ino = [0u8; 4];
+    ino.copy_from_slice(&info[16..20]);
+    Ok(u32::from_ne_bytes(ino))
 }
 
 /// The interface a TCX link is attached to (0 once the interface is gone): `tcx { u32 ifindex;

@@ -13,14 +13,14 @@ mod route_sys;
 
 pub use netns::{current_netns_cookie, netns_cookie_and_ipv4, netns_cookie_of};
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::{CgroupSockAddr, SchedClassifier, SockOps};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, SockMap};
+use aya::programs::{CgroupSockAddr, SchedClassifier, SkLookup, SockOps};
 use aya::{Ebpf, EbpfLoader};
 use bpf_sys::AttachType;
 use nodus_redirect_common::{
     Counter, Enrollment, InboundPod, OriginalDst, PeerKey, RedirectConfig, ENROLL_OUTBOUND, INBOUND_CAPTURE_NEW,
-    MAP_CONFIG, MAP_COUNTERS, MAP_ENROLLED, MAP_INBOUND, MAP_ORIG_BY_PEER, PROG_CONNECT4, PROG_CONNECT6,
-    PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SOCK_OPS, PROG_TC_INGRESS,
+    MAP_CAPTURE_LISTENER, MAP_CONFIG, MAP_COUNTERS, MAP_ENROLLED, MAP_INBOUND, MAP_ORIG_BY_PEER, PROG_CONNECT4,
+    PROG_CONNECT6, PROG_GETPEERNAME4, PROG_GETPEERNAME6, PROG_SK_LOOKUP, PROG_SOCK_OPS, PROG_TC_INGRESS,
 };
 use std::io;
 use std::net::{Ipv4Addr, SocketAddrV4};
@@ -140,6 +140,7 @@ pub struct Redirect {
     orig_by_peer: HashMap<MapData, PeerKey, OriginalDst>,
     counters: PerCpuArray<MapData, u64>,
     inbound: HashMap<MapData, u32, InboundPod>,
+    capture_listener: SockMap<MapData>,
     /// The TC ingress program, for interfaces that appear later (new pods' veths); `None`
     /// without inbound capture.
     tc_ingress: Option<OwnedFd>,
@@ -205,6 +206,18 @@ impl Redirect {
 
         let tc_ingress = match spec.inbound_port {
             Some(_) => {
+                let lookup: &mut SkLookup = ebpf
+                    .program_mut(PROG_SK_LOOKUP)
+                    .ok_or_else(|| RedirectError::KernelFeature {
+                        what: format!("program {PROG_SK_LOOKUP}"),
+                        detail: "missing from the object".into(),
+                    })?
+                    .try_into()
+                    .map_err(|e| classify(PROG_SK_LOOKUP, e))?;
+                lookup.load().map_err(|e| classify(PROG_SK_LOOKUP, e))?;
+                let lookup_fd = lookup.fd().map_err(|e| classify(PROG_SK_LOOKUP, e))?;
+                attach_sk_lookup(&links_dir.join(PROG_SK_LOOKUP), lookup_fd.as_fd())
+                    .map_err(|e| classify(format!("attaching {PROG_SK_LOOKUP} to this network namespace"), e))?;
                 let program: &mut SchedClassifier = ebpf
                     .program_mut(PROG_TC_INGRESS)
                     .ok_or_else(|| RedirectError::KernelFeature {
@@ -235,6 +248,7 @@ impl Redirect {
             orig_by_peer: take_map(&mut ebpf, MAP_ORIG_BY_PEER)?,
             counters: take_map(&mut ebpf, MAP_COUNTERS)?,
             inbound: take_map(&mut ebpf, MAP_INBOUND)?,
+            capture_listener: take_map(&mut ebpf, MAP_CAPTURE_LISTENER)?,
             tc_ingress,
             tc_attached: std::collections::HashSet::new(),
             _ebpf: ebpf,
@@ -277,6 +291,16 @@ impl Redirect {
             }
         }
         Ok(attached)
+    }
+
+    /// Registers the proxy's capture listener (a transparent TCP listener on
+    /// [`RedirectSpec::inbound_port`]): connections captured on their way in to pods are handed
+    /// to it. Until one is registered they are refused. A successor that took the listener over
+    /// registers the same socket again.
+    pub fn set_capture_listener(&mut self, listener: &impl std::os::fd::AsRawFd) -> Result<(), RedirectError> {
+        self.capture_listener
+            .set(0, listener, 0)
+            .map_err(|e| RedirectError::Map { map: MAP_CAPTURE_LISTENER, detail: e.to_string() })
     }
 
     /// Whether inbound capture was set up ([`RedirectSpec::inbound_port`]).
@@ -470,6 +494,21 @@ fn attach_tcx(link_path: &Path, program: std::os::fd::BorrowedFd<'_>, ifindex: u
     let link = bpf_sys::link_create_tcx(program, ifindex)?;
     bpf_sys::obj_pin(link.as_fd(), link_path)?;
     Ok(TcxOutcome::Attached)
+}
+
+/// Like [`attach_or_replace`], for the `sk_lookup` link on the calling thread's network namespace.
+fn attach_sk_lookup(link_path: &Path, program: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+    let netns = std::fs::File::open("/proc/thread-self/ns/net")?;
+    let ino = netns.metadata()?.ino();
+    if link_path.exists() {
+        let link = bpf_sys::obj_get(link_path)?;
+        if u64::from(bpf_sys::link_netns_ino(link.as_fd())?) == ino {
+            return bpf_sys::link_update(link.as_fd(), program);
+        }
+        std::fs::remove_file(link_path)?;
+    }
+    let link = bpf_sys::link_create(program, netns.as_fd(), AttachType::SkLookup)?;
+    bpf_sys::obj_pin(link.as_fd(), link_path)
 }
 
 /// On cgroup v2 a cgroup's id is its directory's inode number.

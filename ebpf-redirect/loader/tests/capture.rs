@@ -264,12 +264,15 @@ fn inbound_capture_takes_new_connections_to_enrolled_pods_and_spares_the_rest() 
     let node2 = lab.node("node-2").unwrap().clone();
     let target = SocketAddrV4::new(server.ip, 8080);
     serve_forever(listen(server.netns(), SocketAddr::from((server.ip, 8080))), "pod");
-    serve_forever(transparent_listener(&node2), "proxy");
 
-    // Attached inside node-2's namespace: interfaces and policy routing are per namespace.
+    // Attached inside node-2's namespace: interfaces, policy routing and sk_lookup are per
+    // namespace.
     let mut inbound_spec = spec(&node2);
     inbound_spec.inbound_port = Some(INBOUND_PORT);
-    let redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
+    let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
+    let proxy = transparent_listener(&node2);
+    redirect.set_capture_listener(&proxy).unwrap();
+    serve_forever(proxy, "proxy");
     let redirect = std::sync::Mutex::new(redirect);
 
     // Opened before the pod is enrolled: must keep reaching the pod itself throughout.
@@ -318,11 +321,69 @@ fn inbound_capture_fails_closed_without_a_listener() {
     let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
     redirect.set_inbound(server.ip, true).unwrap();
 
-    // No proxy listening: the SYN is dropped rather than let through to the pod.
+    // No proxy listening: the connection is refused rather than let through to the pod.
     let attempt = client
         .netns()
         .run(move || std::net::TcpStream::connect_timeout(&target.into(), std::time::Duration::from_millis(1500)))
         .unwrap();
     assert!(attempt.is_err(), "a connection to an enrolled pod bypassed the missing proxy");
     assert!(redirect.counters().unwrap().inbound_no_listener >= 1);
+}
+
+#[test]
+fn a_new_connection_reusing_the_tuple_of_one_the_proxy_closed_is_captured_again() {
+    skip_unless_lab_supported!();
+    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+    let client = lab.add_pod("node-1", "plain", "client").unwrap();
+    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
+    let node2 = lab.node("node-2").unwrap().clone();
+    let target = SocketAddrV4::new(server.ip, 8080);
+    // The stand-in proxy answers once and closes first, as a server does after
+    // `Connection: close`: its socket (node-2's namespace, local address = the pod's) is left
+    // in TIME_WAIT.
+    let proxy = transparent_listener(&node2);
+    let mut inbound_spec = spec(&node2);
+    inbound_spec.inbound_port = Some(INBOUND_PORT);
+    let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
+    redirect.set_capture_listener(&proxy).unwrap();
+    redirect.set_inbound(server.ip, true).unwrap();
+    std::thread::spawn(move || {
+        for stream in proxy.incoming() {
+            let Ok(mut stream) = stream else { return };
+            let mut message = [0u8; 16];
+            let read = stream.read(&mut message).unwrap_or(0);
+            let _ = stream.write_all(&message[..read]);
+        }
+    });
+
+    // The same client port twice in a row: the second SYN meets the proxy's TIME_WAIT socket.
+    let exchange = || {
+        client
+            .netns()
+            .run(move || {
+                use nix::sys::socket::{
+                    bind, setsockopt, socket, sockopt, AddressFamily, SockFlag, SockType, SockaddrIn,
+                };
+                let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None).unwrap();
+                setsockopt(&fd, sockopt::ReuseAddr, &true).unwrap();
+                // Shorter than the first SYN retransmission (1 s): a dropped SYN fails the test
+                // instead of being papered over by a retry.
+                setsockopt(&fd, sockopt::SendTimeout, &nix::sys::time::TimeVal::new(0, 800_000)).unwrap();
+                let [a, b, c, d] = client.ip.octets();
+                bind(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(a, b, c, d, 40_000)).unwrap();
+                let mut stream = std::net::TcpStream::from(fd);
+                nix::sys::socket::connect(std::os::fd::AsRawFd::as_raw_fd(&stream), &SockaddrIn::from(target))
+                    .map_err(std::io::Error::from)?;
+                stream.set_read_timeout(Some(TIMEOUT))?;
+                stream.write_all(b"ping")?;
+                let mut reply = Vec::new();
+                stream.read_to_end(&mut reply)?;
+                Ok::<_, std::io::Error>(reply)
+            })
+            .unwrap()
+    };
+    assert_eq!(exchange().unwrap(), b"ping");
+    std::thread::sleep(std::time::Duration::from_millis(200));
+    assert_eq!(exchange().expect("the second connection was reset"), b"ping");
+    assert!(redirect.counters().unwrap().inbound_captured >= 2);
 }
