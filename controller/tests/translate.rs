@@ -421,6 +421,36 @@ spec:
     assert!(node_view(&t.snapshot, "node-3").mtls.is_empty());
 }
 
+/// Found by the `manifests` fuzz target: a rule proxies reject used to reach them and made them
+/// NACK every config. Each kind of bad rule now fails closed before it leaves the controller.
+#[test]
+fn invalid_authorization_rules_fail_closed_and_never_reach_the_proxies() {
+    let policy = |action: &str, rule: &str| {
+        format!(
+            "apiVersion: policy.nodus.dev/v1alpha1\nkind: AuthorizationPolicy\nmetadata: {{ name: p, namespace: demo }}\n\
+             spec: {{ selector: {{ matchLabels: {{ app: web }} }}, action: {action}, rules: [{{ ports: [80] }}, {rule}] }}\n"
+        )
+    };
+    let cases = [
+        r#"{ identities: ["spiffa://cluster.local/ns/demo/sa/client"] }"#,
+        r#"{ paths: ["api/*"] }"#,
+        r#"{ methods: ["get"] }"#,
+        r#"{ ports: [0] }"#,
+    ];
+    for rule in cases {
+        let allow = run(&policy("Allow", rule));
+        allow.snapshot.validate().unwrap_or_else(|e| panic!("{rule}: {e}"));
+        assert_eq!(allow.snapshot.authorization_policies[0].rules.len(), 1, "{rule}: the bad Allow rule is dropped");
+        let deny = run(&policy("Deny", rule));
+        deny.snapshot.validate().unwrap_or_else(|e| panic!("{rule}: {e}"));
+        assert_eq!(
+            deny.snapshot.authorization_policies[0].rules[1],
+            nodus_config::AuthorizationRule::default(),
+            "{rule}: the bad Deny rule denies every caller"
+        );
+    }
+}
+
 #[test]
 fn retry_annotations_set_every_rules_policy_or_say_why_not() {
     let annotated = |annotations: &str| {

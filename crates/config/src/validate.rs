@@ -405,22 +405,33 @@ fn check_header_name(name: &str) -> Result<(), String> {
 
 fn check_authorization_policy(policy: &crate::AuthorizationPolicy) -> Result<(), ValidationError> {
     for (index, rule) in policy.rules.iter().enumerate() {
-        let invalid =
-            |message: String| ValidationError::InvalidPolicy { policy: policy.id.clone(), rule: index, message };
-        if let Some(identity) = rule.identities.iter().find(|i| !i.starts_with("spiffe://")) {
-            return Err(invalid(format!("identity {identity:?} is not a SPIFFE ID (spiffe://...)")));
-        }
-        if let Some(path) = rule.paths.iter().find(|p| !p.starts_with('/')) {
-            return Err(invalid(format!("path {path:?} must start with '/'")));
-        }
-        if let Some(method) = rule.methods.iter().find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
-            return Err(invalid(format!("method {method:?} is not an upper-case HTTP method")));
-        }
-        if rule.ports.contains(&0) {
-            return Err(invalid("port 0".to_string()));
-        }
+        rule.check().map_err(|message| ValidationError::InvalidPolicy {
+            policy: policy.id.clone(),
+            rule: index,
+            message,
+        })?;
     }
     Ok(())
+}
+
+impl crate::AuthorizationRule {
+    /// Whether the rule is one proxies accept; the reason if not. The controller checks each
+    /// rule with this before sending it (see its policy translation), proxies on every apply.
+    pub fn check(&self) -> Result<(), String> {
+        if let Some(identity) = self.identities.iter().find(|i| !i.starts_with("spiffe://")) {
+            return Err(format!("identity {identity:?} is not a SPIFFE ID (spiffe://...)"));
+        }
+        if let Some(path) = self.paths.iter().find(|p| !p.starts_with('/')) {
+            return Err(format!("path {path:?} must start with '/'"));
+        }
+        if let Some(method) = self.methods.iter().find(|m| m.is_empty() || !m.bytes().all(|b| b.is_ascii_uppercase())) {
+            return Err(format!("method {method:?} is not an upper-case HTTP method"));
+        }
+        if self.ports.contains(&0) {
+            return Err("port 0".to_string());
+        }
+        Ok(())
+    }
 }
 
 /// The shape of the trust roots; the proxy parses the certificates themselves when it compiles.
