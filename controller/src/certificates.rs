@@ -119,6 +119,9 @@ impl CertificateService {
 #[tonic::async_trait]
 impl Certificates for CertificateService {
     async fn sign(&self, request: Request<CertificateRequest>) -> Result<Response<CertificateResponse>, Status> {
+        // Node authorization starts from the node the caller proved, not the one it names.
+        let authenticated = request.extensions().get::<crate::node_auth::AuthenticatedNode>();
+        crate::node_auth::authorize_node(authenticated, &request.get_ref().node)?;
         CertificateService::sign(self, request.get_ref()).map(Response::new)
     }
 }

@@ -182,11 +182,12 @@ impl Distributor {
     async fn serve_node(
         self,
         inbound: Streaming<SubscribeRequest>,
+        authenticated: Option<crate::node_auth::AuthenticatedNode>,
         outbound: mpsc::Sender<Result<ConfigPush, Status>>,
     ) {
         let mut closing = self.closing.subscribe();
         tokio::select! {
-            () = self.clone().stream_to_node(inbound, outbound) => {}
+            () = self.clone().stream_to_node(inbound, authenticated, outbound) => {}
             _ = closing.wait_for(|closing| *closing) => {}
         }
     }
@@ -194,6 +195,7 @@ impl Distributor {
     async fn stream_to_node(
         self,
         mut inbound: Streaming<SubscribeRequest>,
+        authenticated: Option<crate::node_auth::AuthenticatedNode>,
         outbound: mpsc::Sender<Result<ConfigPush, Status>>,
     ) {
         let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.next()).await {
@@ -203,6 +205,11 @@ impl Distributor {
                 return;
             }
         };
+        // A proxy gets the config of the node its token names, never another node's.
+        if let Err(status) = crate::node_auth::authorize_node(authenticated.as_ref(), &hello.node) {
+            let _ = outbound.send(Err(status)).await;
+            return;
+        }
         let node = hello.node.clone();
         let span = tracing::info_span!("subscriber", node = %node);
         let _entered = span.enter();
@@ -312,7 +319,8 @@ impl ConfigDiscovery for Distributor {
         request: Request<Streaming<SubscribeRequest>>,
     ) -> Result<Response<Self::SubscribeStream>, Status> {
         let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(self.clone().serve_node(request.into_inner(), sender));
+        let authenticated = request.extensions().get::<crate::node_auth::AuthenticatedNode>().cloned();
+        tokio::spawn(self.clone().serve_node(request.into_inner(), authenticated, sender));
         Ok(Response::new(Box::pin(ReceiverStream::new(receiver))))
     }
 }

@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod distribute;
 pub mod kube_io;
 pub mod manifests;
+pub mod node_auth;
 pub mod node_view;
 pub mod reconcile;
 pub mod standalone;

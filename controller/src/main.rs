@@ -4,9 +4,11 @@
 use anyhow::Context;
 use clap::Parser;
 use nodus_controller::distribute::Distributor;
+use nodus_controller::node_auth::NodeAuth;
 use nodus_controller::reconcile::Reconciler;
 use nodus_controller::standalone::StandaloneSettings;
 use nodus_controller::translate::TranslateOptions;
+use nodus_identity::node_token::NodeTokenKey;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -33,6 +35,14 @@ struct Args {
     /// copy the two files into it as `next.crt`/`next.key`.
     #[arg(long, value_name = "DIR")]
     generate_root: Option<PathBuf>,
+    /// Require node proxies to authenticate with a node token made from this key (created, mode
+    /// 0600, if missing): each proxy then gets only its own node's config and certificates.
+    #[arg(long, value_name = "FILE")]
+    node_token_key: Option<PathBuf>,
+    /// Print the node token of NODE (made from --node-token-key) and exit: what to give that
+    /// node's proxy (`--node-token-file`).
+    #[arg(long, value_name = "NODE", requires = "node_token_key")]
+    print_node_token: Option<String>,
     /// The namespace the controller runs in (its CA Secret `nodus-ca` lives there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "nodus-system")]
     namespace: String,
@@ -73,6 +83,11 @@ fn main() -> anyhow::Result<()> {
         nodus_controller::trust::stage_root(dir, &args.trust_domain)
             .with_context(|| format!("staging a new root in {}", dir.display()))?;
         println!("staged a new root in {}: next.pem, next-key.pem", dir.display());
+        return Ok(());
+    }
+    if let (Some(node), Some(path)) = (&args.print_node_token, &args.node_token_key) {
+        let key = NodeTokenKey::load_or_create(path).with_context(|| format!("reading {}", path.display()))?;
+        println!("{}", key.token(node));
         return Ok(());
     }
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
@@ -122,10 +137,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
+    let auth = match &args.node_token_key {
+        Some(path) => {
+            let key = NodeTokenKey::load_or_create(path).with_context(|| format!("reading {}", path.display()))?;
+            tracing::info!(key = %path.display(), "node proxies must authenticate with node tokens");
+            NodeAuth::required(key)
+        }
+        None => {
+            tracing::warn!("no --node-token-key: node proxies are not authenticated; any client can claim any node");
+            NodeAuth::off()
+        }
+    };
+    let check = |auth: NodeAuth| move |request| auth.check(request);
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(distributor.service())
-        .add_service(certificates.service())
+        .add_service(tonic::service::interceptor::InterceptedService::new(distributor.service(), check(auth.clone())))
+        .add_service(tonic::service::interceptor::InterceptedService::new(certificates.service(), check(auth)))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
     let source = match args.manifests {
         Some(dir) => {

@@ -14,6 +14,29 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+/// Where this proxy's node token is (`--node-token-file`), if the controller requires one.
+static NODE_TOKEN_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+
+/// Sends the node token in `path` with every control-plane call from now on. Read at each call,
+/// so a token replaced on disk is used from the next call on.
+pub fn use_node_token(path: std::path::PathBuf) {
+    let _ = NODE_TOKEN_FILE.set(path);
+}
+
+/// `message` as a call carrying the node token, if one is configured.
+pub fn authenticated<T>(message: T) -> Result<tonic::Request<T>, tonic::Status> {
+    let mut request = tonic::Request::new(message);
+    if let Some(path) = NODE_TOKEN_FILE.get() {
+        let token = std::fs::read_to_string(path)
+            .map_err(|e| tonic::Status::unauthenticated(format!("reading the node token {}: {e}", path.display())))?;
+        let value = format!("Bearer {}", token.trim())
+            .parse()
+            .map_err(|_| tonic::Status::unauthenticated("the node token is not valid metadata"))?;
+        request.metadata_mut().insert(nodus_identity::node_token::TOKEN_METADATA, value);
+    }
+    Ok(request)
+}
+
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
@@ -64,7 +87,10 @@ async fn run_stream(
         .send(send(subscribe_request::Message::Hello(hello)))
         .await
         .map_err(|_| tonic::Status::internal("request stream closed"))?;
-    let mut pushes = ConfigDiscoveryClient::new(channel).subscribe(ReceiverStream::new(receiver)).await?.into_inner();
+    let mut pushes = ConfigDiscoveryClient::new(channel)
+        .subscribe(authenticated(ReceiverStream::new(receiver))?)
+        .await?
+        .into_inner();
     tracing::info!(parent: span, resumed = !held.is_empty(), "subscribed to the controller");
     proxy.metrics.control_plane_connected.set(1);
     while let Some(push) = pushes.message().await? {

@@ -128,6 +128,7 @@ impl IdentityManager {
             service_account: identity.service_account.clone(),
             csr_pem: key.csr_pem().map_err(|e| e.to_string())?,
         };
+        let request = crate::control::authenticated(request).map_err(|status| status.message().to_string())?;
         let response = client.sign(request).await.map_err(|status| status.message().to_string())?.into_inner();
         let issued = SystemTime::now();
         let not_after = UNIX_EPOCH + Duration::from_secs(response.not_after_unix);

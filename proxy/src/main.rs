@@ -41,6 +41,10 @@ struct Args {
     /// The controller's config service, e.g. `http://nodus-controller:15012`.
     #[arg(long, env = "NODUS_CONTROLLER", required_unless_present = "config_file")]
     controller: Option<String>,
+    /// The node token to authenticate to the controller with (`nodus-controller
+    /// --print-node-token NODE` makes it), when the controller requires one.
+    #[arg(long, env = "NODUS_NODE_TOKEN_FILE", requires = "controller")]
+    node_token_file: Option<PathBuf>,
     /// The SPIFFE trust domain of workload identities (with --controller, the proxy obtains
     /// certificates for its node's mesh workloads from the controller's CA).
     #[arg(long, default_value = "cluster.local")]
@@ -172,6 +176,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut identities_for_handoff = None;
     match (&args.controller, &args.config_file) {
         (Some(controller), _) => {
+            if let Some(path) = &args.node_token_file {
+                nodus_proxy::control::use_node_token(path.clone());
+            }
             drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()));
             let identities = Arc::new(nodus_proxy::identity::IdentityManager::new(
                 &args.trust_domain,

@@ -10,6 +10,7 @@ use crate::process::Process;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpStream};
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The outbound listener port of node proxies in a lab.
@@ -156,7 +157,15 @@ impl Lab {
             .args(extra_args);
         match config.into() {
             ConfigSource::File(path) => command.arg("--config-file").arg(path),
-            ConfigSource::Controller(url) => command.args(["--controller", &url]),
+            ConfigSource::Controller(url) => {
+                command.args(["--controller", &url]);
+                // Written by start_controller; absent for a controller started some other way.
+                let token = self.node_token_path(&node.name)?;
+                if token.exists() {
+                    command.arg("--node-token-file").arg(token);
+                }
+                &mut command
+            }
         };
         // The proxy's log goes to the lab's work directory (kept until teardown).
         let log_path = self.work_dir()?.join(format!("proxy-{}.log", node.name));
@@ -172,6 +181,11 @@ impl Lab {
         })
     }
 
+    /// Where the node token of `node` is written when a controller starts.
+    pub fn node_token_path(&self, node: &str) -> Result<PathBuf> {
+        Ok(self.work_dir()?.join(format!("node-{node}.token")))
+    }
+
     /// Starts the controller in standalone mode on `node` (as a host-network controller pod
     /// would run), reading `manifests` and writing route status to `status_file`; it serves
     /// config streams on the node's address, port [`CONTROLLER_PORT`]. Returns the process and
@@ -185,9 +199,31 @@ impl Lab {
         extra_args: &[&str],
     ) -> Result<(Process, String)> {
         let listen = SocketAddrV4::new(node.ip, CONTROLLER_PORT);
+        // Node proxies authenticate: one token per node of the lab, made by the controller's
+        // own CLI from its key; start_node_proxy hands each proxy its node's token.
+        let key = self.work_dir()?.join("node-token.key");
+        for lab_node in self.nodes() {
+            let output = Command::new(controller_binary)
+                .arg("--node-token-key")
+                .arg(&key)
+                .args(["--print-node-token", &lab_node.name])
+                .output()
+                .map_err(io_error("running", controller_binary))?;
+            if !output.status.success() {
+                return Err(HarnessError::Command {
+                    command: "nodus-controller --print-node-token".into(),
+                    status: output.status.to_string(),
+                    stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+                });
+            }
+            let path = self.node_token_path(&lab_node.name)?;
+            std::fs::write(&path, &output.stdout).map_err(io_error("writing", &path))?;
+        }
         let mut command = node.command(controller_binary)?;
         command
             .args(["--listen", &listen.to_string()])
+            .arg("--node-token-key")
+            .arg(&key)
             .arg("--manifests")
             .arg(manifests)
             .arg("--status-file")

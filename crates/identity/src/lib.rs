@@ -8,6 +8,7 @@
 //!   certificates verified against the trust bundle and by SPIFFE ID.
 
 mod ca;
+pub mod node_token;
 mod spiffe;
 pub mod tls;
 mod workload;
