@@ -179,7 +179,28 @@ fn the_chart_lints_and_renders_least_privilege_objects_the_binaries_accept() {
         .iter()
         .filter_map(|v| v["hostPath"]["path"].as_str().map(String::from))
         .collect();
-    assert_eq!(host_paths, ["/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/netns"].map(String::from).into());
+    assert_eq!(
+        host_paths,
+        ["/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/netns", "/var/run/nodus"].map(String::from).into()
+    );
+    // Upgrades hand the listening sockets over: a surge pod beside the old one (so no host
+    // ports, which would keep it off the node), the hand-over socket in the shared host
+    // directory, the old process waiting for its deletion after draining, within the grace
+    // period Kubernetes gives it.
+    let strategy = &daemonset["spec"]["updateStrategy"];
+    assert_eq!(strategy["rollingUpdate"]["maxSurge"], 1, "{strategy}");
+    assert_eq!(strategy["rollingUpdate"]["maxUnavailable"], 0, "{strategy}");
+    assert!(container["ports"].is_null(), "host ports would block the surge pod: {}", container["ports"]);
+    let proxy_args = strings(&container["args"]);
+    assert!(proxy_args.contains(&"--handoff-socket=/var/run/nodus/handoff.sock".to_string()), "{proxy_args:?}");
+    assert!(proxy_args.contains(&"--linger-after-handoff".to_string()), "{proxy_args:?}");
+    let drain: u64 = proxy_args
+        .iter()
+        .find_map(|a| a.strip_prefix("--drain-grace-secs="))
+        .expect("a drain grace")
+        .parse()
+        .unwrap();
+    assert!(drain < pod["terminationGracePeriodSeconds"].as_u64().unwrap(), "the drain fits the grace period");
     let selector = &daemonset["spec"]["selector"]["matchLabels"];
     for (key, value) in selector.as_object().unwrap() {
         assert_eq!(&pod_labels(daemonset)[key], value, "the selector matches the pod template");

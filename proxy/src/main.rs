@@ -102,6 +102,12 @@ struct Args {
     /// sockets over from this one, which then drains and exits (docs/operations.md).
     #[arg(long)]
     handoff_socket: Option<PathBuf>,
+    /// After handing its listeners over and draining, wait for SIGTERM instead of exiting. Under
+    /// a supervisor that restarts exited processes (a Kubernetes container), an exit would start
+    /// a new proxy that takes the listeners back; the old pod is deleted once its successor is
+    /// ready.
+    #[arg(long, requires = "handoff_socket")]
+    linger_after_handoff: bool,
     /// Seconds a stopping or upgraded proxy waits for its connections to finish.
     #[arg(long, default_value_t = 30)]
     drain_grace_secs: u64,
@@ -249,11 +255,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         listening.admin
     );
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut handed = false;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = terminate.recv() => {}
         result = handed_over => match result {
-            Ok(Ok(())) => tracing::info!("listeners handed over to a new proxy"),
+            Ok(Ok(())) => {
+                handed = true;
+                tracing::info!("listeners handed over to a new proxy");
+            }
             Ok(Err(error)) => tracing::warn!(%error, "offering the listeners failed"),
             Err(error) => tracing::warn!(%error, "offering the listeners failed"),
         },
@@ -263,6 +273,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
     proxy.drain.start();
     let grace = Duration::from_secs(args.drain_grace_secs);
     let left = proxy.drain.drained(grace).await;
+    if handed && args.linger_after_handoff {
+        tracing::info!(connections_cut = left, "drained; waiting for SIGTERM (the successor serves)");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = terminate.recv() => {}
+        }
+    }
     tracing::info!(connections_cut = left, "shutting down");
     Ok(())
 }

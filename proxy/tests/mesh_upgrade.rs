@@ -95,3 +95,33 @@ fn node_proxies_upgrade_under_load_without_a_failed_request() {
     assert_eq!(String::from_utf8_lossy(&out.stdout).matches("\"status\":200").count(), 2);
     drop((old1, old2));
 }
+
+/// Under Kubernetes an exited container is restarted, and a restarted old proxy would take the
+/// listeners back: the chart runs proxies with `--linger-after-handoff`, so the old one stays
+/// (idle, drained) until the pod is deleted, and then exits on SIGTERM.
+#[test]
+fn a_lingering_old_proxy_waits_for_sigterm_after_the_hand_over() {
+    skip_unless_lab_supported!();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("node-2-handoff.sock").to_str().unwrap().to_string();
+    let args = ["--handoff-socket", socket.as_str(), "--drain-grace-secs", "2", "--linger-after-handoff"];
+    let mut mesh = start_mesh_with_proxies(&[], &[], &args);
+    let node2 = mesh.lab.node("node-2").unwrap().clone();
+    let proxy_binary = PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy"));
+    let new2 =
+        mesh.lab.start_node_proxy(&node2, &proxy_binary, ConfigSource::Controller(mesh.url.clone()), &args).unwrap();
+    // Idle, so the drain ends at once; the old process must still be there well after it.
+    assert_eq!(exits_within(&mut mesh.proxy2, Duration::from_secs(4)), None, "the old proxy exited on its own");
+    let old2 = std::mem::replace(&mut mesh.proxy2, new2);
+    let out = mesh
+        .client
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", "10.96.0.11:80", "--count", "3"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "the successor serves: {text}");
+    let status = old2.process.terminate(Duration::from_secs(5));
+    assert!(status.is_some_and(|s| s.success()), "the old proxy exits cleanly on SIGTERM: {status:?}");
+}
