@@ -12,6 +12,7 @@
 //! a fixed rate with coordinated-omission correction (oha `-q --latency-correction`); proxy CPU
 //! seconds per 10k requests (from /proc); proxy peak RSS.
 
+mod attacks;
 mod chart;
 mod churn;
 mod scenario_b;
@@ -46,8 +47,8 @@ struct Args {
     #[arg(long, default_value_t = 50)]
     connections: u32,
     /// Which scenarios to run: `a` (one node, plaintext, peers), `b` (two nodes, mTLS), `c`
-    /// (HTTP/2 and gRPC).
-    #[arg(long, value_delimiter = ',', default_value = "a,b,c")]
+    /// (HTTP/2 and gRPC), `attacks` (memory and service under hostile clients).
+    #[arg(long, value_delimiter = ',', default_value = "a,b,c,attacks")]
     scenarios: Vec<String>,
     /// Where to write results (results.md, results.json).
     #[arg(long, default_value = "bench-results")]
@@ -148,6 +149,9 @@ fn main() -> Result<()> {
         let (text, more) = scenario_c::run(&args, &proxy_binary)?;
         report.push_str(&text);
         bars.extend(more);
+    }
+    if args.scenarios.iter().any(|s| s == "attacks") {
+        report.push_str(&attacks::run(&args, &proxy_binary)?);
     }
     std::fs::create_dir_all(&args.out)?;
     chart::throughput_chart(&args.out.join("throughput.png"), "Nodus: throughput as a fraction of direct", &bars)?;

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used)]
 
 use nodus_config::ConfigSnapshot;
+use nodus_harness::h2_frames::{continuation_flood_start, continuation_frame, has_goaway, rapid_reset};
 use nodus_proxy::app::{self, Proxy, ProxySettings};
 use nodus_proxy::balance::OutlierPolicy;
 use nodus_proxy::limits::ConnectionLimits;
@@ -112,45 +113,12 @@ async fn a_slowloris_request_head_is_cut_off_and_others_are_served() {
     well_behaved_http1(proxy).await;
 }
 
-/// HTTP/2 frame: length, type, flags, stream id, payload.
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let length = payload.len() as u32;
-    let mut out = vec![(length >> 16) as u8, (length >> 8) as u8, length as u8, kind, flags];
-    out.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
-
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-/// HPACK: :method GET, :scheme http, :path /, :authority echo.
-const GET_HEADERS: [u8; 9] = [0x82, 0x86, 0x84, 0x41, 0x04, b'e', b'c', b'h', b'o'];
-
-/// Whether `bytes` (frames from the server) hold a GOAWAY.
-fn has_goaway(bytes: &[u8]) -> bool {
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let length = (usize::from(bytes[at]) << 16) | (usize::from(bytes[at + 1]) << 8) | usize::from(bytes[at + 2]);
-        if bytes[at + 3] == 0x7 {
-            return true;
-        }
-        at += 9 + length;
-    }
-    false
-}
-
 #[tokio::test]
 async fn http2_rapid_reset_gets_goaway_and_others_are_served() {
     let proxy = start("http2", ConnectionLimits::default()).await;
     let mut stream = TcpStream::connect(proxy).await.unwrap();
-    let mut attack = PREFACE.to_vec();
-    attack.extend(frame(0x4, 0, 0, &[])); // SETTINGS
-                                          // Open a stream and cancel it at once, 5,000 times.
-    for i in 0..5000u32 {
-        let id = 2 * i + 1;
-        attack.extend(frame(0x1, 0x5, id, &GET_HEADERS)); // HEADERS, END_STREAM | END_HEADERS
-        attack.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM CANCEL
-    }
-    let _ = stream.write_all(&attack).await;
+    // Open a stream and cancel it at once, 5,000 times.
+    let _ = stream.write_all(&rapid_reset(5000)).await;
     let (received, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
     assert!(has_goaway(&received), "the proxy sent GOAWAY ({} bytes received)", received.len());
     assert!(closed, "and closed the connection");
@@ -162,16 +130,9 @@ async fn an_http2_continuation_flood_is_cut_off_and_others_are_served() {
     let limits = ConnectionLimits { max_header_bytes: 16 * 1024, ..Default::default() };
     let proxy = start("http2", limits).await;
     let mut stream = TcpStream::connect(proxy).await.unwrap();
-    let mut start = PREFACE.to_vec();
-    start.extend(frame(0x4, 0, 0, &[]));
-    start.extend(frame(0x1, 0x1, 1, &GET_HEADERS)); // HEADERS without END_HEADERS
-    stream.write_all(&start).await.unwrap();
+    stream.write_all(&continuation_flood_start()).await.unwrap();
     // CONTINUATION frames, each a 4 KiB literal header, never END_HEADERS: 64 MiB if unbounded.
-    let mut literal = vec![0x40, 0x05];
-    literal.extend_from_slice(b"x-pad");
-    literal.extend_from_slice(&[0x7f, 0x81, 0x1f]); // value length 4096 (7-bit prefix integer)
-    literal.extend(std::iter::repeat_n(b'a', 4096));
-    let continuation = frame(0x9, 0, 1, &literal);
+    let continuation = continuation_frame();
     let mut sent = 0usize;
     let mut write_failed = false;
     for _ in 0..16 * 1024 {

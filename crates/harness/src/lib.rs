@@ -15,6 +15,7 @@
 
 mod cgroup;
 mod error;
+pub mod h2_frames;
 mod lab;
 mod mesh;
 mod netns;
