@@ -34,6 +34,8 @@ pub const CLUSTER_ACCESS: &[(&str, &str, &[&str])] = &[
     ("gateway.networking.k8s.io", "grpcroutes/status", &["patch"]),
     ("policy.nodus.dev", "meshpolicies", &["list", "watch"]),
     ("policy.nodus.dev", "authorizationpolicies", &["list", "watch"]),
+    // Node proxies' service-account tokens are checked by the API server (token_review.rs).
+    ("authentication.k8s.io", "tokenreviews", &["create"]),
 ];
 
 /// In the controller's own namespace: the CA Secret is created once, then read and, during a

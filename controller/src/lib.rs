@@ -18,5 +18,6 @@ pub mod node_view;
 pub mod reconcile;
 pub mod standalone;
 pub mod status;
+pub mod token_review;
 pub mod translate;
 pub mod trust;

@@ -4,9 +4,10 @@
 use anyhow::Context;
 use clap::Parser;
 use nodus_controller::distribute::Distributor;
-use nodus_controller::node_auth::NodeAuth;
+use nodus_controller::node_auth::{Authenticated, NodeAuth};
 use nodus_controller::reconcile::Reconciler;
 use nodus_controller::standalone::StandaloneSettings;
+use nodus_controller::token_review::KubernetesTokens;
 use nodus_controller::translate::TranslateOptions;
 use nodus_identity::node_token::NodeTokenKey;
 use std::net::SocketAddr;
@@ -43,6 +44,14 @@ struct Args {
     /// node's proxy (`--node-token-file`).
     #[arg(long, value_name = "NODE", requires = "node_token_key")]
     print_node_token: Option<String>,
+    /// In a cluster: accept the projected service-account tokens of this service account
+    /// (NAMESPACE/NAME) from node proxies, checked by the API server (TokenReview); a proxy then
+    /// acts only for the node of the pod its token is bound to.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    node_service_account: Option<nodus_controller::token_review::ServiceAccountRef>,
+    /// The audience node proxies' service-account tokens must be made for.
+    #[arg(long, default_value = nodus_controller::token_review::DEFAULT_AUDIENCE)]
+    node_token_audience: String,
     /// The namespace the controller runs in (its CA Secret `nodus-ca` lives there).
     #[arg(long, env = "POD_NAMESPACE", default_value = "nodus-system")]
     namespace: String,
@@ -97,17 +106,19 @@ fn main() -> anyhow::Result<()> {
 async fn run(args: Args) -> anyhow::Result<()> {
     let distributor = Distributor::new();
     let reconciler = Reconciler::new(TranslateOptions { tunnel_port: args.tunnel_port }, distributor.clone());
-    let kube_client = match args.manifests {
-        Some(_) => None,
-        None => Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?),
+    let kube_client = match (&args.manifests, &args.node_service_account) {
+        (Some(_), None) => None,
+        _ => Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?),
     };
+    // Standalone mode reads no cluster state even when a client is there to review tokens.
+    let cluster = if args.manifests.is_some() { None } else { kube_client.clone() };
     use nodus_controller::trust::CaStore;
-    let store = match (&args.ca_dir, &kube_client) {
+    let store = match (&args.ca_dir, &cluster) {
         (Some(dir), _) => CaStore::Dir(dir.clone()),
         (None, Some(client)) => CaStore::Secret { client: client.clone(), namespace: args.namespace.clone() },
         (None, None) => CaStore::Memory,
     };
-    let ca = match (&args.ca_dir, &kube_client) {
+    let ca = match (&args.ca_dir, &cluster) {
         (Some(dir), _) => nodus_controller::certificates::load_or_create_ca(dir, &args.trust_domain)
             .with_context(|| format!("loading the CA from {}", dir.display()))?,
         (None, Some(client)) => {
@@ -137,30 +148,39 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let listener =
         tokio::net::TcpListener::bind(args.listen).await.with_context(|| format!("binding {}", args.listen))?;
     let local = listener.local_addr()?;
-    let auth = match &args.node_token_key {
-        Some(path) => {
-            let key = NodeTokenKey::load_or_create(path).with_context(|| format!("reading {}", path.display()))?;
-            tracing::info!(key = %path.display(), "node proxies must authenticate with node tokens");
-            NodeAuth::required(key)
-        }
-        None => {
-            tracing::warn!("no --node-token-key: node proxies are not authenticated; any client can claim any node");
-            NodeAuth::off()
-        }
-    };
-    let check = |auth: NodeAuth| move |request| auth.check(request);
+    let mut auth = NodeAuth::off();
+    if let Some(path) = &args.node_token_key {
+        let key = NodeTokenKey::load_or_create(path).with_context(|| format!("reading {}", path.display()))?;
+        tracing::info!(key = %path.display(), "node proxies may authenticate with node tokens");
+        auth = auth.with_node_tokens(key);
+    }
+    if let (Some(account), Some(client)) = (&args.node_service_account, &kube_client) {
+        tracing::info!(
+            account = %account.username(),
+            audience = %args.node_token_audience,
+            "node proxies may authenticate with their service-account tokens"
+        );
+        let tokens = KubernetesTokens::new(client.clone(), account.clone(), args.node_token_audience.clone());
+        auth = auth.with_kubernetes(tokens);
+    }
+    if !auth.is_required() {
+        tracing::warn!(
+            "neither --node-token-key nor --node-service-account: node proxies are not authenticated; \
+             any client can claim any node"
+        );
+    }
     let server = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(10)))
-        .add_service(tonic::service::interceptor::InterceptedService::new(distributor.service(), check(auth.clone())))
-        .add_service(tonic::service::interceptor::InterceptedService::new(certificates.service(), check(auth)))
+        .add_service(Authenticated::new(distributor.service(), auth.clone()))
+        .add_service(Authenticated::new(certificates.service(), auth))
         .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener));
-    let source = match args.manifests {
-        Some(dir) => {
+    let source = match (args.manifests, cluster) {
+        (Some(dir), _) => {
             let settings = StandaloneSettings { dir, status_file: args.status_file, poll: Duration::from_millis(200) };
             tokio::spawn(nodus_controller::standalone::run(settings, reconciler))
         }
-        None => {
-            let client = kube_client.context("a Kubernetes client")?;
+        (None, client) => {
+            let client = client.context("a Kubernetes client")?;
             tokio::spawn(nodus_controller::kube_io::run(client, reconciler))
         }
     };

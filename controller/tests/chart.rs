@@ -212,6 +212,26 @@ fn the_chart_lints_and_renders_least_privilege_objects_the_binaries_accept() {
     accepted_by(&controller_binary, &expand(&strings(&controller["args"])));
     let args = strings(&container["args"]);
     assert!(args.contains(&"--controller=http://nodus-controller.nodus-system.svc:15012".to_string()), "{args:?}");
+    // Node proxies authenticate with a projected token of their account, made for the audience
+    // the controller reviews tokens for; the controller accepts exactly that account.
+    let controller_args = strings(&controller["args"]);
+    assert!(
+        controller_args
+            .contains(&format!("--node-service-account=nodus-system/{}", pod["serviceAccountName"].as_str().unwrap())),
+        "{controller_args:?}"
+    );
+    let audience = controller_args.iter().find_map(|a| a.strip_prefix("--node-token-audience=")).expect("an audience");
+    let token_file = args.iter().find_map(|a| a.strip_prefix("--node-token-file=")).expect("a node token file");
+    let mount = container["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| token_file.starts_with(m["mountPath"].as_str().unwrap()))
+        .expect("the token file is mounted");
+    let volume = pod["volumes"].as_array().unwrap().iter().find(|v| v["name"] == mount["name"]).unwrap();
+    let projected = &volume["projected"]["sources"][0]["serviceAccountToken"];
+    assert_eq!(projected["audience"], audience, "{volume}");
+    assert!(token_file.ends_with(projected["path"].as_str().unwrap()));
     assert_eq!(
         find(&objects, "Service", "nodus-controller")["spec"]["selector"],
         deployment["spec"]["selector"]["matchLabels"],

@@ -10,129 +10,18 @@
 //! or fails when `NODUS_REQUIRE_KAPI=1` (set by `make test` once it has built them).
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use gateway_api::apis::standard::httproutes::HttpRoute;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::config::{KubeConfigOptions, Kubeconfig};
-use kube::{Client, Config};
 use nodus_controller::distribute::Distributor;
 use nodus_controller::reconcile::Reconciler;
 use nodus_controller::translate::TranslateOptions;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::{Duration, Instant};
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
-}
-
-/// A running kapi; stopped (etcd and API server) on drop.
-struct Kapi {
-    dir: tempfile::TempDir,
-}
-
-impl Drop for Kapi {
-    fn drop(&mut self) {
-        for pid_file in ["kapilite.pid", "etcd.pid"] {
-            if let Ok(pid) = std::fs::read_to_string(self.dir.path().join(pid_file)) {
-                let _ = Command::new("kill").arg(pid.trim()).status();
-            }
-        }
-    }
-}
-
-fn start_kapi() -> Option<Kapi> {
-    let bin =
-        std::env::var_os("NODUS_KAPI_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/kapi/bin"));
-    let kit =
-        std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
-    if !bin.join("kapilite").exists() || !kit.join("start-kapi.sh").exists() {
-        let why = format!("no kapi binaries in {} (run scripts/setup-kapi.sh)", bin.display());
-        if std::env::var("NODUS_REQUIRE_KAPI").as_deref() == Ok("1") {
-            panic!("NODUS_REQUIRE_KAPI=1 but {why}");
-        }
-        eprintln!("SKIPPED controller kapi tests: {why}");
-        return None;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port_triple();
-    let status = Command::new("bash")
-        .arg(kit.join("start-kapi.sh"))
-        .arg(dir.path())
-        .arg(port.to_string())
-        .env("KAPI_BIN", &bin)
-        .status()
-        .unwrap();
-    assert!(status.success(), "start-kapi.sh failed");
-    Some(Kapi { dir })
-}
-
-/// A port P with P, P+1 and P+2 free on loopback (kapi's API server, etcd client and peer).
-fn free_port_triple() -> u16 {
-    for _ in 0..100 {
-        let base = 20000 + (fastrand::u16(0..10000) * 3);
-        let free = (0..3).all(|i| std::net::TcpListener::bind(("127.0.0.1", base + i)).is_ok());
-        if free {
-            return base;
-        }
-    }
-    panic!("no three consecutive free ports");
-}
-
-async fn client(kapi: &Kapi) -> Client {
-    let kubeconfig = Kubeconfig::read_from(kapi.dir.path().join("kubeconfig")).unwrap();
-    let config = Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.unwrap();
-    Client::try_from(config).unwrap()
-}
-
-fn from_yaml<T: DeserializeOwned>(text: &str) -> T {
-    serde_norway::from_str(text).unwrap()
-}
-
-/// The Gateway API CRDs from the kit and Nodus's own, as the chart ships them.
-async fn install_crds(client: &Client, kit: &Path) {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    let chart = workspace().join("charts/nodus/crds");
-    let files = [
-        kit.join("crds/httproutes.yaml"),
-        kit.join("crds/grpcroutes.yaml"),
-        kit.join("crds/referencegrants.yaml"),
-        chart.join("meshpolicies.yaml"),
-        chart.join("authorizationpolicies.yaml"),
-    ];
-    for file in files {
-        let crd: CustomResourceDefinition = from_yaml(&std::fs::read_to_string(file).unwrap());
-        let name = crd.metadata.name.clone().unwrap();
-        crds.patch(&name, &PatchParams::apply("nodus-test").force(), &Patch::Apply(&crd)).await.unwrap();
-        wait_until(Duration::from_secs(20), || async {
-            let crd = crds.get(&name).await.ok()?;
-            crd.status?.conditions?.iter().any(|c| c.type_ == "Established" && c.status == "True").then_some(())
-        })
-        .await
-        .unwrap_or_else(|| panic!("CRD {name} not established"));
-    }
-}
-
-async fn wait_until<T, F, Fut>(timeout: Duration, mut probe: F) -> Option<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = probe().await {
-            return Some(value);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
+use std::time::Duration;
+use support::{from_yaml, install_crds, start_kapi, wait_until};
 
 /// `(type, status, reason, message)` of our conditions on the route's first parent.
 async fn conditions(routes: &Api<HttpRoute>, name: &str) -> Vec<(String, String, String, String)> {
@@ -157,10 +46,8 @@ fn has(conditions: &[(String, String, String, String)], kind: &str, status: &str
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     let Some(kapi) = start_kapi() else { return };
-    let kit =
-        std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
-    let client = client(&kapi).await;
-    install_crds(&client, &kit).await;
+    let client = kapi.client().await;
+    install_crds(&client).await;
 
     let pp = PostParams::default();
     let namespaces: Api<Namespace> = Api::all(client.clone());
