@@ -189,17 +189,9 @@ impl ConnectionPool {
                         break sender;
                     }
                 }
-                None => {
-                    let io = self.connect(UpstreamProtocol::Http1).await?;
-                    let (sender, connection) = http1::Builder::new()
-                        .handshake(io)
-                        .await
-                        .map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
-                    tokio::spawn(async move {
-                        let _ = connection.with_upgrades().await;
-                    });
-                    break sender;
-                }
+                // Boxed: connecting (a TLS tunnel, a handshake) is rare and its future large; kept
+                // inline it would make every request's future as large, and moving it costly.
+                None => break Box::pin(self.open_http1()).await?,
             }
         };
         let response =
@@ -219,6 +211,19 @@ impl ConnectionPool {
         Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin }))
     }
 
+    /// A new HTTP/1.1 connection to the endpoint, its connection task spawned.
+    async fn open_http1(self: &Arc<Self>) -> Result<http1::SendRequest<ProxyBody>, UpstreamError> {
+        let io = self.connect(UpstreamProtocol::Http1).await?;
+        let (sender, connection) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(|source| UpstreamError::Http { addr: self.addr, source })?;
+        tokio::spawn(async move {
+            let _ = connection.with_upgrades().await;
+        });
+        Ok(sender)
+    }
+
     async fn send_http2(
         self: &Arc<Self>,
         request: Request<ProxyBody>,
@@ -227,7 +232,7 @@ impl ConnectionPool {
         let mut request = request;
         let mut retried = false;
         loop {
-            let mut sender = self.http2.get(|| self.connect(UpstreamProtocol::Http2), failed).await?;
+            let mut sender = self.http2.get(|| Box::pin(self.connect(UpstreamProtocol::Http2)), failed).await?;
             let outcome = match sender.ready().await {
                 Ok(()) => sender.try_send_request(request).await,
                 Err(error) if !retried => {

@@ -3,7 +3,7 @@
 //! and feeds the outcome back to the balancer. Upgrades (WebSocket) are relayed byte for byte once
 //! the endpoint answers 101.
 
-use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, TriedEndpoints};
+use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, TriedEndpoints};
 use crate::balance::Outcome;
 use crate::errors::ProxyError;
 use crate::metrics::{BackendLabels, Metrics};
@@ -60,28 +60,40 @@ const HOP_BY_HOP: [http::HeaderName; 5] = [
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those it names.
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    for name in &HOP_BY_HOP {
-        if headers.contains_key(name) {
+    // One pass over the message's few names finds what there is to do (usually nothing, or a
+    // `Connection: keep-alive`), cheaper than a hashed lookup per hop-by-hop name.
+    let (mut hop_by_hop, mut connection) = (false, false);
+    for name in headers.keys() {
+        if HOP_BY_HOP.contains(name) {
+            hop_by_hop = true;
+        } else if name == http::header::CONNECTION || name == http::header::UPGRADE {
+            connection = true;
+        }
+    }
+    if hop_by_hop {
+        for name in &HOP_BY_HOP {
             headers.remove(name);
         }
     }
-    if !headers.contains_key(http::header::CONNECTION) && !headers.contains_key(http::header::UPGRADE) {
+    if !connection || keep_upgrade {
         return;
     }
+    // The usual tokens name headers removed anyway (keep-alive, upgrade) or none (close): only
+    // other names are parsed, and only they allocate.
     let named: Vec<http::HeaderName> = headers
         .get_all(http::header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|name| http::HeaderName::try_from(name.trim()).ok())
+        .map(str::trim)
+        .filter(|token| !["keep-alive", "close", "upgrade"].iter().any(|usual| token.eq_ignore_ascii_case(usual)))
+        .filter_map(|token| http::HeaderName::try_from(token).ok())
         .collect();
-    if !keep_upgrade {
-        for name in named {
-            headers.remove(name);
-        }
-        headers.remove(http::header::CONNECTION);
-        headers.remove(http::header::UPGRADE);
+    for name in named {
+        headers.remove(name);
     }
+    headers.remove(http::header::CONNECTION);
+    headers.remove(http::header::UPGRADE);
 }
 
 impl Service<ProxyRequest> for Backend {
@@ -96,8 +108,8 @@ impl Service<ProxyRequest> for Backend {
     fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let decision = request.extensions_mut().remove::<RouteDecision>().ok_or(ProxyError::NoConfig)?;
-            let context = request.extensions_mut().remove::<RequestContext>().ok_or(ProxyError::NoConfig)?;
+            let mut context = request.extensions_mut().remove::<RequestContext>().ok_or(ProxyError::NoConfig)?;
+            let decision = context.route.take().ok_or(ProxyError::NoConfig)?;
             let rule = &decision.rule;
             let route = || format!("{} rule {}", rule.route, rule.rule_label);
             let backend = pick_backend(&rule.backends, rule.total_weight)
@@ -213,6 +225,30 @@ mod tests {
         let a = counts["a"] as f64 / 10_000.0;
         assert!((0.87..=0.93).contains(&a), "a got {a}");
         assert!(pick_backend(&[backend("z", 0)], 0).is_none());
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_and_upgrades_kept_when_asked() {
+        // The usual tokens, mixed case, with a Keep-Alive header they name.
+        let mut headers = HeaderMap::new();
+        headers.insert("connection", "Keep-Alive, Close".parse().unwrap());
+        headers.insert("keep-alive", "timeout=5".parse().unwrap());
+        headers.insert("x-end-to-end", "1".parse().unwrap());
+        strip_hop_by_hop(&mut headers, false);
+        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-end-to-end"]);
+        // An upgrade relayed as such keeps its Connection and Upgrade headers.
+        let mut upgrade = HeaderMap::new();
+        upgrade.insert("connection", "upgrade".parse().unwrap());
+        upgrade.insert("upgrade", "websocket".parse().unwrap());
+        upgrade.insert("transfer-encoding", "chunked".parse().unwrap());
+        strip_hop_by_hop(&mut upgrade, true);
+        assert_eq!(upgrade.len(), 2);
+        assert!(upgrade.contains_key("upgrade") && upgrade.contains_key("connection"));
+        // Nothing to do: nothing changes.
+        let mut plain = HeaderMap::new();
+        plain.insert("content-type", "text/plain".parse().unwrap());
+        strip_hop_by_hop(&mut plain, false);
+        assert_eq!(plain.len(), 1);
     }
 
     #[test]

@@ -64,8 +64,8 @@ where
             source,
             protocol: self.connection.protocol,
             grpc,
+            route: None,
         });
-        let mut inner = self.inner.clone();
-        Box::pin(async move { inner.call(request).await })
+        self.inner.call(request)
     }
 }

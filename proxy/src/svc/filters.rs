@@ -1,7 +1,7 @@
 //! Gateway API filters: RequestHeaderModifier, ResponseHeaderModifier, RequestRedirect and
 //! URLRewrite. The edits are pure functions over request/response parts, tested below.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, StackService};
+use super::{route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService};
 use crate::body::ProxyBody;
 use crate::errors::ProxyError;
 use crate::response::ResponseBody;
@@ -154,12 +154,11 @@ where
     }
 
     fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
-        let decision = request.extensions().get::<RouteDecision>().cloned();
-        let service_port = request.extensions().get::<RequestContext>().map_or(80, |c| c.destination.port);
-        let Some(decision) = decision.filter(|d| !d.rule.filters.is_empty()) else {
-            let mut inner = self.inner.clone();
-            return Box::pin(async move { inner.call(request).await });
+        // Most rules have no filters: hand the request on without a future of our own.
+        let Some(decision) = route_decision(&request).filter(|d| !d.rule.filters.is_empty()).cloned() else {
+            return self.inner.call(request);
         };
+        let service_port = request.extensions().get::<RequestContext>().map_or(80, |c| c.destination.port);
         let prefix = decision.matched_prefix.as_deref();
         for filter in &decision.rule.filters {
             match filter {
@@ -178,9 +177,9 @@ where
                 HttpFilter::ResponseHeaderModifier(_) | HttpFilter::RequestMirror { .. } => {}
             }
         }
-        let mut inner = self.inner.clone();
+        let future = self.inner.call(request);
         Box::pin(async move {
-            let mut response = inner.call(request).await?;
+            let mut response = future.await?;
             for filter in &decision.rule.filters {
                 if let HttpFilter::ResponseHeaderModifier(modifier) = filter {
                     modify_headers(response.headers_mut(), modifier);

@@ -1,7 +1,7 @@
 //! RequestMirror: a copy of each request goes to another backend in the background; its answer
 //! is ignored and can never delay or fail the real request.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, StackService};
+use super::{route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService};
 use crate::body::buffer_up_to;
 use crate::errors::ProxyError;
 use http::Request;
@@ -38,9 +38,16 @@ where
     }
 
     fn call(&mut self, request: ProxyRequest) -> ResponseFuture {
+        // Most rules mirror nothing: hand the request on without a future of our own.
+        let mirrored = route_decision(&request)
+            .is_some_and(|d| d.rule.filters.iter().any(|f| matches!(f, HttpFilter::RequestMirror { .. })));
+        if !mirrored {
+            return self.inner.call(request);
+        }
         let mirrors: Vec<_> = request
             .extensions()
-            .get::<RouteDecision>()
+            .get::<RequestContext>()
+            .and_then(|c| c.route.as_ref())
             .map(|d| {
                 d.rule
                     .filters
@@ -53,9 +60,6 @@ where
             })
             .unwrap_or_default();
         let mut inner = self.inner.clone();
-        if mirrors.is_empty() {
-            return Box::pin(async move { inner.call(request).await });
-        }
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let context = parts.extensions.get::<RequestContext>().cloned();

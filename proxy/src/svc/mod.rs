@@ -11,8 +11,8 @@
 //!                     └ backend (weighted pick, balancer, per-attempt timeout, pool)
 //! ```
 //!
-//! Layers pass what they decide to inner layers in request extensions ([`RequestContext`],
-//! [`RouteDecision`]) and report to outer layers in response extensions ([`RouteLabelsExt`]).
+//! Layers pass what they decide to inner layers in the request's [`RequestContext`] extension
+//! (with the [`RouteDecision`] in it) and report to outer layers in response extensions ([`RouteLabelsExt`]).
 
 pub mod backend;
 pub mod context;
@@ -41,15 +41,19 @@ pub type ProxyResponse = Response<ResponseBody>;
 /// The future of every stack service.
 pub type ResponseFuture = Pin<Box<dyn Future<Output = Result<ProxyResponse, ProxyError>> + Send>>;
 
-/// What every layer of the stack wraps: a cloneable service from proxy requests to answers whose
-/// futures can move between worker threads.
+/// What every layer of the stack wraps: a cloneable service from proxy requests to answers, with
+/// the stack's one future type. Sharing it lets a layer with nothing to do for a request return
+/// the inner layer's future as its own, without a future (and an allocation) of its own.
 pub trait StackService:
-    tower::Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send> + Clone + Send + 'static
+    tower::Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future = ResponseFuture>
+    + Clone
+    + Send
+    + 'static
 {
 }
 
 impl<S> StackService for S where
-    S: tower::Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future: Send>
+    S: tower::Service<ProxyRequest, Response = ProxyResponse, Error = ProxyError, Future = ResponseFuture>
         + Clone
         + Send
         + 'static
@@ -69,6 +73,14 @@ pub struct RequestContext {
     pub protocol: UpstreamProtocol,
     /// Whether this is a gRPC call.
     pub grpc: bool,
+    /// The route layer's decision (inside the route layer). Kept here rather than as an
+    /// extension of its own: one extension per request is one allocation fewer.
+    pub route: Option<RouteDecision>,
+}
+
+/// The route decision of a request, once the route layer has made it.
+pub fn route_decision<B>(request: &Request<B>) -> Option<&RouteDecision> {
+    request.extensions().get::<RequestContext>()?.route.as_ref()
 }
 
 /// What the router decided.

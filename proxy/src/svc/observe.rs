@@ -42,11 +42,11 @@ where
         let started = Instant::now();
         let method = method_label(request.method());
         let grpc = is_grpc(&request);
-        let mut inner = self.inner.clone();
+        let future = self.inner.call(request);
         let metrics = self.metrics.clone();
         let direction = self.direction;
         Box::pin(async move {
-            let mut response = match inner.call(request).await {
+            let mut response = match future.await {
                 Ok(response) => response,
                 Err(error) => {
                     tracing::debug!(%error, "answering with an error");

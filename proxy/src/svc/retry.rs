@@ -4,7 +4,9 @@
 //! load in an outage. Bodies up to [`MAX_RETRIED_BODY`] are buffered to be sent again; larger
 //! requests get one attempt.
 
-use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, StackService, TriedEndpoints};
+use super::{
+    route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService, TriedEndpoints,
+};
 use crate::body::{buffer_up_to, ProxyBody};
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RetryLabels};
@@ -67,15 +69,16 @@ where
     }
 
     fn call(&mut self, request: ProxyRequest) -> ResponseFuture {
-        let mut inner = self.inner.clone();
-        let decision = request.extensions().get::<RouteDecision>().cloned();
+        // Without a retry policy (the common case) the request goes straight on.
+        let retried = route_decision(&request).filter(|d| d.rule.retry.is_some()).cloned();
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
-        let Some((decision, policy)) = decision.and_then(|d| d.rule.retry.clone().map(|p| (d, p))) else {
-            return Box::pin(async move { inner.call(request).await });
+        let Some((decision, policy)) = retried.and_then(|d| d.rule.retry.clone().map(|p| (d, p))) else {
+            return self.inner.call(request);
         };
         if policy.attempts == 0 || upgrade {
-            return Box::pin(async move { inner.call(request).await });
+            return self.inner.call(request);
         }
+        let mut inner = self.inner.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
             let rule = decision.rule.clone();
@@ -97,7 +100,6 @@ where
                 if let Some(context) = &context {
                     attempt.extensions_mut().insert(context.clone());
                 }
-                attempt.extensions_mut().insert(decision.clone());
                 attempt.extensions_mut().insert(tried.clone());
                 attempt
             };

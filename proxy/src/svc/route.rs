@@ -58,7 +58,8 @@ where
     }
 
     fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
-        let Some(context) = request.extensions().get::<RequestContext>().cloned() else {
+        // Borrowed, not cloned: the context stays in the request for the inner layers.
+        let Some(context) = request.extensions().get::<RequestContext>() else {
             return Box::pin(async { Err(ProxyError::NoConfig) });
         };
         let destination = &context.destination;
@@ -77,7 +78,7 @@ where
                             path: request.uri().path().to_owned(),
                         };
                         let mut response = error.into_response(context.grpc);
-                        response.extensions_mut().insert(RouteLabelsExt(labels(&context, None)));
+                        response.extensions_mut().insert(RouteLabelsExt(labels(context, None)));
                         return Box::pin(async move { Ok(response) });
                     }
                 }
@@ -85,13 +86,15 @@ where
             // No route attached: the Service's own endpoints, as the cluster would do.
             _ => RouteDecision { rule: destination.default_rule.clone(), matched_prefix: None },
         };
-        let route_labels = labels(&context, Some(&decision));
-        tracing::trace!(route = %decision.rule.route, rule = %decision.rule.rule_label, "route chosen");
-        request.extensions_mut().insert(decision);
-        let mut inner = self.inner.clone();
+        let route_labels = labels(context, Some(&decision));
         let grpc = context.grpc;
+        tracing::trace!(route = %decision.rule.route, rule = %decision.rule.rule_label, "route chosen");
+        if let Some(context) = request.extensions_mut().get_mut::<RequestContext>() {
+            context.route = Some(decision);
+        }
+        let future = self.inner.call(request);
         Box::pin(async move {
-            let mut response = match inner.call(request).await {
+            let mut response = match future.await {
                 Ok(response) => response,
                 Err(error) => error.into_response(grpc),
             };

@@ -1,7 +1,7 @@
 //! The rule's request timeout (Gateway API `timeouts.request`): covers every attempt, until the
 //! answer's headers arrive. Streaming bodies after that are not cut.
 
-use super::{ProxyRequest, ProxyResponse, ResponseFuture, RouteDecision, StackService};
+use super::{route_decision, ProxyRequest, ProxyResponse, ResponseFuture, StackService};
 use crate::errors::ProxyError;
 use std::task::{Context, Poll};
 use tower::Service;
@@ -32,10 +32,10 @@ where
     }
 
     fn call(&mut self, request: ProxyRequest) -> ResponseFuture {
-        let timeout = request.extensions().get::<RouteDecision>().and_then(|d| d.rule.request_timeout);
-        let future = self.inner.clone().call(request);
+        let timeout = route_decision(&request).and_then(|d| d.rule.request_timeout);
+        let future = self.inner.call(request);
         match timeout {
-            None => Box::pin(future),
+            None => future,
             Some(after) => Box::pin(async move {
                 tokio::time::timeout(after, future)
                     .await
