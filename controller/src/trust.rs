@@ -88,9 +88,8 @@ impl CaStore {
                 std::fs::write(dir.join("ca.pem.tmp"), next.certificate_pem())?;
                 std::fs::rename(&key_tmp, dir.join("ca-key.pem"))?;
                 std::fs::rename(dir.join("ca.pem.tmp"), dir.join("ca.pem"))?;
-                std::fs::remove_file(dir.join(DIR_NEXT.1))?;
-                std::fs::remove_file(dir.join(DIR_NEXT.0))?;
-                Ok(())
+                // The staged root is the active one now.
+                self.discard_next().await
             }
             Self::Secret { client, namespace } => {
                 use k8s_openapi::ByteString;

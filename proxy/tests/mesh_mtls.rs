@@ -7,7 +7,7 @@ mod support;
 
 use nodus_harness::{metric_value, skip_unless_lab_supported, NetNs};
 use std::time::Duration;
-use support::controlled::{load_totals, mesh_policy, sibling, start_mesh, write, MtlsMesh};
+use support::controlled::{load_totals, mesh_policy, sibling, start_mesh, successes, write, MtlsMesh};
 
 /// A plaintext HTTP/2 CONNECT to node-2's inbound listener, from node-1's namespace: what a
 /// proxy without identities (or anything else on the network) would send. Returns the status.
@@ -42,14 +42,8 @@ fn tunnels_are_mutual_tls_and_strict_namespaces_refuse_plaintext() {
     let MtlsMesh { proxy2, client, node1, manifests, .. } = &mesh;
 
     // Across nodes through the mesh: mutual TLS, node-2 knows the caller.
-    let out = client
-        .command(sibling("nodus-echo-client"))
-        .unwrap()
-        .args(["--target", "10.96.0.11:80", "--count", "5"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 5, "{text}");
+    let (ok, text) = successes(client, "10.96.0.11:80", 5);
+    assert_eq!(ok, 5, "{text}");
     let (_, metrics) = proxy2.admin_get("/metrics").unwrap();
     let mtls = metric_value(
         &metrics,
@@ -226,15 +220,8 @@ fn certificates_rotate_under_load_with_zero_failed_requests() {
         "both identities renewed several times: {issued_before} -> {issued_after}"
     );
     // A new identity pair now needs a fresh handshake with rotated certificates on both sides.
-    let out = mesh
-        .echo_v2
-        .command(sibling("nodus-echo-client"))
-        .unwrap()
-        .args(["--target", "10.96.0.11:80", "--count", "3"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "{text}");
+    let (ok, text) = successes(&mesh.echo_v2, "10.96.0.11:80", 3);
+    assert_eq!(ok, 3, "{text}");
     let (_, metrics) = mesh.proxy2.admin_get("/metrics").unwrap();
     assert!(metrics.contains(r#"tls="mtls",client_identity="spiffe://cluster.local/ns/demo/sa/echo""#), "{metrics}");
 }
@@ -324,15 +311,8 @@ fn the_trust_anchor_rotates_under_load_with_zero_failed_requests() {
     assert!(handshakes(&mesh.proxy2) >= handshakes_before + 3.0, "new mTLS connections during the rotation");
     // A new identity pair needs a fresh handshake: both sides now hold new-root certificates
     // and trust only the new root.
-    let out = mesh
-        .echo_v2
-        .command(sibling("nodus-echo-client"))
-        .unwrap()
-        .args(["--target", "10.96.0.11:80", "--count", "3"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "{text}");
+    let (ok, text) = successes(&mesh.echo_v2, "10.96.0.11:80", 3);
+    assert_eq!(ok, 3, "{text}");
 }
 
 #[test]

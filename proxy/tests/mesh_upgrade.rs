@@ -11,7 +11,7 @@ use nodus_harness::{skip_unless_lab_supported, ConfigSource, NodeProxy};
 use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
-use support::controlled::{load_totals, sibling, start_mesh_with_proxies};
+use support::controlled::{load_totals, sibling, start_mesh_with_proxies, successes};
 
 /// Waits for the old proxy process to exit on its own (it drains, then exits).
 fn exits_within(proxy: &mut NodeProxy, limit: Duration) -> Option<Duration> {
@@ -85,14 +85,8 @@ fn node_proxies_upgrade_under_load_without_a_failed_request() {
     assert!(old2_exit.is_some(), "the old node-2 proxy drained and exited");
     assert!(old1_exit.is_some(), "the old node-1 proxy drained and exited");
     // The new proxies capture and serve: a fresh connection works end to end.
-    let out = mesh
-        .client
-        .command(sibling("nodus-echo-client"))
-        .unwrap()
-        .args(["--target", "10.96.0.11:80", "--count", "2"])
-        .output()
-        .unwrap();
-    assert_eq!(String::from_utf8_lossy(&out.stdout).matches("\"status\":200").count(), 2);
+    let (ok, text) = successes(&mesh.client, "10.96.0.11:80", 2);
+    assert_eq!(ok, 2, "{text}");
     drop((old1, old2));
 }
 
@@ -113,15 +107,8 @@ fn a_lingering_old_proxy_waits_for_sigterm_after_the_hand_over() {
     // Idle, so the drain ends at once; the old process must still be there well after it.
     assert_eq!(exits_within(&mut mesh.proxy2, Duration::from_secs(4)), None, "the old proxy exited on its own");
     let old2 = std::mem::replace(&mut mesh.proxy2, new2);
-    let out = mesh
-        .client
-        .command(sibling("nodus-echo-client"))
-        .unwrap()
-        .args(["--target", "10.96.0.11:80", "--count", "3"])
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(text.lines().filter(|l| l.contains("\"status\":200")).count(), 3, "the successor serves: {text}");
+    let (ok, text) = successes(&mesh.client, "10.96.0.11:80", 3);
+    assert_eq!(ok, 3, "the successor serves: {text}");
     let status = old2.process.terminate(Duration::from_secs(5));
     assert!(status.is_some_and(|s| s.success()), "the old proxy exits cleanly on SIGTERM: {status:?}");
 }

@@ -11,6 +11,19 @@ pub fn sibling(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_nodus-proxy")).with_file_name(name)
 }
 
+/// Runs `nodus-echo-client --target TARGET --count COUNT` in `pod`: how many answers were 200,
+/// and what it printed (for assertion messages).
+pub fn successes(pod: &nodus_harness::Pod, target: &str, count: usize) -> (usize, String) {
+    let out = pod
+        .command(sibling("nodus-echo-client"))
+        .unwrap()
+        .args(["--target", target, "--count", &count.to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (text.lines().filter(|l| l.contains("\"status\":200")).count(), text)
+}
+
 pub fn mesh_policy(mode: &str) -> String {
     format!("apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: {{ name: default, namespace: demo }}\nspec: {{ mtls: {{ mode: {mode} }} }}\n")
 }
