@@ -93,6 +93,9 @@ pub fn start_mesh_with_proxies(controller_args: &[&str], proxy1_args: &[&str], p
     let proxy2 =
         lab.start_node_proxy(&node2, &proxy_binary, ConfigSource::Controller(url.clone()), proxy2_args).unwrap();
     proxy1.wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15)).unwrap();
+    // Node-2's pod too: its enrolment pass also turns on inbound capture for it, and runs every
+    // 2 s, not when certificates arrive (a test started before it saw plaintext reach the pod).
+    proxy2.wait_for_metric("nodus_redirect_enrolled_pods", 1.0, Duration::from_secs(15)).unwrap();
     proxy1.wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(15)).unwrap();
     proxy2.wait_for_metric("nodus_workload_certificates_issued_total", 1.0, Duration::from_secs(15)).unwrap();
     MtlsMesh { proxy1, proxy2, client, echo_v2, node1, manifests, controller, echoes, status_file, url, lab }
