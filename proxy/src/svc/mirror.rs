@@ -38,16 +38,7 @@ where
     }
 
     fn call(&mut self, request: ProxyRequest) -> ResponseFuture {
-        // Most rules mirror nothing: hand the request on without a future of our own.
-        let mirrored = route_decision(&request)
-            .is_some_and(|d| d.rule.filters.iter().any(|f| matches!(f, HttpFilter::RequestMirror { .. })));
-        if !mirrored {
-            return self.inner.call(request);
-        }
-        let mirrors: Vec<_> = request
-            .extensions()
-            .get::<RequestContext>()
-            .and_then(|c| c.route.as_ref())
+        let mirrors: Vec<_> = route_decision(&request)
             .map(|d| {
                 d.rule
                     .filters
@@ -59,6 +50,11 @@ where
                     .collect()
             })
             .unwrap_or_default();
+        // Most rules mirror nothing (an empty Vec allocates nothing): hand the request on without a
+        // future of our own.
+        if mirrors.is_empty() {
+            return self.inner.call(request);
+        }
         let mut inner = self.inner.clone();
         Box::pin(async move {
             let (parts, body) = request.into_parts();

@@ -70,9 +70,9 @@ where
 
     fn call(&mut self, request: ProxyRequest) -> ResponseFuture {
         // Without a retry policy (the common case) the request goes straight on.
-        let retried = route_decision(&request).filter(|d| d.rule.retry.is_some()).cloned();
+        let retried = route_decision(&request).and_then(|d| d.rule.retry.clone().map(|p| (d.rule.clone(), p)));
         let upgrade = request.headers().contains_key(http::header::UPGRADE);
-        let Some((decision, policy)) = retried.and_then(|d| d.rule.retry.clone().map(|p| (d, p))) else {
+        let Some((rule, policy)) = retried else {
             return self.inner.call(request);
         };
         if policy.attempts == 0 || upgrade {
@@ -81,7 +81,6 @@ where
         let mut inner = self.inner.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            let rule = decision.rule.clone();
             rule.retry_budget.deposit();
             let (parts, body) = request.into_parts();
             let snapshot = match buffer_up_to(body, MAX_RETRIED_BODY).await {
