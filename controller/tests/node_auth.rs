@@ -3,22 +3,15 @@
 //! holds a caller to the node its token names, for config streams and certificates alike.
 #![allow(clippy::unwrap_used)]
 
+mod support;
+
 use nodus_identity::{SpiffeId, WorkloadKey};
 use nodus_wire::proto::certificates_client::CertificatesClient;
 use nodus_wire::proto::config_discovery_client::ConfigDiscoveryClient;
-use nodus_wire::proto::{subscribe_request, CertificateRequest, Hello, SubscribeRequest};
-use std::io::BufRead;
+use nodus_wire::proto::CertificateRequest;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use std::process::Command;
+use support::controller::{hello, with_token, Controller};
 
 fn token(key: &Path, node: &str) -> String {
     let out = Command::new(env!("CARGO_BIN_EXE_nodus-controller"))
@@ -31,14 +24,6 @@ fn token(key: &Path, node: &str) -> String {
     String::from_utf8(out.stdout).unwrap().trim().to_owned()
 }
 
-fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
 #[tokio::test]
 async fn node_proxies_authenticate_and_act_only_for_their_own_node() {
     let dir = tempfile::tempdir().unwrap();
@@ -46,7 +31,8 @@ async fn node_proxies_authenticate_and_act_only_for_their_own_node() {
     let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
     let node1 = token(&key, "node-1");
     let node2 = token(&key, "node-2");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nodus-controller"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nodus-controller"));
+    command
         .args(["--listen", "127.0.0.1:0", "--manifests"])
         .arg(&manifests)
         .arg("--status-file")
@@ -54,16 +40,9 @@ async fn node_proxies_authenticate_and_act_only_for_their_own_node() {
         .arg("--ca-dir")
         .arg(dir.path())
         .arg("--node-token-key")
-        .arg(&key)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let _controller = Controller(child);
-    let address = ready.trim().rsplit_once("grpc=").unwrap().1.to_owned();
-    let endpoint = format!("http://{address}");
+        .arg(&key);
+    let controller = Controller::start(command);
+    let endpoint = controller.endpoint.clone();
 
     // Certificates: demo/client runs on node-1.
     let mut certificates = CertificatesClient::connect(endpoint.clone()).await.unwrap();
@@ -85,14 +64,6 @@ async fn node_proxies_authenticate_and_act_only_for_their_own_node() {
 
     // Config streams: a Hello for another node than the token's is refused.
     let mut discovery = ConfigDiscoveryClient::connect(endpoint).await.unwrap();
-    let hello = |node: &str| {
-        let message = SubscribeRequest {
-            message: Some(subscribe_request::Message::Hello(Hello { node: node.into(), ..Default::default() })),
-        };
-        // The stream stays open (never ends) as a subscribing proxy's does.
-        tokio_stream::iter(vec![message]).chain(tokio_stream::pending())
-    };
-    use tokio_stream::StreamExt;
     let mut refused = discovery.subscribe(with_token(hello("node-1"), Some(&node2))).await.unwrap().into_inner();
     let status = refused.message().await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");

@@ -24,12 +24,12 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use nodus_identity::{SpiffeId, WorkloadKey};
 use nodus_wire::proto::certificates_client::CertificatesClient;
 use nodus_wire::proto::config_discovery_client::ConfigDiscoveryClient;
-use nodus_wire::proto::{subscribe_request, CertificateRequest, Hello, SubscribeRequest};
+use nodus_wire::proto::CertificateRequest;
 use std::collections::HashMap;
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::{Arc, Mutex};
+use support::controller::{hello, with_token, Controller};
 use support::{from_yaml, install_crds, start_kapi};
 
 type Body = UnsyncBoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
@@ -157,23 +157,6 @@ async fn start_front(kapi: kube::Client, front: Arc<Front>) -> SocketAddr {
     address
 }
 
-struct Controller(Child);
-
-impl Drop for Controller {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn with_token<T>(message: T, token: Option<&str>) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    if let Some(token) = token {
-        request.metadata_mut().insert("authorization", format!("Bearer {token}").parse().unwrap());
-    }
-    request
-}
-
 async fn create_pod(pods: &Api<Pod>, name: &str, account: &str, node: &str) -> String {
     let pod: Pod = from_yaml(&format!(
         "metadata: {{ name: {name} }}\nspec: {{ nodeName: {node}, serviceAccountName: {account}, containers: [{{ name: c, image: nodus }}] }}"
@@ -227,28 +210,17 @@ async fn node_proxies_authenticate_with_service_account_tokens_reviewed_by_the_a
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_nodus-controller"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_nodus-controller"));
+    command
         .args(["--listen", "127.0.0.1:0", "--node-service-account", "nodus-system/nodus-node", "--ca-dir"])
         .arg(dir.path())
         .env("KUBECONFIG", &kubeconfig)
-        .env("POD_NAMESPACE", "nodus-system")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut ready = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-    let _controller = Controller(child);
-    let endpoint = format!("http://{}", ready.trim().rsplit_once("grpc=").expect("the ready line").1);
+        .env("POD_NAMESPACE", "nodus-system");
+    let controller = Controller::start(command);
+    let endpoint = controller.endpoint.clone();
 
     // Config streams.
     let mut discovery = ConfigDiscoveryClient::connect(endpoint.clone()).await.unwrap();
-    let hello = |node: &str| {
-        let message = SubscribeRequest {
-            message: Some(subscribe_request::Message::Hello(Hello { node: node.into(), ..Default::default() })),
-        };
-        tokio_stream::StreamExt::chain(tokio_stream::iter(vec![message]), tokio_stream::pending())
-    };
     let code = |status: tonic::Status| status.code();
     let probe = discovery.clone();
     let refused = |token: Option<&'static str>, node: &'static str| {

@@ -1,6 +1,9 @@
-//! Shared by the tests that run a real Kubernetes API server (`kapi`: upstream
-//! k8s.io/apiserver and apiextensions-apiserver with etcd, built by `scripts/setup-kapi.sh`).
+//! Shared by the controller's integration tests: a real Kubernetes API server (`kapi`: upstream
+//! k8s.io/apiserver and apiextensions-apiserver with etcd, built by `scripts/setup-kapi.sh`), and
+//! the controller binary ([`controller`]).
 #![allow(dead_code, clippy::unwrap_used)]
+
+pub mod controller;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, Patch, PatchParams};
