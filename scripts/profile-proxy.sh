@@ -6,6 +6,7 @@
 # callgrind, and the difference divided by N is the cost of one request without start-up.
 #
 #   scripts/profile-proxy.sh [N] [PROXY_BINARY]
+#   scripts/profile-proxy.sh [N] nginx       # the same count for nginx as the reverse proxy (scenario A's peer)
 #
 # Needs valgrind, nginx and oha (scripts/setup-bench.sh). Leaves the larger run's profile in
 # target/profile/callgrind.out for callgrind_annotate.
@@ -19,7 +20,7 @@ work=$(cd "$work" && pwd)
 for tool in valgrind nginx oha callgrind_annotate; do
     command -v "$tool" > /dev/null || { echo "profile: $tool is missing (scripts/setup-bench.sh)" >&2; exit 1; }
 done
-[ -x "$proxy" ] || { echo "profile: $proxy not built (cargo build --release -p nodus-proxy)" >&2; exit 1; }
+[ "$proxy" = nginx ] || [ -x "$proxy" ] || { echo "profile: $proxy not built (cargo build --release -p nodus-proxy)" >&2; exit 1; }
 
 backend_port=28080
 proxy_port=28001
@@ -53,13 +54,42 @@ EOF
 nginx -c "$work/nginx.conf" -p "$work"
 trap 'kill $(cat "$work/nginx.pid") 2> /dev/null || true' EXIT
 
-# Instructions of one proxy process that served `count` requests.
-count_run() {
-    local count=$1 out=$2
+# nginx as the proxy: one process (no master), upstream keep-alive as in scenario A.
+cat > "$work/nginx-proxy.conf" <<EOF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $work/nginx-proxy.pid;
+error_log $work/nginx-proxy-error.log;
+events { worker_connections 1024; }
+http {
+    access_log off;
+    upstream backend { server 127.0.0.1:$backend_port; keepalive 64; }
+    server {
+        listen 127.0.0.1:$proxy_port;
+        location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+}
+EOF
+
+# Starts the proxy being measured under callgrind, writing its profile to $1.
+start_under_callgrind() {
+    local out=$1
+    if [ "$proxy" = nginx ]; then
+        valgrind --tool=callgrind --callgrind-out-file="$out" nginx -c "$work/nginx-proxy.conf" -p "$work" \
+            > "$work/proxy.log" 2>&1 &
+        return
+    fi
     valgrind --tool=callgrind --callgrind-out-file="$out" "$proxy" --node profile \
         --outbound-addr 127.0.0.1:$proxy_port --admin-addr 127.0.0.1:28020 --inbound-addr 127.0.0.1:28008 \
         --capture-addr 127.0.0.1:28006 --fixed-original-dst 10.96.0.10:80 --workers 1 \
         --config-file "$work/snapshot.yaml" > "$work/proxy.log" 2>&1 &
+}
+
+# Instructions of one proxy process that served `count` requests.
+count_run() {
+    local count=$1 out=$2
+    start_under_callgrind "$out"
     local pid=$!
     for _ in $(seq 1 300); do
         curl -sf -o /dev/null "http://127.0.0.1:$proxy_port/" && break

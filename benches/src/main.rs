@@ -103,6 +103,8 @@ struct Measure {
     /// Closed-loop requests per second with a new connection for each.
     new_connection_rps: f64,
     cpu_s_per_10k: Option<f64>,
+    /// The share of that CPU time spent in user space (the rest is the kernel: TCP/IP, syscalls).
+    cpu_user_share: Option<f64>,
     rss_mib: Option<f64>,
 }
 
@@ -199,17 +201,16 @@ fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, 
             };
             eprintln!("round {round}/{}: {}", args.rounds, contender.name());
             let pid = pids.get(&contender).copied();
-            let cpu_before = pid.map(process_tree_cpu_seconds).transpose()?;
+            let cpu_before = pid.map(process_tree_cpu).transpose()?;
             let (rps, closed_requests) = wrk(pod, &target, &args)?;
             let (p50, p99, p999, fixed_requests) = oha(pod, &target, &args, args.rate)?;
             let (low50, low99, low999, low_requests) = oha(pod, &target, &args, args.low_rate)?;
             let fixed_requests = fixed_requests + low_requests;
-            let cpu_after = pid.map(process_tree_cpu_seconds).transpose()?;
+            let cpu_after = pid.map(process_tree_cpu).transpose()?;
             let new_connection_rps = churn::new_connection_rps(pod, &target, args.seconds)?;
-            let cpu = match (cpu_before, cpu_after) {
-                (Some(before), Some(after)) => Some((after - before) / (closed_requests + fixed_requests) * 10_000.0),
-                _ => None,
-            };
+            let used = cpu_before.zip(cpu_after).map(|(before, after)| after.since(&before));
+            let cpu = used.map(|u| u.total() / (closed_requests + fixed_requests) * 10_000.0);
+            let cpu_user_share = used.map(|u| u.user_seconds / u.total());
             let rss = pid.map(process_tree_peak_rss_mib).transpose()?;
             results.entry(contender).or_default().push(Measure {
                 closed_loop_rps: rps,
@@ -219,6 +220,7 @@ fn scenario_a(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, 
                 low_rate_ms: (low50, low99, low999),
                 new_connection_rps,
                 cpu_s_per_10k: cpu,
+                cpu_user_share,
                 rss_mib: rss,
             });
         }
@@ -455,18 +457,43 @@ fn children(pid: u32) -> Vec<u32> {
     out
 }
 
-/// User + system CPU seconds of a process and its children (nginx's workers).
-fn process_tree_cpu_seconds(pid: u32) -> Result<f64> {
+/// CPU time a process tree has used, split into user space and kernel.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct CpuTime {
+    user_seconds: f64,
+    system_seconds: f64,
+}
+
+impl CpuTime {
+    fn total(&self) -> f64 {
+        self.user_seconds + self.system_seconds
+    }
+
+    fn since(&self, earlier: &CpuTime) -> CpuTime {
+        CpuTime {
+            user_seconds: self.user_seconds - earlier.user_seconds,
+            system_seconds: self.system_seconds - earlier.system_seconds,
+        }
+    }
+}
+
+/// User and system CPU time of a process and its children (nginx's workers).
+fn process_tree_cpu(pid: u32) -> Result<CpuTime> {
     let ticks = 100.0; // USER_HZ on Linux
-    let mut total = 0.0;
+    let mut used = CpuTime::default();
     for p in children(pid) {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat"))?;
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-        let utime: f64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        let stime: f64 = fields.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
-        total += (utime + stime) / ticks;
+        let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / ticks;
+        used.user_seconds += field(11);
+        used.system_seconds += field(12);
     }
-    Ok(total)
+    Ok(used)
+}
+
+/// User + system CPU seconds of a process and its children.
+fn process_tree_cpu_seconds(pid: u32) -> Result<f64> {
+    Ok(process_tree_cpu(pid)?.total())
 }
 
 fn status_kib(pid: u32, field: &str) -> f64 {
@@ -522,7 +549,12 @@ fn render(args: &Args, results: &BTreeMap<Contender, Vec<Measure>>, nodus_rss_af
         let (churn, churn_lo, churn_hi) = pick(c, &|m| Some(m.new_connection_rps));
         let (cpu, cpu_lo, cpu_hi) = pick(c, &|m| m.cpu_s_per_10k);
         let (rss, ..) = pick(c, &|m| m.rss_mib);
-        let cpu = if cpu.is_nan() { "-".into() } else { format!("{cpu:.3} [{cpu_lo:.3}-{cpu_hi:.3}]") };
+        let (user_share, ..) = pick(c, &|m| m.cpu_user_share);
+        let cpu = if cpu.is_nan() {
+            "-".into()
+        } else {
+            format!("{cpu:.3} [{cpu_lo:.3}-{cpu_hi:.3}] ({:.0} % user)", user_share * 100.0)
+        };
         let rss = if rss.is_nan() { "-".into() } else { format!("{rss:.1}") };
         let _ = writeln!(
             out,

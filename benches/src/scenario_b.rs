@@ -3,7 +3,10 @@
 //! CONNECT over mutual TLS 1.3 (X25519MLKEM768) → node-2 proxy → pod. The controller runs in
 //! standalone mode and issues the workload certificates, as in a cluster.
 
-use crate::{median_range, oha, process_tree_cpu_seconds, process_tree_peak_rss_mib, wrk, Args, Measure, BACKEND_PORT};
+use crate::{
+    median_range, oha, process_tree_cpu, process_tree_cpu_seconds, process_tree_peak_rss_mib, wrk, Args, CpuTime,
+    Measure, BACKEND_PORT,
+};
 use anyhow::{Context, Result};
 use nodus_harness::{ConfigSource, Lab, LabSpec};
 use std::fmt::Write as _;
@@ -92,12 +95,12 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
             ("inbound capture", &client_plain, format!("{}:{BACKEND_PORT}", backend.ip), &mut captured),
         ] {
             eprintln!("scenario B round {round}/{}: {name}", args.rounds);
-            let cpu_before: f64 = pids.iter().map(|p| process_tree_cpu_seconds(*p)).sum::<Result<f64>>()?;
+            let cpu_before = proxies_cpu(&pids)?;
             let (rps, closed) = wrk(pod, &target, args)?;
             let (p50, p99, p999, fixed) = oha(pod, &target, args, args.rate)?;
             let (low50, low99, low999, low_fixed) = oha(pod, &target, args, args.low_rate)?;
             let fixed = fixed + low_fixed;
-            let cpu_after: f64 = pids.iter().map(|p| process_tree_cpu_seconds(*p)).sum::<Result<f64>>()?;
+            let used = proxies_cpu(&pids)?.since(&cpu_before);
             let proxies = name != "direct";
             measures.push(Measure {
                 closed_loop_rps: rps,
@@ -106,7 +109,8 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
                 p999_ms: p999,
                 low_rate_ms: (low50, low99, low999),
                 new_connection_rps: f64::NAN,
-                cpu_s_per_10k: proxies.then(|| (cpu_after - cpu_before) / (closed + fixed) * 10_000.0),
+                cpu_s_per_10k: proxies.then(|| used.total() / (closed + fixed) * 10_000.0),
+                cpu_user_share: proxies.then(|| used.user_seconds / used.total()),
                 rss_mib: if proxies {
                     Some(pids.iter().map(|p| process_tree_peak_rss_mib(*p)).sum::<Result<f64>>()?)
                 } else {
@@ -298,7 +302,8 @@ fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure], captured: 
         let (low999, ..) = pick(m, &|x| Some(x.low_rate_ms.2));
         let (cpu, ..) = pick(m, &|x| x.cpu_s_per_10k);
         let (rss, ..) = pick(m, &|x| x.rss_mib);
-        let cpu = if cpu.is_nan() { "-".to_string() } else { format!("{cpu:.3}") };
+        let (user_share, ..) = pick(m, &|x| x.cpu_user_share);
+        let cpu = if cpu.is_nan() { "-".to_string() } else { format!("{cpu:.3} ({:.0} % user)", user_share * 100.0) };
         let rss = if rss.is_nan() { "-".to_string() } else { format!("{rss:.1}") };
         let _ = writeln!(out, "| {name} | {rps:.0} [{lo:.0}-{hi:.0}] | {p50:.2} / {p99:.2} [{p99_lo:.2}-{p99_hi:.2}] / {p999:.2} | {low50:.2} / {low99:.2} / {low999:.2} | {cpu} | {rss} |");
     }
@@ -324,4 +329,15 @@ fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure], captured: 
         args.low_rate
     );
     out
+}
+
+/// CPU time both node proxies have used.
+fn proxies_cpu(pids: &[u32]) -> Result<CpuTime> {
+    pids.iter().try_fold(CpuTime::default(), |sum, pid| {
+        let used = process_tree_cpu(*pid)?;
+        Ok(CpuTime {
+            user_seconds: sum.user_seconds + used.user_seconds,
+            system_seconds: sum.system_seconds + used.system_seconds,
+        })
+    })
 }
