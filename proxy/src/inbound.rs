@@ -34,7 +34,16 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// The header the destination proxy sets on every HTTP request it hands a pod: the caller's
 /// authenticated SPIFFE ID (absent for plaintext callers; never taken from upstream).
-pub const CLIENT_IDENTITY_HEADER: &str = "x-nodus-client-identity";
+pub const CLIENT_IDENTITY_HEADER: http::HeaderName = http::HeaderName::from_static("x-nodus-client-identity");
+
+/// Removes the caller-identity header an application may have set (only the mesh sets it).
+/// A scan of the message's few names finds it absent, the usual case, without the hashed
+/// lookup a removal costs.
+pub(crate) fn remove_client_identity(headers: &mut http::HeaderMap) {
+    if headers.keys().any(|name| name == CLIENT_IDENTITY_HEADER) {
+        headers.remove(CLIENT_IDENTITY_HEADER);
+    }
+}
 
 /// Marks a CONNECT refusal made by authorization policy, so the source proxy answers the
 /// client 403 / PERMISSION_DENIED (other refusals are infrastructure errors).
@@ -498,7 +507,7 @@ impl Inbound {
             }
         }
         let headers = request.headers_mut();
-        headers.remove(CLIENT_IDENTITY_HEADER);
+        remove_client_identity(headers);
         if let Some(value) = identity.and_then(|i| http::HeaderValue::from_str(i).ok()) {
             headers.insert(CLIENT_IDENTITY_HEADER, value);
         }

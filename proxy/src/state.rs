@@ -72,9 +72,11 @@ pub struct ProxyState {
     pub version: u64,
     /// The snapshot as received (for the config dump).
     pub snapshot: Arc<ConfigSnapshot>,
-    destinations: HashMap<SocketAddr, Arc<Destination>>,
-    workloads: HashMap<IpAddr, Arc<WorkloadInfo>>,
-    remote_pods: HashMap<IpAddr, RemotePod>,
+    // Looked up on every request and connection: foldhash rather than std's SipHash (the keys
+    // are lookups of addresses, never inserted from traffic, so flooding is no concern).
+    destinations: foldhash::HashMap<SocketAddr, Arc<Destination>>,
+    workloads: foldhash::HashMap<IpAddr, Arc<WorkloadInfo>>,
+    remote_pods: foldhash::HashMap<IpAddr, RemotePod>,
     balancers: HashMap<(String, String, u16), Arc<Balancer>>,
     /// All routes.
     pub routes: RouteTable,
@@ -135,7 +137,7 @@ impl ProxyState {
             snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address)).collect();
         let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
             snapshot.workloads.iter().map(|w| ((w.id.namespace.as_str(), w.id.name.as_str()), w)).collect();
-        let mut workloads = HashMap::new();
+        let mut workloads = foldhash::HashMap::default();
         for w in &snapshot.workloads {
             let info = Arc::new(WorkloadInfo {
                 namespace: Arc::from(w.id.namespace.as_str()),
@@ -149,7 +151,7 @@ impl ProxyState {
         }
 
         let mut balancers = HashMap::new();
-        let mut remote_pods = HashMap::new();
+        let mut remote_pods = foldhash::HashMap::default();
         let mut labels = HashSet::new();
         // Endpoint changes are applied only once the whole snapshot has compiled.
         let mut endpoint_updates = Vec::new();
@@ -201,7 +203,7 @@ impl ProxyState {
         }
         registry.retain(&labels);
 
-        let mut destinations = HashMap::new();
+        let mut destinations = foldhash::HashMap::default();
         for service in &snapshot.services {
             for port in &service.ports {
                 let key = (service.id.namespace.clone(), service.id.name.clone(), port.port);

@@ -1,6 +1,6 @@
 //! One endpoint: its address, what metrics say about it, and its health as seen by traffic.
 
-use super::{now_ms, OutlierPolicy};
+use super::{ms_at, now_ms, OutlierPolicy};
 use crate::upstream::ConnectionPool;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
@@ -185,8 +185,7 @@ impl Endpoint {
         RequestGuard { endpoint: self.clone(), started: Instant::now(), done: false }
     }
 
-    fn observe_latency(&self, rtt: Duration) {
-        let now = now_ms();
+    fn observe_latency(&self, rtt: Duration, now: u64) {
         let last = self.ewma_at_ms.swap(now, Ordering::Relaxed);
         let idle = (-(now.saturating_sub(last) as f64) / IDLE_DECAY_TAU.as_millis() as f64).exp();
         let previous = f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) * idle;
@@ -197,25 +196,25 @@ impl Endpoint {
     }
 
     /// Records an outcome; returns true when this failure ejected the endpoint.
-    fn record(&self, outcome: Outcome, policy: &OutlierPolicy) -> bool {
+    fn record(&self, outcome: Outcome, policy: &OutlierPolicy, now: u64) -> bool {
         match outcome {
             Outcome::Success => {
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 // Healthy again after a re-admission: the next ejection starts from the base.
-                if self.available(now_ms()) {
+                if self.available(now) {
                     self.ejections.store(0, Ordering::Relaxed);
                 }
                 false
             }
             Outcome::Failure => {
                 let failures = self.consecutive_failures.fetch_add(1, Ordering::Relaxed) + 1;
-                if failures < policy.consecutive_failures || !self.available(now_ms()) {
+                if failures < policy.consecutive_failures || !self.available(now) {
                     return false;
                 }
                 self.consecutive_failures.store(0, Ordering::Relaxed);
                 let times = self.ejections.fetch_add(1, Ordering::Relaxed).min(16);
                 let ejection = policy.base_ejection.saturating_mul(1 << times).min(policy.max_ejection);
-                self.ejected_until_ms.store(now_ms() + ejection.as_millis() as u64, Ordering::Relaxed);
+                self.ejected_until_ms.store(now + ejection.as_millis() as u64, Ordering::Relaxed);
                 tracing::info!(endpoint = %self.addr, ?ejection, "endpoint ejected after consecutive failures");
                 true
             }
@@ -241,10 +240,13 @@ impl RequestGuard {
     pub fn finish(mut self, outcome: Outcome, policy: &OutlierPolicy) -> bool {
         self.done = true;
         self.endpoint.outstanding.fetch_sub(1, Ordering::Relaxed);
+        // One clock read serves the latency and the ejection bookkeeping.
+        let ended = Instant::now();
+        let now = ms_at(ended);
         if outcome == Outcome::Success {
-            self.endpoint.observe_latency(self.started.elapsed());
+            self.endpoint.observe_latency(ended.saturating_duration_since(self.started), now);
         }
-        self.endpoint.record(outcome, policy)
+        self.endpoint.record(outcome, policy, now)
     }
 }
 

@@ -35,8 +35,13 @@ impl Default for OutlierPolicy {
 
 /// Milliseconds since the process's first call, on the monotonic clock.
 pub(crate) fn now_ms() -> u64 {
+    ms_at(Instant::now())
+}
+
+/// `now_ms()` for an instant already read (a request's end is read once for all its uses).
+pub(crate) fn ms_at(instant: Instant) -> u64 {
     static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
+    instant.saturating_duration_since(*START.get_or_init(Instant::now)).as_millis() as u64
 }
 
 /// The endpoints of one Service port and the policy that picks among them.

@@ -141,7 +141,7 @@ impl Service<ProxyRequest> for Backend {
             // here; set by the destination proxy after mTLS, or here for a pod on this node,
             // whose caller this proxy captured itself.
             let headers = request.headers_mut();
-            headers.remove(crate::inbound::CLIENT_IDENTITY_HEADER);
+            crate::inbound::remove_client_identity(headers);
             if let (None, Some(manager), Some(source)) =
                 (endpoint.meta().via, crate::tunnel::mtls(), context.source.as_deref())
             {
