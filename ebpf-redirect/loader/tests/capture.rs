@@ -254,22 +254,42 @@ fn transparent_listener(node: &Node) -> TcpListener {
         .unwrap()
 }
 
+/// Two nodes for the inbound tests: a client outside the mesh on node-1, a mesh pod and a pod
+/// outside the mesh on node-2, and the redirect attached with inbound capture inside node-2's
+/// namespace (interfaces, policy routing and `sk_lookup` are per namespace).
+struct InboundLab {
+    lab: Lab,
+    client: Pod,
+    server: Pod,
+    /// Node-2's pod outside the mesh (its veth exists when the redirect attaches).
+    neighbour: Pod,
+    node2: Node,
+    /// The server pod's address and port, what clients dial.
+    target: SocketAddrV4,
+    redirect: Redirect,
+}
+
+impl InboundLab {
+    fn new() -> Self {
+        let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+        let client = lab.add_pod("node-1", "plain", "client").unwrap();
+        let server = lab.add_pod("node-2", "mesh", "server").unwrap();
+        let neighbour = lab.add_pod("node-2", "plain", "neighbour").unwrap();
+        let node2 = lab.node("node-2").unwrap().clone();
+        let target = SocketAddrV4::new(server.ip, 8080);
+        let mut inbound_spec = spec(&node2);
+        inbound_spec.inbound_port = Some(INBOUND_PORT);
+        let redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
+        Self { lab, client, server, neighbour, node2, target, redirect }
+    }
+}
+
 #[test]
 fn inbound_capture_takes_new_connections_to_enrolled_pods_and_spares_the_rest() {
     skip_unless_lab_supported!();
-    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
-    let remote_client = lab.add_pod("node-1", "plain", "client").unwrap();
-    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
-    let neighbour = lab.add_pod("node-2", "plain", "neighbour").unwrap();
-    let node2 = lab.node("node-2").unwrap().clone();
-    let target = SocketAddrV4::new(server.ip, 8080);
+    let InboundLab { mut lab, client: remote_client, server, neighbour, node2, target, mut redirect } =
+        InboundLab::new();
     serve_forever(listen(server.netns(), SocketAddr::from((server.ip, 8080))), "pod");
-
-    // Attached inside node-2's namespace: interfaces, policy routing and sk_lookup are per
-    // namespace.
-    let mut inbound_spec = spec(&node2);
-    inbound_spec.inbound_port = Some(INBOUND_PORT);
-    let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
     let proxy = transparent_listener(&node2);
     redirect.set_capture_listener(&proxy).unwrap();
     serve_forever(proxy, "proxy");
@@ -310,15 +330,8 @@ fn inbound_capture_takes_new_connections_to_enrolled_pods_and_spares_the_rest() 
 #[test]
 fn inbound_capture_fails_closed_without_a_listener() {
     skip_unless_lab_supported!();
-    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
-    let client = lab.add_pod("node-1", "plain", "client").unwrap();
-    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
-    let node2 = lab.node("node-2").unwrap().clone();
-    let target = SocketAddrV4::new(server.ip, 8080);
+    let InboundLab { lab: _lab, client, server, target, mut redirect, .. } = InboundLab::new();
     serve_forever(listen(server.netns(), SocketAddr::from((server.ip, 8080))), "pod");
-    let mut inbound_spec = spec(&node2);
-    inbound_spec.inbound_port = Some(INBOUND_PORT);
-    let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
     redirect.set_inbound(server.ip, true).unwrap();
 
     // No proxy listening: the connection is refused rather than let through to the pod.
@@ -333,18 +346,11 @@ fn inbound_capture_fails_closed_without_a_listener() {
 #[test]
 fn a_new_connection_reusing_the_tuple_of_one_the_proxy_closed_is_captured_again() {
     skip_unless_lab_supported!();
-    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
-    let client = lab.add_pod("node-1", "plain", "client").unwrap();
-    let server = lab.add_pod("node-2", "mesh", "server").unwrap();
-    let node2 = lab.node("node-2").unwrap().clone();
-    let target = SocketAddrV4::new(server.ip, 8080);
+    let InboundLab { lab: _lab, client, server, node2, target, mut redirect, .. } = InboundLab::new();
     // The stand-in proxy answers once and closes first, as a server does after
     // `Connection: close`: its socket (node-2's namespace, local address = the pod's) is left
     // in TIME_WAIT.
     let proxy = transparent_listener(&node2);
-    let mut inbound_spec = spec(&node2);
-    inbound_spec.inbound_port = Some(INBOUND_PORT);
-    let mut redirect = node2.netns().run(move || Redirect::attach(&inbound_spec)).unwrap().unwrap();
     redirect.set_capture_listener(&proxy).unwrap();
     redirect.set_inbound(server.ip, true).unwrap();
     std::thread::spawn(move || {
