@@ -2,24 +2,24 @@
 //! library would refuse to misbehave): oversized request heads, a slowloris head, HTTP/2 rapid
 //! reset (CVE-2023-44487) and a CONTINUATION flood. Each time the proxy stays up, the attacking
 //! connection is ended, and a well-behaved client is served. In-process on loopback with a fixed
-//! original destination (see in_process.rs for why that is not a mock).
+//! original destination (see support/loopback.rs for why that is not a mock).
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/loopback.rs"]
+mod loopback;
+
+use loopback::VIP;
 use nodus_config::ConfigSnapshot;
 use nodus_harness::h2_frames::{continuation_flood_start, continuation_frame, has_goaway, rapid_reset};
-use nodus_proxy::app::{self, Proxy, ProxySettings};
+use nodus_proxy::app::Proxy;
 use nodus_proxy::balance::OutlierPolicy;
 use nodus_proxy::limits::ConnectionLimits;
 use nodus_proxy::metrics::Metrics;
-use nodus_proxy::original_dst::FixedOriginalDst;
-use nodus_proxy::outbound::OutboundSettings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const VIP: &str = "10.96.0.10";
 
 /// An echo backend and a proxy in front of it whose Service port speaks `app_protocol`.
 async fn start(app_protocol: &str, limits: ConnectionLimits) -> SocketAddr {
@@ -33,15 +33,7 @@ async fn start(app_protocol: &str, limits: ConnectionLimits) -> SocketAddr {
     ))
     .unwrap();
     proxy.apply(config).unwrap();
-    let settings = ProxySettings {
-        outbound_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        inbound_addr: None,
-        capture_addr: None,
-        outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
-    };
-    let original = SocketAddr::new(VIP.parse().unwrap(), 80);
-    app::start(&proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap().outbound
+    loopback::start_on_loopback(&proxy, 80, limits).await.outbound
 }
 
 /// Reads until the peer closes or `timeout` passes; returns what arrived and whether it closed.

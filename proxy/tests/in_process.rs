@@ -1,22 +1,19 @@
-//! The proxy in this test process on loopback, without eBPF: every connection to its outbound
-//! listener is taken to be going to one Service address (`FixedOriginalDst`, like a
-//! port-forward). This is not a mock of a component that could run here — the capture path has
-//! its own end-to-end tests (`mesh_*.rs`) — it lets these cases run without root.
+//! The proxy in this test process on loopback, without eBPF (see support/loopback.rs for why that
+//! is not a mock).
 #![allow(clippy::unwrap_used)]
 
+#[path = "support/loopback.rs"]
+mod loopback;
+
+use loopback::VIP;
 use nodus_config::ConfigSnapshot;
-use nodus_proxy::app::{self, Proxy, ProxySettings};
+use nodus_proxy::app::{self, Proxy};
 use nodus_proxy::balance::OutlierPolicy;
 use nodus_proxy::metrics::Metrics;
-use nodus_proxy::original_dst::FixedOriginalDst;
-use nodus_proxy::outbound::OutboundSettings;
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-
-const VIP: &str = "10.96.0.10";
 
 async fn start_proxy(service_port: u16) -> (Arc<Proxy>, app::Listening) {
     start_proxy_with(service_port, nodus_proxy::limits::ConnectionLimits::default()).await
@@ -27,15 +24,7 @@ async fn start_proxy_with(
     limits: nodus_proxy::limits::ConnectionLimits,
 ) -> (Arc<Proxy>, app::Listening) {
     let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
-    let settings = ProxySettings {
-        outbound_addr: "127.0.0.1:0".parse().unwrap(),
-        admin_addr: "127.0.0.1:0".parse().unwrap(),
-        inbound_addr: None,
-        capture_addr: None,
-        outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
-    };
-    let original = SocketAddr::new(VIP.parse().unwrap(), service_port);
-    let listening = app::start(&proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap();
+    let listening = loopback::start_on_loopback(&proxy, service_port, limits).await;
     (proxy, listening)
 }
 

@@ -1,0 +1,29 @@
+//! The proxy in the test process on loopback, without eBPF: every connection to its outbound
+//! listener is taken to be going to one Service address (`FixedOriginalDst`, like a
+//! port-forward). This is not a mock of a component that could run here — the capture path has
+//! its own end-to-end tests (`mesh_*.rs`) — it lets these cases run without root.
+
+use nodus_proxy::app::{self, Proxy, ProxySettings};
+use nodus_proxy::limits::ConnectionLimits;
+use nodus_proxy::original_dst::FixedOriginalDst;
+use nodus_proxy::outbound::OutboundSettings;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The Service address every outbound connection is taken to dial.
+pub const VIP: &str = "10.96.0.10";
+
+/// Starts `proxy`'s listeners on ephemeral loopback ports, its outbound connections all going to
+/// `VIP:service_port`.
+pub async fn start_on_loopback(proxy: &Arc<Proxy>, service_port: u16, limits: ConnectionLimits) -> app::Listening {
+    let settings = ProxySettings {
+        outbound_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        inbound_addr: None,
+        capture_addr: None,
+        outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
+    };
+    let original = SocketAddr::new(VIP.parse().unwrap(), service_port);
+    app::start(proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap()
+}
