@@ -541,3 +541,23 @@ async fn starts_with_tls(stream: &TcpStream) -> bool {
     let mut first = [0u8; 1];
     matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_forged_caller_identity_is_removed_with_every_value_and_other_headers_kept() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(http::header::HOST, http::HeaderValue::from_static("echo"));
+        headers.append("X-Nodus-Client-Identity", http::HeaderValue::from_static("spiffe://forged/a"));
+        headers.append("x-nodus-client-identity", http::HeaderValue::from_static("spiffe://forged/b"));
+        remove_client_identity(&mut headers);
+        assert!(!headers.contains_key(CLIENT_IDENTITY_HEADER), "{headers:?}");
+        assert_eq!(headers.len(), 1, "{headers:?}");
+
+        let untouched = headers.clone();
+        remove_client_identity(&mut headers);
+        assert_eq!(headers, untouched, "without the header nothing changes");
+    }
+}
