@@ -166,9 +166,9 @@ impl Endpoint {
     }
 
     /// Expected cost of sending it one more request: latency estimate (decayed by idle time, at
-    /// least the floor) × (outstanding + 1).
-    pub fn cost(&self) -> f64 {
-        let idle_ms = now_ms().saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)) as f64;
+    /// least the floor) × (outstanding + 1), at `now` ([`super::now_ms`], read once by the caller).
+    pub fn cost(&self, now: u64) -> f64 {
+        let idle_ms = now.saturating_sub(self.ewma_at_ms.load(Ordering::Relaxed)) as f64;
         let decay = (-idle_ms / IDLE_DECAY_TAU.as_millis() as f64).exp();
         let ewma = (f64::from_bits(self.ewma_ns.load(Ordering::Relaxed)) * decay).max(COST_FLOOR.as_nanos() as f64);
         ewma * f64::from(self.outstanding.load(Ordering::Relaxed) + 1)

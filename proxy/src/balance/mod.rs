@@ -103,7 +103,7 @@ impl Balancer {
         let other = endpoints
             .iter()
             .filter(|e| !tried.contains(&e.addr) && e.available(now))
-            .min_by(|x, y| x.cost().total_cmp(&y.cost()))
+            .min_by(|x, y| x.cost(now).total_cmp(&y.cost(now)))
             .cloned();
         Some(other.unwrap_or(first))
     }
@@ -124,8 +124,13 @@ impl Balancer {
                     b += 1;
                 }
                 let (first, second) = (&endpoints[a], &endpoints[b]);
-                let cheaper =
-                    |x: &Arc<Endpoint>, y: &Arc<Endpoint>| if x.cost() <= y.cost() { x.clone() } else { y.clone() };
+                let cheaper = |x: &Arc<Endpoint>, y: &Arc<Endpoint>| {
+                    if x.cost(now) <= y.cost(now) {
+                        x.clone()
+                    } else {
+                        y.clone()
+                    }
+                };
                 Some(match (first.available(now), second.available(now)) {
                     (true, true) => cheaper(first, second),
                     (true, false) => first.clone(),
@@ -133,8 +138,8 @@ impl Balancer {
                     (false, false) => endpoints
                         .iter()
                         .filter(|e| e.available(now))
-                        .min_by(|x, y| x.cost().total_cmp(&y.cost()))
-                        .unwrap_or_else(|| if first.cost() <= second.cost() { first } else { second })
+                        .min_by(|x, y| x.cost(now).total_cmp(&y.cost(now)))
+                        .unwrap_or_else(|| if first.cost(now) <= second.cost(now) { first } else { second })
                         .clone(),
                 })
             }
