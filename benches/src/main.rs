@@ -477,6 +477,17 @@ impl CpuTime {
     }
 }
 
+impl std::ops::Add for CpuTime {
+    type Output = CpuTime;
+
+    fn add(self, other: CpuTime) -> CpuTime {
+        CpuTime {
+            user_seconds: self.user_seconds + other.user_seconds,
+            system_seconds: self.system_seconds + other.system_seconds,
+        }
+    }
+}
+
 /// User and system CPU time of a process and its children (nginx's workers).
 fn process_tree_cpu(pid: u32) -> Result<CpuTime> {
     let ticks = 100.0; // USER_HZ on Linux
@@ -485,8 +496,7 @@ fn process_tree_cpu(pid: u32) -> Result<CpuTime> {
         let stat = std::fs::read_to_string(format!("/proc/{p}/stat"))?;
         let fields: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
         let field = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / ticks;
-        used.user_seconds += field(11);
-        used.system_seconds += field(12);
+        used = used + CpuTime { user_seconds: field(11), system_seconds: field(12) };
     }
     Ok(used)
 }

@@ -333,11 +333,5 @@ fn render(args: &Args, direct: &mut [Measure], nodus: &mut [Measure], captured: 
 
 /// CPU time both node proxies have used.
 fn proxies_cpu(pids: &[u32]) -> Result<CpuTime> {
-    pids.iter().try_fold(CpuTime::default(), |sum, pid| {
-        let used = process_tree_cpu(*pid)?;
-        Ok(CpuTime {
-            user_seconds: sum.user_seconds + used.user_seconds,
-            system_seconds: sum.system_seconds + used.system_seconds,
-        })
-    })
+    pids.iter().try_fold(CpuTime::default(), |sum, pid| Ok(sum + process_tree_cpu(*pid)?))
 }

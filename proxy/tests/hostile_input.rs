@@ -19,14 +19,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 
 /// An echo backend and a proxy in front of it whose Service port speaks `app_protocol`.
 async fn start(app_protocol: &str, limits: ConnectionLimits) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let echo_port = listener.local_addr().unwrap().port();
-    let identity = nodus_echo::EchoIdentity { pod: "echo-0".into(), namespace: "demo".into(), service: "echo".into() };
-    tokio::spawn(nodus_echo::serve(listener, identity));
+    let echo_port = loopback::start_echo().await;
     let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
     let config: ConfigSnapshot = serde_norway::from_str(&format!(
         "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {echo_port}, appProtocol: {app_protocol} }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"

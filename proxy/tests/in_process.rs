@@ -5,7 +5,7 @@
 #[path = "support/loopback.rs"]
 mod loopback;
 
-use loopback::VIP;
+use loopback::{start_echo, VIP};
 use nodus_config::ConfigSnapshot;
 use nodus_proxy::app::{self, Proxy};
 use nodus_proxy::balance::OutlierPolicy;
@@ -26,14 +26,6 @@ async fn start_proxy_with(
     let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
     let listening = loopback::start_on_loopback(&proxy, service_port, limits).await;
     (proxy, listening)
-}
-
-async fn start_echo() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let identity = nodus_echo::EchoIdentity { pod: "echo-0".into(), namespace: "demo".into(), service: "echo".into() };
-    tokio::spawn(nodus_echo::serve(listener, identity));
-    port
 }
 
 fn config(service_port: u16, target_port: u16, app_protocol: &str, routes: &str) -> ConfigSnapshot {

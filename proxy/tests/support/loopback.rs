@@ -14,6 +14,16 @@ use std::time::Duration;
 /// The Service address every outbound connection is taken to dial.
 pub const VIP: &str = "10.96.0.10";
 
+/// Starts the echo workload (pod `echo-0` of Service `demo/echo`) on an ephemeral loopback port,
+/// which it returns.
+pub async fn start_echo() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let identity = nodus_echo::EchoIdentity { pod: "echo-0".into(), namespace: "demo".into(), service: "echo".into() };
+    tokio::spawn(nodus_echo::serve(listener, identity));
+    port
+}
+
 /// Starts `proxy`'s listeners on ephemeral loopback ports, its outbound connections all going to
 /// `VIP:service_port`.
 pub async fn start_on_loopback(proxy: &Arc<Proxy>, service_port: u16, limits: ConnectionLimits) -> app::Listening {
