@@ -119,9 +119,11 @@ endpoints:
 
 /// The summary lines of `nodus-echo-client --report-every`: (requests, ok).
 pub fn load_totals(stdout: &[u8]) -> (u64, u64) {
+    (load_sum(stdout, "requests"), load_sum(stdout, "ok"))
+}
+
+/// One count of `nodus-echo-client --report-every`'s summary lines, summed over them.
+pub fn load_sum(stdout: &[u8], field: &str) -> u64 {
     let text = String::from_utf8_lossy(stdout);
-    text.lines().fold((0, 0), |(requests, ok), line| {
-        let summary: serde_json::Value = serde_json::from_str(line).unwrap();
-        (requests + summary["requests"].as_u64().unwrap(), ok + summary["ok"].as_u64().unwrap())
-    })
+    text.lines().map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()[field].as_u64().unwrap()).sum()
 }

@@ -14,7 +14,7 @@ use clap::{Parser, ValueEnum};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nodus_echo::proto::{echo_client::EchoClient, EchoRequest};
+use nodus_echo::proto::{echo_client::EchoClient, EchoRequest, EchoResponse};
 use nodus_echo::EchoReport;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -88,6 +88,9 @@ struct Outcome {
     report: Option<EchoReport>,
     response_headers: BTreeMap<String, String>,
     error: Option<String>,
+    /// A gRPC call that never left the client and was sent again (see `never_sent`).
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    unsent_retried: bool,
 }
 
 /// One summary (load mode).
@@ -98,6 +101,11 @@ struct Summary {
     ok: u64,
     by_pod: BTreeMap<String, u64>,
     by_status: BTreeMap<String, u64>,
+    /// The first error message seen for each failing status, to say why requests failed.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    errors: BTreeMap<String, String>,
+    /// gRPC calls sent again because they never left the client.
+    unsent_retries: u64,
     p50_ms: f64,
     p99_ms: f64,
 }
@@ -151,6 +159,7 @@ async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderN
         report: None,
         response_headers: BTreeMap::new(),
         error: None,
+        unsent_retried: false,
     };
     match sender {
         Sender::Http(client) => {
@@ -190,21 +199,14 @@ async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderN
             }
         }
         Sender::Grpc(client) => {
-            let mut request = tonic::Request::new(EchoRequest { message: "nodus".into() });
-            request.set_timeout(Duration::from_millis(args.timeout_ms));
-            for (name, value) in headers {
-                if let (Ok(key), Ok(value)) = (
-                    tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
-                    tonic::metadata::MetadataValue::try_from(value.as_bytes()),
-                ) {
-                    request.metadata_mut().insert(key, value);
-                }
+            let mut result = grpc_call(args, client, headers).await;
+            // gRPC's transparent retry (gRFC A6), which tonic lacks: a call that never left this
+            // client (its connection went away, GOAWAY, between being picked and taking the call)
+            // is sent once more. A call that reached the proxy is never sent twice.
+            if matches!(&result, Err(status) if never_sent(status)) {
+                outcome.unsent_retried = true;
+                result = grpc_call(args, client, headers).await;
             }
-            let result = match args.grpc_method.as_str() {
-                "EchoTwo" => client.echo_two(request).await,
-                "EchoThree" => client.echo_three(request).await,
-                _ => client.echo(request).await,
-            };
             outcome.status = 200;
             match result {
                 Ok(response) => {
@@ -213,13 +215,52 @@ async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderN
                 }
                 Err(status) => {
                     outcome.grpc_status = Some(status.code() as i32);
-                    outcome.error = Some(status.message().to_owned());
+                    // A transport failure's cause is the status's source, not its message.
+                    outcome.error = Some(match std::error::Error::source(&status) {
+                        Some(source) => format!("{}: {source:?}", status.message()),
+                        None => status.message().to_owned(),
+                    });
                 }
             }
         }
     }
     outcome.latency_ms = started.elapsed().as_secs_f64() * 1e3;
     outcome
+}
+
+async fn grpc_call(
+    args: &Args,
+    client: &mut EchoClient<tonic::transport::Channel>,
+    headers: &[(http::HeaderName, http::HeaderValue)],
+) -> Result<tonic::Response<EchoResponse>, tonic::Status> {
+    let mut request = tonic::Request::new(EchoRequest { message: "nodus".into() });
+    request.set_timeout(Duration::from_millis(args.timeout_ms));
+    for (name, value) in headers {
+        if let (Ok(key), Ok(value)) = (
+            tonic::metadata::MetadataKey::from_bytes(name.as_str().as_bytes()),
+            tonic::metadata::MetadataValue::try_from(value.as_bytes()),
+        ) {
+            request.metadata_mut().insert(key, value);
+        }
+    }
+    match args.grpc_method.as_str() {
+        "EchoTwo" => client.echo_two(request).await,
+        "EchoThree" => client.echo_three(request).await,
+        _ => client.echo(request).await,
+    }
+}
+
+/// Whether a failed call never reached the connection: hyper cancels the requests still queued
+/// for a connection that closes, and hands them back unsent.
+fn never_sent(status: &tonic::Status) -> bool {
+    let mut cause = std::error::Error::source(status);
+    while let Some(error) = cause {
+        if error.downcast_ref::<hyper::Error>().is_some_and(hyper::Error::is_canceled) {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
 }
 
 async fn make_sender(args: &Args) -> anyhow::Result<Sender> {
@@ -298,6 +339,7 @@ async fn main() -> anyhow::Result<()> {
                     let mut guard = window.lock().unwrap_or_else(|p| p.into_inner());
                     let (summary, latencies) = &mut *guard;
                     summary.requests += 1;
+                    summary.unsent_retries += u64::from(outcome.unsent_retried);
                     let ok = outcome.error.is_none() && outcome.status < 500 && outcome.grpc_status.unwrap_or(0) == 0;
                     if ok {
                         summary.ok += 1;
@@ -308,6 +350,9 @@ async fn main() -> anyhow::Result<()> {
                         (None, Some(_)) if outcome.status == 0 => "error".to_owned(),
                         _ => outcome.status.to_string(),
                     };
+                    if let (false, Some(error)) = (ok, &outcome.error) {
+                        summary.errors.entry(status.clone()).or_insert_with(|| error.clone());
+                    }
                     *summary.by_status.entry(status).or_default() += 1;
                     if let Some(pod) = outcome.pod {
                         *summary.by_pod.entry(pod).or_default() += 1;
