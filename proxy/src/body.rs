@@ -6,6 +6,7 @@ use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::collections::VecDeque;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 /// Errors of bodies crossing the proxy.
@@ -28,6 +29,8 @@ pub enum ProxyBody {
         /// The rest.
         rest: Incoming,
     },
+    /// One attempt's reading of a body that may be sent again (see [`ReplayBody`]).
+    Replay(ReplayBody),
 }
 
 impl ProxyBody {
@@ -78,6 +81,95 @@ impl ProxyBodySnapshot {
     }
 }
 
+/// A streamed body that keeps what it has read, up to a limit, so that its request can be sent
+/// again when the endpoint refused it unprocessed (an HTTP/2 stream above a GOAWAY's last stream
+/// id, or reset with REFUSED_STREAM). Unlike [`buffer_up_to`] nothing waits: frames go on as
+/// they arrive, and keeping a data frame costs a reference count (`Bytes`), not a copy.
+///
+/// Every attempt reads through its own handle: first what earlier attempts read, then the rest
+/// of the original body. An attempt that died may still be read by its connection's task for a
+/// moment; what it reads is kept for the next one, so no frame is lost between them.
+#[derive(Debug)]
+pub struct ReplayBody {
+    shared: Arc<Mutex<ReplayState>>,
+    /// Frames of the body this handle has yielded.
+    position: usize,
+}
+
+#[derive(Debug)]
+struct ReplayState {
+    rest: ProxyBody,
+    /// Every frame read from `rest`, in order, until more than `limit` data bytes were read.
+    kept: Vec<Frame<Bytes>>,
+    kept_bytes: usize,
+    /// Frames read from `rest` so far.
+    read: usize,
+    limit: usize,
+    /// More than `limit` was read: `kept` was let go and the body cannot be sent again.
+    overflowed: bool,
+}
+
+impl ReplayBody {
+    /// The first attempt's handle on `body`, keeping up to `limit` data bytes.
+    pub fn new(body: ProxyBody, limit: usize) -> Self {
+        let state = ReplayState { rest: body, kept: Vec::new(), kept_bytes: 0, read: 0, limit, overflowed: false };
+        Self { shared: Arc::new(Mutex::new(state)), position: 0 }
+    }
+
+    /// A handle reading the body from its start, for another attempt; `None` once more than the
+    /// limit was read.
+    pub fn again(&self) -> Option<Self> {
+        let state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        (!state.overflowed).then(|| Self { shared: self.shared.clone(), position: 0 })
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let mut state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if self.position < state.read {
+            let Some(frame) = state.kept.get(self.position) else {
+                return Poll::Ready(Some(Err("request body too large to send again".into())));
+            };
+            let frame = clone_frame(frame);
+            self.position += 1;
+            return Poll::Ready(Some(Ok(frame)));
+        }
+        let polled = Pin::new(&mut state.rest).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            state.read += 1;
+            self.position += 1;
+            if !state.overflowed {
+                state.kept_bytes += frame.data_ref().map_or(0, Bytes::len);
+                if state.kept_bytes > state.limit {
+                    state.overflowed = true;
+                    state.kept = Vec::new();
+                } else {
+                    let kept = clone_frame(frame);
+                    state.kept.push(kept);
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        let state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        self.position == state.read && state.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let ahead: u64 =
+            state.kept.iter().skip(self.position).filter_map(|f| f.data_ref().map(|d| d.len() as u64)).sum();
+        let rest = state.rest.size_hint();
+        let mut hint = SizeHint::new();
+        hint.set_lower(rest.lower() + ahead);
+        if let Some(upper) = rest.upper() {
+            hint.set_upper(upper + ahead);
+        }
+        hint
+    }
+}
+
 /// Reads `body` into memory if it has at most `limit` data bytes. Returns a replayable snapshot,
 /// or, when the body is larger, a body that replays what was read and streams the rest.
 pub async fn buffer_up_to(body: ProxyBody, limit: usize) -> Result<Result<ProxyBodySnapshot, ProxyBody>, BoxError> {
@@ -85,7 +177,7 @@ pub async fn buffer_up_to(body: ProxyBody, limit: usize) -> Result<Result<ProxyB
     let mut incoming = match body {
         ProxyBody::Empty => return Ok(Ok(ProxyBodySnapshot::default())),
         ProxyBody::Buffered(buffered) => return Ok(Ok(ProxyBodySnapshot(buffered.frames))),
-        prefixed @ ProxyBody::Prefixed { .. } => return Ok(Err(prefixed)),
+        streamed @ (ProxyBody::Prefixed { .. } | ProxyBody::Replay(_)) => return Ok(Err(streamed)),
         ProxyBody::Incoming(incoming) => incoming,
     };
     if incoming.is_end_stream() {
@@ -120,6 +212,7 @@ impl Body for ProxyBody {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
                 None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
             },
+            ProxyBody::Replay(replay) => replay.poll_frame(cx),
         }
     }
 
@@ -129,6 +222,7 @@ impl Body for ProxyBody {
             ProxyBody::Buffered(buffered) => buffered.frames.is_empty(),
             ProxyBody::Incoming(incoming) => incoming.is_end_stream(),
             ProxyBody::Prefixed { head, rest } => head.is_empty() && rest.is_end_stream(),
+            ProxyBody::Replay(replay) => replay.is_end_stream(),
         }
     }
 
@@ -146,6 +240,76 @@ impl Body for ProxyBody {
                 }
                 hint
             }
+            ProxyBody::Replay(replay) => replay.size_hint(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn body(chunks: &[&'static str], with_trailers: bool) -> ProxyBody {
+        let mut frames: Vec<Frame<Bytes>> =
+            chunks.iter().map(|c| Frame::data(Bytes::from_static(c.as_bytes()))).collect();
+        if with_trailers {
+            frames.push(Frame::trailers(trailers()));
+        }
+        ProxyBody::Buffered(BufferedBody::new(frames))
+    }
+
+    async fn read_all(body: ReplayBody) -> (Vec<u8>, Option<http::HeaderMap>) {
+        let collected = ProxyBody::Replay(body).collect().await.unwrap();
+        let trailers = collected.trailers().cloned();
+        (collected.to_bytes().to_vec(), trailers)
+    }
+
+    #[tokio::test]
+    async fn a_second_attempt_reads_the_whole_body_again_with_its_trailers() {
+        let first = ReplayBody::new(body(&["abc", "def"], true), 64);
+        let second = first.again().unwrap();
+        assert_eq!(read_all(first).await, (b"abcdef".to_vec(), Some(trailers())));
+        assert_eq!(read_all(second).await, (b"abcdef".to_vec(), Some(trailers())));
+    }
+
+    fn trailers() -> http::HeaderMap {
+        let mut map = http::HeaderMap::new();
+        map.insert("grpc-timeout", http::HeaderValue::from_static("1S"));
+        map
+    }
+
+    #[tokio::test]
+    async fn an_attempt_started_midway_replays_what_the_first_read_then_goes_on() {
+        let mut first = ReplayBody::new(body(&["one", "two", "three"], false), 64);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let Poll::Ready(Some(Ok(frame))) = first.poll_frame(&mut cx) else { panic!("a frame") };
+        assert_eq!(frame.into_data().unwrap(), "one");
+        let second = first.again().unwrap();
+        // The dying first attempt reads one more frame; the second must still see it.
+        let Poll::Ready(Some(Ok(frame))) = first.poll_frame(&mut cx) else { panic!("a frame") };
+        assert_eq!(frame.into_data().unwrap(), "two");
+        assert!(!second.is_end_stream());
+        assert_eq!(second.size_hint().lower(), 6 + 5, "what was kept plus what is left");
+        assert_eq!(read_all(second).await.0, b"onetwothree");
+    }
+
+    #[tokio::test]
+    async fn past_the_limit_the_body_streams_on_but_cannot_be_sent_again() {
+        let first = ReplayBody::new(body(&["0123456789", "0123456789"], false), 15);
+        let spare = first.again().unwrap();
+        assert_eq!(read_all(first).await.0.len(), 20, "the first attempt gets all of it");
+        assert!(spare.again().is_none(), "nothing kept to send again");
+        let error = ProxyBody::Replay(spare).collect().await.unwrap_err();
+        assert!(error.to_string().contains("too large"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_ends_at_once() {
+        let first = ReplayBody::new(ProxyBody::Empty, 64);
+        assert!(first.is_end_stream());
+        assert!(first.again().unwrap().is_end_stream());
     }
 }

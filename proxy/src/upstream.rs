@@ -2,7 +2,7 @@
 //! lock-free queue of idle connections; HTTP/2 uses one multiplexed connection, re-established
 //! when it closes.
 
-use crate::body::{BoxError, ProxyBody};
+use crate::body::{BoxError, ProxyBody, ReplayBody};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -45,7 +45,7 @@ pub enum UpstreamError {
         reason: String,
     },
     /// The HTTP exchange failed (reset, protocol error, closed connection).
-    #[error("request to {addr} failed: {source}")]
+    #[error("request to {addr} failed: {}", with_causes(source))]
     Http {
         /// Endpoint.
         addr: SocketAddr,
@@ -59,6 +59,80 @@ pub enum UpstreamError {
         /// Endpoint.
         addr: SocketAddr,
     },
+}
+
+/// Largest request body kept to send an HTTP/2 request again after the endpoint refused it
+/// unprocessed; larger ones get one attempt.
+pub const MAX_RESENT_BODY: usize = 64 * 1024;
+
+/// What it takes to send an HTTP/2 request again: its head, and its body through a
+/// [`ReplayBody`] (an empty body needs nothing kept).
+struct Resend {
+    method: http::Method,
+    uri: http::Uri,
+    version: http::Version,
+    headers: http::HeaderMap,
+    body: Option<ReplayBody>,
+}
+
+impl Resend {
+    /// Keeps what `request` needs to be sent again; returns the request to send first.
+    fn keep(request: Request<ProxyBody>) -> (Self, Request<ProxyBody>) {
+        let (parts, body) = request.into_parts();
+        let (body, first) = if body.is_end_stream() {
+            (None, ProxyBody::Empty)
+        } else {
+            let replay = ReplayBody::new(body, MAX_RESENT_BODY);
+            (replay.again(), ProxyBody::Replay(replay))
+        };
+        let resend = Self {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            body,
+        };
+        (resend, Request::from_parts(parts, first))
+    }
+
+    /// The request again, reading its body from the start; `None` if too much of it was sent.
+    fn again(&self) -> Option<Request<ProxyBody>> {
+        let body = match &self.body {
+            None => ProxyBody::Empty,
+            Some(replay) => ProxyBody::Replay(replay.again()?),
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        Some(request)
+    }
+}
+
+/// Whether the endpoint certainly did not process the request: its stream was above the last
+/// one a graceful GOAWAY let through, or was reset with REFUSED_STREAM (RFC 9113 §8.7).
+fn refused_unprocessed(error: &hyper::Error) -> bool {
+    let Some(h2) = std::error::Error::source(error).and_then(|cause| cause.downcast_ref::<h2::Error>()) else {
+        return false;
+    };
+    let reason = h2.reason();
+    h2.is_remote()
+        && ((h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
+            || (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
+}
+
+/// An error and its causes, `: `-separated: hyper's own message alone ("http2 error") does not
+/// say what went wrong (a reset stream and its reason, a GOAWAY, a closed connection).
+fn with_causes(error: &hyper::Error) -> String {
+    let mut text = error.to_string();
+    let mut cause = std::error::Error::source(error);
+    while let Some(error) = cause {
+        text.push_str(": ");
+        text.push_str(&error.to_string());
+        cause = error.source();
+    }
+    text
 }
 
 /// Connects to `addr` within the connect timeout, with Nagle's algorithm off. The error is the
@@ -229,7 +303,7 @@ impl ConnectionPool {
         request: Request<ProxyBody>,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
         let failed = |source| UpstreamError::Http { addr: self.addr, source };
-        let mut request = request;
+        let (resend, mut request) = Resend::keep(request);
         let mut retried = false;
         loop {
             let mut sender = self.http2.get(|| Box::pin(self.connect(UpstreamProtocol::Http2)), failed).await?;
@@ -257,6 +331,18 @@ impl ConnectionPool {
                         retried = true;
                         request = unsent;
                     }
+                    // Sent, but the endpoint says it did not process it: a drain's GOAWAY raced
+                    // the stream's opening. Safe to send again whatever the method (RFC 9113
+                    // §8.7); kept bodies up to MAX_RESENT_BODY make that possible.
+                    None if !retried && refused_unprocessed(error.error()) => match resend.again() {
+                        Some(again) => {
+                            tracing::debug!(addr = %self.addr, error = %with_causes(error.error()), "stream refused unprocessed; sending it again on a new connection");
+                            self.http2.retire();
+                            retried = true;
+                            request = again;
+                        }
+                        None => return Err(failed(error.into_error())),
+                    },
                     _ => return Err(failed(error.into_error())),
                 },
             }
