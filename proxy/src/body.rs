@@ -105,14 +105,15 @@ struct ReplayState {
     /// Frames read from `rest` so far.
     read: usize,
     limit: usize,
-    /// More than `limit` was read: `kept` was let go and the body cannot be sent again.
-    overflowed: bool,
+    /// More than `limit` was read, or no attempt will follow: `kept` was let go and the body
+    /// cannot be sent again.
+    given_up: bool,
 }
 
 impl ReplayBody {
     /// The first attempt's handle on `body`, keeping up to `limit` data bytes.
     pub fn new(body: ProxyBody, limit: usize) -> Self {
-        let state = ReplayState { rest: body, kept: Vec::new(), kept_bytes: 0, read: 0, limit, overflowed: false };
+        let state = ReplayState { rest: body, kept: Vec::new(), kept_bytes: 0, read: 0, limit, given_up: false };
         Self { shared: Arc::new(Mutex::new(state)), position: 0 }
     }
 
@@ -120,7 +121,15 @@ impl ReplayBody {
     /// limit was read.
     pub fn again(&self) -> Option<Self> {
         let state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        (!state.overflowed).then(|| Self { shared: self.shared.clone(), position: 0 })
+        (!state.given_up).then(|| Self { shared: self.shared.clone(), position: 0 })
+    }
+
+    /// No attempt will follow (the endpoint answered): what was kept is let go, and the rest of
+    /// the body streams through without being kept (a long request stream holds no copy).
+    pub fn give_up(&self) {
+        let mut state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        state.given_up = true;
+        state.kept = Vec::new();
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -137,10 +146,10 @@ impl ReplayBody {
         if let Poll::Ready(Some(Ok(frame))) = &polled {
             state.read += 1;
             self.position += 1;
-            if !state.overflowed {
+            if !state.given_up {
                 state.kept_bytes += frame.data_ref().map_or(0, Bytes::len);
                 if state.kept_bytes > state.limit {
-                    state.overflowed = true;
+                    state.given_up = true;
                     state.kept = Vec::new();
                 } else {
                     let kept = clone_frame(frame);
@@ -304,6 +313,18 @@ mod tests {
         assert!(spare.again().is_none(), "nothing kept to send again");
         let error = ProxyBody::Replay(spare).collect().await.unwrap_err();
         assert!(error.to_string().contains("too large"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn once_given_up_nothing_more_is_kept() {
+        let mut first = ReplayBody::new(body(&["one", "two"], false), 64);
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(matches!(first.poll_frame(&mut cx), Poll::Ready(Some(Ok(_)))));
+        first.give_up();
+        assert!(first.again().is_none());
+        assert!(first.shared.lock().unwrap().kept.is_empty(), "what was kept is let go");
+        assert_eq!(read_all(first).await.0, b"two", "the rest still streams");
     }
 
     #[tokio::test]

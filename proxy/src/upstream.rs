@@ -95,6 +95,13 @@ impl Resend {
         (resend, Request::from_parts(parts, first))
     }
 
+    /// The endpoint answered: the body need not be kept any more.
+    fn give_up(&self) {
+        if let Some(replay) = &self.body {
+            replay.give_up();
+        }
+    }
+
     /// The request again, reading its body from the start; `None` if too much of it was sent.
     fn again(&self) -> Option<Request<ProxyBody>> {
         let body = match &self.body {
@@ -320,6 +327,7 @@ impl ConnectionPool {
             };
             match outcome {
                 Ok(response) => {
+                    resend.give_up();
                     let (parts, body) = response.into_parts();
                     return Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin: None }));
                 }
