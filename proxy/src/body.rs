@@ -53,13 +53,29 @@ impl BufferedBody {
 
     /// Total data bytes.
     pub fn len(&self) -> usize {
-        self.frames.iter().filter_map(|f| f.data_ref().map(Bytes::len)).sum()
+        data_len(&self.frames)
     }
 
     /// Whether there are no data bytes.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// Data bytes in `frames` (trailers count for nothing).
+fn data_len<'a>(frames: impl IntoIterator<Item = &'a Frame<Bytes>>) -> usize {
+    frames.into_iter().filter_map(|f| f.data_ref().map(Bytes::len)).sum()
+}
+
+/// The size of `ahead` more bytes followed by a body hinting `rest`.
+fn hint_after(ahead: usize, rest: SizeHint) -> SizeHint {
+    let ahead = ahead as u64;
+    let mut hint = SizeHint::new();
+    hint.set_lower(rest.lower() + ahead);
+    if let Some(upper) = rest.upper() {
+        hint.set_upper(upper + ahead);
+    }
+    hint
 }
 
 fn clone_frame(frame: &Frame<Bytes>) -> Frame<Bytes> {
@@ -80,6 +96,11 @@ impl ProxyBodySnapshot {
         ProxyBody::Buffered(BufferedBody { frames: self.0.iter().map(clone_frame).collect() })
     }
 }
+
+/// Largest request body kept to be sent again: buffered for a retry
+/// ([`crate::svc::retry`]), or kept by a [`ReplayBody`] while it streams; larger bodies get one
+/// attempt.
+pub const MAX_KEPT_BODY: usize = 64 * 1024;
 
 /// A streamed body that keeps what it has read, up to a limit, so that its request can be sent
 /// again when the endpoint refused it unprocessed (an HTTP/2 stream above a GOAWAY's last stream
@@ -167,15 +188,7 @@ impl ReplayBody {
 
     fn size_hint(&self) -> SizeHint {
         let state = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let ahead: u64 =
-            state.kept.iter().skip(self.position).filter_map(|f| f.data_ref().map(|d| d.len() as u64)).sum();
-        let rest = state.rest.size_hint();
-        let mut hint = SizeHint::new();
-        hint.set_lower(rest.lower() + ahead);
-        if let Some(upper) = rest.upper() {
-            hint.set_upper(upper + ahead);
-        }
-        hint
+        hint_after(data_len(state.kept.iter().skip(self.position)), state.rest.size_hint())
     }
 }
 
@@ -240,15 +253,7 @@ impl Body for ProxyBody {
             ProxyBody::Empty => SizeHint::with_exact(0),
             ProxyBody::Buffered(buffered) => SizeHint::with_exact(buffered.len() as u64),
             ProxyBody::Incoming(incoming) => incoming.size_hint(),
-            ProxyBody::Prefixed { head, rest } => {
-                let head_len: u64 = head.iter().filter_map(|f| f.data_ref().map(|d| d.len() as u64)).sum();
-                let mut hint = SizeHint::new();
-                hint.set_lower(rest.size_hint().lower() + head_len);
-                if let Some(upper) = rest.size_hint().upper() {
-                    hint.set_upper(upper + head_len);
-                }
-                hint
-            }
+            ProxyBody::Prefixed { head, rest } => hint_after(data_len(head), rest.size_hint()),
             ProxyBody::Replay(replay) => replay.size_hint(),
         }
     }

@@ -2,7 +2,7 @@
 //! lock-free queue of idle connections; HTTP/2 uses one multiplexed connection, re-established
 //! when it closes.
 
-use crate::body::{BoxError, ProxyBody, ReplayBody};
+use crate::body::{BoxError, ProxyBody, ReplayBody, MAX_KEPT_BODY};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
@@ -61,10 +61,6 @@ pub enum UpstreamError {
     },
 }
 
-/// Largest request body kept to send an HTTP/2 request again after the endpoint refused it
-/// unprocessed; larger ones get one attempt.
-pub const MAX_RESENT_BODY: usize = 64 * 1024;
-
 /// What it takes to send an HTTP/2 request again: its head, and its body through a
 /// [`ReplayBody`] (an empty body needs nothing kept).
 struct Resend {
@@ -82,7 +78,7 @@ impl Resend {
         let (body, first) = if body.is_end_stream() {
             (None, ProxyBody::Empty)
         } else {
-            let replay = ReplayBody::new(body, MAX_RESENT_BODY);
+            let replay = ReplayBody::new(body, MAX_KEPT_BODY);
             (replay.again(), ProxyBody::Replay(replay))
         };
         let resend = Self {
@@ -341,7 +337,7 @@ impl ConnectionPool {
                     }
                     // Sent, but the endpoint says it did not process it: a drain's GOAWAY raced
                     // the stream's opening. Safe to send again whatever the method (RFC 9113
-                    // §8.7); kept bodies up to MAX_RESENT_BODY make that possible.
+                    // §8.7); kept bodies up to MAX_KEPT_BODY make that possible.
                     None if !retried && refused_unprocessed(error.error()) => match resend.again() {
                         Some(again) => {
                             tracing::debug!(addr = %self.addr, error = %with_causes(error.error()), "stream refused unprocessed; sending it again on a new connection");

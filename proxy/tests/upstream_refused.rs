@@ -11,6 +11,7 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use nodus_harness::h2_frames::{frame, PREFACE};
 use nodus_proxy::body::ProxyBody;
 use nodus_proxy::upstream::{ConnectionPool, UpstreamProtocol};
 use std::net::SocketAddr;
@@ -19,7 +20,6 @@ use std::sync::Arc;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 const NO_ERROR: u32 = 0x0;
 const INTERNAL_ERROR: u32 = 0x2;
 const REFUSED_STREAM: u32 = 0x7;
@@ -31,14 +31,6 @@ enum Refusal {
     GoAwayAboveLastStream,
     /// RST_STREAM on stream 1.
     Reset(u32),
-}
-
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let length = u32::try_from(payload.len()).unwrap().to_be_bytes();
-    let mut out = vec![length[1], length[2], length[3], kind, flags];
-    out.extend_from_slice(&stream.to_be_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 /// Reads the client's preface and frames until the HEADERS of stream 1, then refuses it.
@@ -62,7 +54,7 @@ async fn refuse_first_stream(mut socket: TcpStream, refusal: Refusal) {
         }
     }
     let refusal = match refusal {
-        Refusal::GoAwayAboveLastStream => frame(0x7, 0, 0, &[0, 0, 0, 0, 0, 0, 0, NO_ERROR as u8]),
+        Refusal::GoAwayAboveLastStream => frame(0x7, 0, 0, &[0u32.to_be_bytes(), NO_ERROR.to_be_bytes()].concat()),
         Refusal::Reset(code) => frame(0x3, 0, 1, &code.to_be_bytes()),
     };
     socket.write_all(&refusal).await.unwrap();

@@ -1,5 +1,6 @@
-//! Raw HTTP/2 frames for hostile-client tests and benchmarks: a client library would refuse to
-//! misbehave, so attacks are written as bytes on the wire.
+//! Raw HTTP/2 frames for tests and benchmarks whose peer misbehaves on purpose: a library would
+//! refuse to, so attacks (and a server refusing a stream at a chosen moment) are written as
+//! bytes on the wire.
 
 /// The client connection preface.
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";

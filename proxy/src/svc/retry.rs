@@ -1,13 +1,13 @@
 //! Retries (GEP-1731): a failed attempt is sent again when its status is one of the rule's
 //! retry codes, or when the endpoint could not be reached at all. Each retry must be paid for
 //! from the rule's [`RetryBudget`](crate::retry_budget::RetryBudget), so retries cannot multiply
-//! load in an outage. Bodies up to [`MAX_RETRIED_BODY`] are buffered to be sent again; larger
+//! load in an outage. Bodies up to [`MAX_KEPT_BODY`] are buffered to be sent again; larger
 //! requests get one attempt.
 
 use super::{
     route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService, TriedEndpoints,
 };
-use crate::body::{buffer_up_to, ProxyBody};
+use crate::body::{buffer_up_to, ProxyBody, MAX_KEPT_BODY};
 use crate::errors::ProxyError;
 use crate::metrics::{Metrics, RetryLabels};
 use crate::upstream::UpstreamError;
@@ -17,8 +17,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tower::Service;
 
-/// Largest request body kept to be sent again.
-pub const MAX_RETRIED_BODY: usize = 64 * 1024;
 /// Backoff when the policy names none.
 const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 /// Upper bound of one backoff.
@@ -83,7 +81,7 @@ where
         Box::pin(async move {
             rule.retry_budget.deposit();
             let (parts, body) = request.into_parts();
-            let snapshot = match buffer_up_to(body, MAX_RETRIED_BODY).await {
+            let snapshot = match buffer_up_to(body, MAX_KEPT_BODY).await {
                 Ok(Ok(snapshot)) => snapshot,
                 Ok(Err(body)) => return inner.call(Request::from_parts(parts, body)).await,
                 Err(error) => return Err(ProxyError::RequestBody(error.to_string())),
