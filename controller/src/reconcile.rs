@@ -23,6 +23,12 @@ impl Reconciler {
         let translation = translate(state, &self.options, &self.last_accepted);
         self.last_accepted = translation.last_accepted.clone();
         let version = self.distributor.publish(translation.snapshot.clone());
+        // Mesh endpoints whose node is unknown are left out by every proxy (never dialled in
+        // plaintext): say so here, where the cause (a node without status.hostIP) can be fixed.
+        let unplaced = translation.snapshot.unplaced_mesh_endpoints();
+        for endpoint in &unplaced {
+            tracing::warn!(service = %endpoint.service, address = %endpoint.address, "{endpoint}");
+        }
         let rejected = translation.statuses.values().filter(|s| s.parents.iter().any(|p| !p.accepted.status)).count();
         tracing::info!(
             version,
@@ -31,6 +37,7 @@ impl Reconciler {
             http_routes = translation.snapshot.http_routes.len(),
             grpc_routes = translation.snapshot.grpc_routes.len(),
             routes_not_accepted = rejected,
+            unplaced_mesh_endpoints = unplaced.len(),
             "reconciled"
         );
         (version, translation)

@@ -106,7 +106,7 @@ async fn watches_translate_and_write_route_status_on_a_real_api_server() {
     let snapshot = &published.snapshot;
     assert_eq!(snapshot.services[0].endpoints[0].address.to_string(), "10.244.1.3");
     assert!(snapshot.workloads[0].mesh_enabled);
-    assert_eq!(snapshot.nodes[0].tunnel_address.to_string(), "10.100.0.11:15008");
+    assert_eq!(snapshot.nodes[0].tunnel_address.map(|a| a.to_string()).as_deref(), Some("10.100.0.11:15008"));
     assert_eq!(snapshot.mtls[0].mode, nodus_config::MtlsMode::Strict);
     assert_eq!(snapshot.authorization_policies[0].rules[0].paths, ["/admin/*"]);
 

@@ -134,15 +134,100 @@ fn services_endpoints_workloads_and_nodes() {
     assert_eq!(web0.service_account, "web");
     assert!(!snapshot.workloads[2].mesh_enabled, "other is not labelled");
 
-    let nodes: Vec<_> = snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address.to_string())).collect();
+    let nodes: Vec<_> =
+        snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address.map(|a| a.to_string()))).collect();
     assert_eq!(
         nodes,
         [
-            ("node-1", "10.100.0.11:15008".into()),
-            ("node-2", "10.100.0.12:15008".into()),
-            ("node-3", "10.100.0.13:15008".into())
+            ("node-1", Some("10.100.0.11:15008".into())),
+            ("node-2", Some("10.100.0.12:15008".into())),
+            ("node-3", Some("10.100.0.13:15008".into()))
         ]
     );
+}
+
+/// Endpoints carry whether their pod is in the mesh, and their node (from the slice, else the
+/// pod); a mesh pod on a node nobody reports an address for is listed as unplaced.
+#[test]
+fn endpoints_say_whether_they_are_in_the_mesh_and_where_they_run() {
+    let t = run(r#"
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: api-1, namespace: other, labels: { kubernetes.io/service-name: api } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }]
+endpoints:
+  - { addresses: [10.244.3.2], nodeName: node-3, targetRef: { kind: Pod, name: api-0, namespace: other } }
+  - { addresses: [192.0.2.7] }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-v2-1, namespace: demo, labels: { kubernetes.io/service-name: web-v2 } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }]
+endpoints:
+  - { addresses: [10.244.4.2], targetRef: { kind: Pod, name: web-v2-0, namespace: demo } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: web-v2-0, namespace: demo }
+spec: { nodeName: node-4, containers: [{ name: web, image: echo }] }
+status: { phase: Running, podIP: 10.244.4.2 }
+"#);
+    let snapshot = &t.snapshot;
+    let web = snapshot.service("demo", "web").unwrap();
+    assert!(web.endpoints.iter().all(|e| e.mesh), "demo is in the mesh");
+    let api = snapshot.service("other", "api").unwrap();
+    let api: Vec<_> = api.endpoints.iter().map(|e| (e.address.to_string(), e.mesh, e.node.clone())).collect();
+    assert_eq!(
+        api,
+        [("10.244.3.2".into(), false, Some("node-3".into())), ("192.0.2.7".into(), false, None)],
+        "a pod outside the mesh, and an address that is no pod, are dialled directly"
+    );
+    let web_v2 = &snapshot.service("demo", "web-v2").unwrap().endpoints[0];
+    assert_eq!(web_v2.node.as_deref(), Some("node-4"), "the pod's spec.nodeName when the slice names no node");
+    assert!(web_v2.mesh);
+    let unplaced: Vec<_> = snapshot.unplaced_mesh_endpoints().iter().map(ToString::to_string).collect();
+    assert_eq!(
+        unplaced,
+        ["mesh endpoint demo/web-v2-0 of demo/web-v2 is not reachable: the address of node node-4's proxy is not known (no pod on it reports status.hostIP)"],
+    );
+    assert_eq!(snapshot.nodes.iter().find(|n| n.name == "node-4").unwrap().tunnel_address, None);
+}
+
+/// Once node proxies show as pods (the chart's DaemonSet), only their nodes have a proxy: a mesh
+/// pod elsewhere is reached directly, and a proxy's own (host network) address places its node.
+#[test]
+fn nodes_with_a_proxy_are_where_node_proxy_pods_run() {
+    let proxy = |node: &str, ip: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{ name: nodus-node-{node}, namespace: nodus-system, labels: {{ nodus.dev/node-proxy: \"true\" }} }}\nspec: {{ nodeName: {node}, hostNetwork: true, containers: [{{ name: proxy, image: nodus }}] }}\nstatus: {{ phase: Running, podIP: {ip} }}\n"
+        )
+    };
+    let t = run(&format!(
+        "{}---\n{}---\n{}",
+        proxy("node-1", "10.100.0.11"),
+        proxy("node-5", "10.100.0.15"),
+        r#"apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: web-v2-1, namespace: demo, labels: { kubernetes.io/service-name: web-v2 } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }]
+endpoints:
+  - { addresses: [10.244.2.2], nodeName: node-2, targetRef: { kind: Pod, name: web-7d9f-x2, namespace: demo } }
+  - { addresses: [10.244.1.2], nodeName: node-1, targetRef: { kind: Pod, name: web-7d9f-x1, namespace: demo } }
+"#
+    ));
+    let nodes: Vec<_> =
+        t.snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address.map(|a| a.to_string()))).collect();
+    assert_eq!(
+        nodes,
+        [("node-1", Some("10.100.0.11:15008".into())), ("node-5", Some("10.100.0.15:15008".into()))],
+        "node-2 and node-3 run no proxy; node-5's address is its proxy's own"
+    );
+    let endpoints: Vec<_> = t.snapshot.service("demo", "web-v2").unwrap().endpoints.iter().map(|e| e.mesh).collect();
+    assert_eq!(endpoints, [false, true], "the mesh pod on node-2 has no proxy to vouch for it");
+    assert!(t.snapshot.unplaced_mesh_endpoints().is_empty());
 }
 
 #[test]

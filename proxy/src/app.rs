@@ -69,6 +69,9 @@ impl Proxy {
         match &result {
             Ok(version) => {
                 self.metrics.config_updates.get_or_create(&ConfigLabels { result: "accepted" }).inc();
+                if let Some(state) = self.store.load() {
+                    self.report_unplaced(&state);
+                }
                 self.metrics.config_version.set(*version as i64);
                 self.config_applied.notify_waiters();
                 tracing::info!(version, "config applied");
@@ -79,6 +82,19 @@ impl Proxy {
             }
         }
         result
+    }
+
+    /// Says which mesh endpoints the config in force leaves out, and why: a log line each, and
+    /// a gauge per reason.
+    fn report_unplaced(&self, state: &crate::state::ProxyState) {
+        for reason in [nodus_config::Unplaced::NodeUnknown, nodus_config::Unplaced::NoNode] {
+            let count = state.unplaced.iter().filter(|u| u.reason == reason).count();
+            let labels = crate::metrics::UnplacedLabels { reason: reason.as_str() };
+            self.metrics.unplaced_endpoints.get_or_create(&labels).set(count as i64);
+        }
+        for endpoint in &state.unplaced {
+            tracing::warn!(service = %endpoint.service, address = %endpoint.address, "{endpoint}; left out until its node is known");
+        }
     }
 }
 

@@ -28,6 +28,10 @@ pub struct RouteLabels {
     pub dst_service: Arc<str>,
     /// Workload (owner) of the endpoint that answered, when it is in the mesh.
     pub dst_workload: Arc<str>,
+    /// How the request reached the endpoint: `mtls` (through its node's proxy over mutual TLS),
+    /// `local` (a mesh pod on this node: no network crossed), `plaintext` (outside the mesh, or
+    /// a tunnel without identities); empty when no endpoint was reached.
+    pub tls: &'static str,
     /// `HTTPRoute`, `GRPCRoute`, or `default` when no route is attached.
     pub route_kind: &'static str,
     /// Route `namespace/name`, empty for the default route.
@@ -226,6 +230,15 @@ pub struct Metrics {
     pub redirect_enrolled_pods: Gauge,
     /// Mesh pods of this node whose network namespace was not found yet.
     pub redirect_missing_pods: Gauge,
+    /// Mesh endpoints left out of balancing because their node is not known, by reason.
+    pub unplaced_endpoints: Family<UnplacedLabels, Gauge>,
+}
+
+/// Labels of [`Metrics::unplaced_endpoints`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnplacedLabels {
+    /// `node_unknown` or `no_node`.
+    pub reason: &'static str,
 }
 
 impl Default for Metrics {
@@ -262,6 +275,14 @@ impl Metrics {
         let config_updates = Family::default();
         let redirect_enrolled_pods = Gauge::default();
         let redirect_missing_pods = Gauge::default();
+        let unplaced_endpoints = Family::<UnplacedLabels, Gauge>::default();
+        register(
+            &mut registry,
+            &mut names,
+            "unplaced_mesh_endpoints",
+            "Mesh endpoints left out because their node is not known (never dialled in plaintext)",
+            unplaced_endpoints.clone(),
+        );
         register(
             &mut registry,
             &mut names,
@@ -407,6 +428,7 @@ impl Metrics {
             config_updates,
             redirect_enrolled_pods,
             redirect_missing_pods,
+            unplaced_endpoints,
         }
     }
 

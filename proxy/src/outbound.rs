@@ -162,6 +162,11 @@ impl Outbound {
                             );
                             (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities)
                         }
+                        // A mesh pod whose node is not known: refused, never reached in plaintext.
+                        None if state.as_ref().is_some_and(|s| s.is_unplaced_pod(original_dst.ip())) => {
+                            tracing::warn!(%original_dst, "destination is a mesh pod whose node is not known; refusing");
+                            return;
+                        }
                         None => (original_dst, None, "passthrough".to_owned(), None),
                     },
                 };

@@ -8,7 +8,7 @@
 use crate::balance::{Balancer, BalancerRegistry, EndpointMeta, OutlierPolicy};
 use crate::routes::{CompiledRule, PortRoutes, RouteTable};
 use arc_swap::ArcSwapOption;
-use nodus_config::{AppProtocol, ConfigSnapshot, ObjectRef, ValidationError};
+use nodus_config::{reach, AppProtocol, ConfigSnapshot, ObjectRef, Reach, UnplacedEndpoint, ValidationError};
 use nodus_identity::tls::TrustBundle;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -82,6 +82,9 @@ pub struct ProxyState {
     pub routes: RouteTable,
     /// The mesh CA roots to trust, if the config carries any.
     pub trust: Option<Arc<TrustRoots>>,
+    /// Mesh endpoints left out because their node is not known (never dialled in plaintext).
+    pub unplaced: Vec<UnplacedEndpoint>,
+    unplaced_pods: foldhash::HashSet<IpAddr>,
 }
 
 /// The trust roots of a config, parsed once per config.
@@ -121,6 +124,12 @@ impl ProxyState {
         self.remote_pods.get(&ip)
     }
 
+    /// Whether `ip` is a mesh pod on another node whose node is not known: dialled by its
+    /// address it must be refused, not reached in plaintext.
+    pub fn is_unplaced_pod(&self, ip: IpAddr) -> bool {
+        self.unplaced_pods.contains(&ip)
+    }
+
     /// The balancer of a Service port (mirrors resolve their backend here).
     pub fn balancer(&self, service: &ObjectRef, port: u16) -> Option<&Arc<Balancer>> {
         self.balancers.get(&(service.namespace.clone(), service.name.clone(), port))
@@ -133,8 +142,7 @@ impl ProxyState {
         local_node: Option<&str>,
     ) -> Result<Self, ApplyError> {
         let trust = TrustRoots::compile(&snapshot.trust_roots)?;
-        let tunnels: HashMap<&str, SocketAddr> =
-            snapshot.nodes.iter().map(|n| (n.name.as_str(), n.tunnel_address)).collect();
+        let node_proxies = snapshot.node_proxies();
         let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
             snapshot.workloads.iter().map(|w| ((w.id.namespace.as_str(), w.id.name.as_str()), w)).collect();
         let mut workloads = foldhash::HashMap::default();
@@ -151,19 +159,34 @@ impl ProxyState {
         }
 
         let mut balancers = HashMap::new();
+        let mut unplaced = Vec::new();
         let mut remote_pods = foldhash::HashMap::default();
         let mut labels = HashSet::new();
         // Endpoint changes are applied only once the whole snapshot has compiled.
         let mut endpoint_updates = Vec::new();
         for service in &snapshot.services {
+            // Each ready endpoint's transport, decided once for all the Service's ports.
+            let mut reachable = Vec::with_capacity(service.endpoints.len());
+            for e in service.endpoints.iter().filter(|e| e.ready) {
+                match reach(e, local_node, |node| node_proxies.get(node)) {
+                    Reach::Direct { mesh } => reachable.push((e, None, mesh)),
+                    Reach::Tunnel(tunnel) => reachable.push((e, Some(tunnel), true)),
+                    // Fail closed: never dialled in plaintext, left out like an unready one.
+                    Reach::Unplaced(reason) => unplaced.push(UnplacedEndpoint {
+                        service: service.id.clone(),
+                        address: e.address,
+                        pod: e.workload.as_ref().map(|w| ObjectRef::new(&w.namespace, &w.name)),
+                        node: e.node.clone(),
+                        reason,
+                    }),
+                }
+            }
             for port in &service.ports {
                 let label = format!("{}:{}", service.id, port.port);
                 let balancer = registry.get(&label);
-                let endpoints = service
-                    .endpoints
+                let endpoints = reachable
                     .iter()
-                    .filter(|e| e.ready)
-                    .map(|e| {
+                    .map(|(e, via, mesh)| {
                         let workload =
                             e.workload.as_ref().and_then(|r| workload_by_pod.get(&(&*r.namespace, &*r.name)));
                         EndpointMeta {
@@ -171,10 +194,8 @@ impl ProxyState {
                             namespace: e.workload.as_ref().map(|r| Arc::from(r.namespace.as_str())),
                             workload: workload.map(|w| Arc::from(w.owner.as_deref().unwrap_or(&w.id.name))),
                             node: e.node.as_deref().map(Arc::from),
-                            via: match (e.node.as_deref(), local_node) {
-                                (Some(node), Some(local)) if node != local => tunnels.get(node).copied(),
-                                _ => None,
-                            },
+                            via: *via,
+                            mesh: *mesh,
                             service_account: e.service_account.as_deref().map(Arc::from),
                         }
                     })
@@ -233,6 +254,8 @@ impl ProxyState {
             balancers,
             routes,
             trust,
+            unplaced_pods: unplaced.iter().map(|u| u.address).collect(),
+            unplaced,
         })
     }
 }
@@ -286,5 +309,62 @@ impl ConfigStore {
         let version = state.version;
         self.current.store(Some(Arc::new(state)));
         Ok(version)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// node-1's view: a mesh pod on node-2 (its proxy's address known), a pod outside the mesh
+    /// on node-2, a mesh pod on node-3 (a proxy at an unknown address), a mesh pod on node-1, a
+    /// pod on node-4 (no proxy there).
+    const MIXED: &str = r#"
+services:
+  - id: { namespace: demo, name: web }
+    clusterIps: [10.96.0.10]
+    ports: [{ port: 80, targetPort: 8080 }, { port: 9090, targetPort: 9090 }]
+    endpoints:
+      - { address: 10.244.2.2, node: node-2, serviceAccount: web, workload: { namespace: demo, name: web-0 } }
+      - { address: 10.244.2.3, node: node-2, mesh: false, workload: { namespace: plain, name: web-1 } }
+      - { address: 10.244.3.2, node: node-3, workload: { namespace: demo, name: web-2 } }
+      - { address: 10.244.1.3, node: node-1, workload: { namespace: demo, name: web-3 } }
+      - { address: 10.244.4.2, node: node-4, workload: { namespace: demo, name: web-4 } }
+nodes:
+  - { name: node-1, tunnelAddress: "10.100.0.11:15008" }
+  - { name: node-2, tunnelAddress: "10.100.0.12:15008" }
+  - { name: node-3 }
+"#;
+
+    #[test]
+    fn endpoints_are_tunnelled_dialled_or_left_out_by_mesh_membership_and_node() {
+        let store = ConfigStore::for_node(OutlierPolicy::default(), "node-1");
+        store.apply(serde_norway::from_str(MIXED).unwrap()).unwrap();
+        let state = store.load().unwrap();
+        let destination = state.destination("10.96.0.10:80".parse().unwrap()).unwrap();
+        let mut endpoints: Vec<_> = destination
+            .balancer
+            .endpoints()
+            .iter()
+            .map(|e| (e.addr.to_string(), e.meta().via.map(|v| v.to_string()), e.meta().mesh))
+            .collect();
+        endpoints.sort();
+        assert_eq!(
+            endpoints,
+            [
+                ("10.244.1.3:8080".to_owned(), None, true),
+                ("10.244.2.2:8080".to_owned(), Some("10.100.0.12:15008".to_owned()), true),
+                ("10.244.2.3:8080".to_owned(), None, false),
+                ("10.244.4.2:8080".to_owned(), None, false),
+            ],
+            "a pod outside the mesh, or on a node without a proxy, is dialled directly; the mesh pod \
+             whose node's proxy has no known address is left out"
+        );
+        // Reported once per endpoint (not per port); dialled by its address it is refused.
+        assert_eq!(state.unplaced.len(), 1, "{:?}", state.unplaced);
+        assert_eq!(state.unplaced[0].address.to_string(), "10.244.3.2");
+        assert!(state.is_unplaced_pod("10.244.3.2".parse().unwrap()));
+        assert!(state.remote_pod("10.244.2.2".parse().unwrap()).is_some());
+        assert!(state.remote_pod("10.244.2.3".parse().unwrap()).is_none(), "outside the mesh: no tunnel");
     }
 }

@@ -231,6 +231,11 @@ impl ConnectionPool {
         Self { identities: Some(identities), ..Self::new(addr, Some(via)) }
     }
 
+    /// Whether its connections are mutual TLS tunnels.
+    pub fn is_mutual_tls(&self) -> bool {
+        self.via.is_some() && self.identities.is_some()
+    }
+
     async fn connect(&self, protocol: UpstreamProtocol) -> Result<UpstreamIo, UpstreamError> {
         if let Some(peer) = self.via {
             return crate::tunnel::open(peer, self.addr, self.identities.as_ref(), Some(protocol))

@@ -13,6 +13,7 @@ use nodus_config::{ConfigSnapshot, GrpcRoute, HttpRoute, ObjectRef};
 use std::collections::BTreeMap;
 
 pub use routes::{Condition, ParentRef, ParentStatus, RouteStatus, CONTROLLER_NAME};
+pub use workloads::NODE_PROXY_LABEL;
 
 /// The namespace label that enrols a namespace's pods in the mesh.
 pub const MESH_LABEL: &str = "nodus.dev/mesh";
@@ -85,11 +86,12 @@ pub struct Translation {
 
 /// Translates the cluster into one config snapshot and the routes' status.
 pub fn translate(state: &ClusterState, options: &TranslateOptions, last_accepted: &LastAccepted) -> Translation {
+    let nodes = workloads::nodes(state, options);
     let mut snapshot = ConfigSnapshot {
         version: 0,
-        services: workloads::services(state),
+        services: workloads::services(state, &nodes),
         workloads: workloads::workloads(state),
-        nodes: workloads::nodes(state, options),
+        nodes,
         http_routes: Vec::new(),
         grpc_routes: Vec::new(),
         mtls: policy::namespace_mtls(state),

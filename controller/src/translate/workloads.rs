@@ -13,8 +13,8 @@ use std::net::{IpAddr, SocketAddr};
 /// The label EndpointSlices carry to name their Service.
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
-/// Every Service, with the endpoints of its EndpointSlices.
-pub(super) fn services(state: &ClusterState) -> Vec<Service> {
+/// Every Service, with the endpoints of its EndpointSlices; `nodes` are the nodes with a proxy.
+pub(super) fn services(state: &ClusterState, nodes: &[NodeInfo]) -> Vec<Service> {
     let mut slices_by_service: BTreeMap<ObjectRef, Vec<&EndpointSlice>> = BTreeMap::new();
     for slice in state.endpoint_slices.values() {
         if let Some(service) = slice.labels().get(SERVICE_NAME_LABEL) {
@@ -37,7 +37,7 @@ pub(super) fn services(state: &ClusterState) -> Vec<Service> {
                 .filter_map(|ip| ip.parse::<IpAddr>().ok())
                 .collect();
             let ports = spec.ports.unwrap_or_default().iter().filter_map(|port| service_port(port, slices)).collect();
-            Service { id: id.clone(), cluster_ips, ports, endpoints: endpoints(slices, state) }
+            Service { id: id.clone(), cluster_ips, ports, endpoints: endpoints(slices, state, nodes) }
         })
         .collect()
 }
@@ -83,7 +83,7 @@ pub(super) fn app_protocol(app_protocol: Option<&str>, port_name: Option<&str>) 
     prefix.and_then(from).unwrap_or(AppProtocol::Detect)
 }
 
-fn endpoints(slices: &[&EndpointSlice], state: &ClusterState) -> Vec<Endpoint> {
+fn endpoints(slices: &[&EndpointSlice], state: &ClusterState, nodes: &[NodeInfo]) -> Vec<Endpoint> {
     let mut seen = BTreeSet::new();
     let mut endpoints = Vec::new();
     for slice in slices {
@@ -95,28 +95,45 @@ fn endpoints(slices: &[&EndpointSlice], state: &ClusterState) -> Vec<Endpoint> {
                     namespace: r.namespace.clone().unwrap_or_else(|| namespace.clone()),
                     name: r.name.clone().unwrap_or_default(),
                 });
+            let pod =
+                workload.as_ref().and_then(|w| state.pods.get(&ObjectRef::new(w.namespace.clone(), w.name.clone())));
+            // The pod's service account is its identity in mutual TLS.
+            let service_account = workload.as_ref().map(|_| {
+                pod.and_then(|pod| pod.spec.as_ref()?.service_account_name.clone())
+                    .unwrap_or_else(|| "default".to_string())
+            });
+            // The slice's nodeName, else the pod's own: where the endpoint runs decides which
+            // proxy terminates mutual TLS for it.
+            let node = endpoint.node_name.clone().or_else(|| pod.and_then(|pod| pod.spec.as_ref()?.node_name.clone()));
+            // In the mesh: a pod of an enrolled namespace, on a node with a proxy (or on a node
+            // not known yet: then it is reported, never dialled in plaintext). Anything else (a
+            // pod outside the mesh, on a node without a proxy, an address that is not a pod) is
+            // dialled directly, in plaintext.
+            let has_proxy = node.as_ref().is_none_or(|node| nodes.iter().any(|n| &n.name == node));
+            let mesh = has_proxy && workload.as_ref().is_some_and(|w| namespace_in_mesh(state, &w.namespace));
             for address in endpoint.addresses.iter().filter_map(|a| a.parse::<IpAddr>().ok()) {
                 if seen.insert(address) {
-                    // The pod's service account is its identity in mutual TLS.
-                    let service_account = workload.as_ref().map(|w| {
-                        state
-                            .pods
-                            .get(&ObjectRef::new(w.namespace.clone(), w.name.clone()))
-                            .and_then(|pod| pod.spec.as_ref()?.service_account_name.clone())
-                            .unwrap_or_else(|| "default".to_string())
-                    });
                     endpoints.push(Endpoint {
                         address,
                         ready,
                         workload: workload.clone(),
-                        node: endpoint.node_name.clone(),
-                        service_account,
+                        node: node.clone(),
+                        service_account: service_account.clone(),
+                        mesh,
                     });
                 }
             }
         }
     }
     endpoints
+}
+
+/// Whether a namespace is enrolled in the mesh (labelled `nodus.dev/mesh=enabled`).
+fn namespace_in_mesh(state: &ClusterState, namespace: &str) -> bool {
+    state
+        .namespace_labels(namespace)
+        .and_then(|labels| labels.get(MESH_LABEL))
+        .is_some_and(|value| value == MESH_ENABLED)
 }
 
 fn is_running(pod: &Pod) -> bool {
@@ -155,10 +172,7 @@ pub(super) fn workloads(state: &ClusterState) -> Vec<Workload> {
             if ips.is_empty() {
                 return None;
             }
-            let mesh_enabled = state
-                .namespace_labels(&id.namespace)
-                .and_then(|labels| labels.get(MESH_LABEL))
-                .is_some_and(|value| value == MESH_ENABLED);
+            let mesh_enabled = namespace_in_mesh(state, &id.namespace);
             Some(Workload {
                 id: id.clone(),
                 node,
@@ -172,20 +186,45 @@ pub(super) fn workloads(state: &ClusterState) -> Vec<Workload> {
         .collect()
 }
 
-/// Nodes, learnt from the pods scheduled on them (`spec.nodeName`, `status.hostIP`): the node
-/// proxy itself runs as a pod on every node, so every meshed node is seen.
+/// The label of node-proxy pods (the chart's DaemonSet sets it): where such a pod runs, the node
+/// has a Nodus proxy.
+pub const NODE_PROXY_LABEL: &str = "nodus.dev/node-proxy";
+
+/// The nodes that run a Nodus proxy, with the address of each when known.
+///
+/// Which nodes: where a running pod carries [`NODE_PROXY_LABEL`]; while no pod in the cluster
+/// carries it (node proxies not shown as pods, as in a manifest directory), every node a pod is
+/// scheduled on is taken to have one — the safe guess, since a mesh pod wrongly assumed to be
+/// behind a proxy fails loudly, while one wrongly assumed without would be reached in plaintext.
+/// The address: any pod's `status.hostIP` on that node, else a node proxy's own pod address (it
+/// runs in the node's network namespace); a node whose address no pod reports is listed without
+/// one, and its mesh endpoints are reported unreachable rather than dialled in plaintext.
 pub(super) fn nodes(state: &ClusterState, options: &TranslateOptions) -> Vec<NodeInfo> {
-    let mut nodes: BTreeMap<String, IpAddr> = BTreeMap::new();
-    for pod in state.pods.values().filter(|p| is_running(p)) {
-        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
-        let host_ip = pod.status.as_ref().and_then(|s| s.host_ip.as_ref()).and_then(|ip| ip.parse().ok());
-        if let (Some(node), Some(ip)) = (node, host_ip) {
-            nodes.entry(node).or_insert(ip);
+    let running = || state.pods.values().filter(|p| is_running(p));
+    let node_of = |pod: &Pod| pod.spec.as_ref().and_then(|s| s.node_name.clone());
+    let is_node_proxy = |pod: &Pod| pod.labels().get(NODE_PROXY_LABEL).is_some_and(|v| v == "true");
+    let declared = running().any(is_node_proxy);
+    let mut nodes: BTreeMap<String, Option<IpAddr>> = BTreeMap::new();
+    for pod in running().filter(|p| !declared || is_node_proxy(p)) {
+        if let Some(node) = node_of(pod) {
+            nodes.entry(node).or_default();
+        }
+    }
+    for pod in running() {
+        let status = pod.status.as_ref();
+        let host_ip = status.and_then(|s| s.host_ip.as_ref()).and_then(|ip| ip.parse().ok());
+        // A node proxy runs with hostNetwork: its own address is the node's.
+        let own_ip = status.and_then(|s| s.pod_ip.as_ref()).and_then(|ip| ip.parse().ok());
+        let address = host_ip.or(if is_node_proxy(pod) { own_ip } else { None });
+        if let (Some(node), Some(address)) = (node_of(pod), address) {
+            if let Some(known @ None) = nodes.get_mut(&node) {
+                *known = Some(address);
+            }
         }
     }
     nodes
         .into_iter()
-        .map(|(name, ip)| NodeInfo { name, tunnel_address: SocketAddr::new(ip, options.tunnel_port) })
+        .map(|(name, ip)| NodeInfo { name, tunnel_address: ip.map(|ip| SocketAddr::new(ip, options.tunnel_port)) })
         .collect()
 }
 

@@ -11,6 +11,7 @@
 
 mod duration;
 mod policy;
+mod reach;
 mod route;
 mod service;
 mod validate;
@@ -18,6 +19,7 @@ mod workload;
 
 pub use duration::{parse_gateway_duration, GatewayDuration};
 pub use policy::{AuthorizationAction, AuthorizationPolicy, AuthorizationRule, MtlsMode, NamespaceMtls, TrustRoot};
+pub use reach::{reach, NodeProxies, NodeProxy, Reach, Unplaced, UnplacedEndpoint};
 pub use route::{
     BackendRef, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch, GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter,
     HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind, NameValue, PathMatch, PathModifier, QueryParamMatch,
@@ -72,8 +74,9 @@ pub struct ConfigSnapshot {
     /// GRPCRoutes attached to services (GAMMA).
     #[serde(default)]
     pub grpc_routes: Vec<GrpcRoute>,
-    /// Node proxies and where they accept tunnels from other nodes. An endpoint on a listed node
-    /// other than the proxy's own is reached through that node's proxy; otherwise directly.
+    /// The nodes that run a Nodus proxy, and where each accepts tunnels. A mesh endpoint on a
+    /// listed node other than the proxy's own is reached through that node's proxy; one on a node
+    /// not listed has no proxy to vouch for it and is dialled directly ([`reach`]).
     #[serde(default)]
     pub nodes: Vec<NodeInfo>,
     /// mTLS mode of namespaces that set one (others are permissive).
@@ -87,14 +90,16 @@ pub struct ConfigSnapshot {
     pub trust_roots: Vec<TrustRoot>,
 }
 
-/// A node and its proxy's tunnel address.
+/// A node that runs a Nodus proxy, and where that proxy accepts tunnels.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NodeInfo {
     /// Node name (as workloads and endpoints name it).
     pub name: String,
-    /// Where the node's proxy accepts tunnels (its inbound listener).
-    pub tunnel_address: std::net::SocketAddr,
+    /// Where the node's proxy accepts tunnels (its inbound listener); absent while the node's
+    /// address is not known, when its mesh endpoints cannot be reached ([`reach`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tunnel_address: Option<std::net::SocketAddr>,
 }
 
 impl ConfigSnapshot {

@@ -32,9 +32,12 @@ pub struct EndpointMeta {
     pub workload: Option<Arc<str>>,
     /// The node the pod runs on.
     pub node: Option<Arc<str>>,
-    /// The peer node proxy's tunnel address, when the endpoint is on another node whose proxy
-    /// is known: requests then travel through that proxy.
+    /// The peer node proxy's tunnel address, when the endpoint is a mesh pod on another node:
+    /// requests then travel through that proxy.
     pub via: Option<SocketAddr>,
+    /// Whether the pod is in the mesh. One outside it is dialled directly, in plaintext, and is
+    /// never told the caller's identity (it has no proxy to vouch for it).
+    pub mesh: bool,
     /// The pod's service account (its identity in mutual TLS, with `namespace`).
     pub service_account: Option<Arc<str>>,
 }

@@ -8,6 +8,7 @@ fn meta(port: u16) -> EndpointMeta {
         workload: None,
         node: None,
         via: None,
+        mesh: true,
         service_account: None,
     }
 }

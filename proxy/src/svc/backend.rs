@@ -138,12 +138,14 @@ impl Service<ProxyRequest> for Backend {
             .ok_or_else(|| ProxyError::NoEndpoints { backend: backend.label.to_string() })?;
             let guard = endpoint.start();
             // The caller's identity header is the mesh's word, never the application's: removed
-            // here; set by the destination proxy after mTLS, or here for a pod on this node,
-            // whose caller this proxy captured itself.
+            // here; set by the destination proxy after mTLS, or here for a mesh pod on this node,
+            // whose caller this proxy captured itself. A pod outside the mesh is never told: no
+            // proxy of its own vouches for what reaches it.
             let headers = request.headers_mut();
             crate::inbound::remove_client_identity(headers);
-            if let (None, Some(manager), Some(source)) =
-                (endpoint.meta().via, crate::tunnel::mtls(), context.source.as_deref())
+            let meta = endpoint.meta();
+            if let (true, None, Some(manager), Some(source)) =
+                (meta.mesh, meta.via, crate::tunnel::mtls(), context.source.as_deref())
             {
                 let id =
                     nodus_identity::SpiffeId::new(manager.trust_domain(), &source.namespace, &source.service_account);
@@ -153,6 +155,11 @@ impl Service<ProxyRequest> for Backend {
             }
             let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));
             let pool = endpoint.pool_for(source);
+            let tls = match (meta.via, meta.mesh) {
+                (Some(_), _) if pool.is_mutual_tls() => "mtls",
+                (None, true) => "local",
+                _ => "plaintext",
+            };
             let send = pool.send(request, context.protocol);
             let result = match rule.backend_timeout {
                 Some(after) => match tokio::time::timeout(after, send).await {
@@ -187,9 +194,11 @@ impl Service<ProxyRequest> for Backend {
             }
             let (parts, body) = response.into_parts();
             let mut response = http::Response::from_parts(parts, ResponseBody::upstream(body));
-            response
-                .extensions_mut()
-                .insert(BackendLabel { backend: backend.label.clone(), workload: endpoint.meta().workload.clone() });
+            response.extensions_mut().insert(BackendLabel {
+                backend: backend.label.clone(),
+                workload: endpoint.meta().workload.clone(),
+                tls,
+            });
             Ok(response)
         })
     }

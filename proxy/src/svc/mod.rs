@@ -105,6 +105,8 @@ pub struct BackendLabel {
     pub backend: Arc<str>,
     /// The endpoint's workload, if known.
     pub workload: Option<Arc<str>>,
+    /// How it was reached (the `tls` metric label).
+    pub tls: &'static str,
 }
 
 /// Route labels reported back to the metrics layer in response extensions.

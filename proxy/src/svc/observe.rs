@@ -58,6 +58,7 @@ where
             if let Some(chosen) = response.extensions_mut().remove::<BackendLabel>() {
                 labels.backend = chosen.backend;
                 labels.dst_workload = chosen.workload.unwrap_or_else(crate::metrics::unknown_label);
+                labels.tls = chosen.tls;
             }
             let status = response.status().as_u16();
             let observer = ResponseObserver::new(metrics, labels, method, status, response.headers(), started);

@@ -38,6 +38,7 @@ fn labels(context: &RequestContext, decision: Option<&RouteDecision>) -> RouteLa
         dst_namespace: context.destination.namespace_label.clone(),
         dst_service: context.destination.name_label.clone(),
         dst_workload: Arc::default(),
+        tls: "",
         route_kind,
         route_name,
         route_rule,
