@@ -125,7 +125,8 @@ fn live_attach(bpffs: &Path) -> std::result::Result<String, String> {
     let spec = nodus_redirect::RedirectSpec {
         cgroup: scratch.clone(),
         pin_dir: pins.clone(),
-        proxy_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15001),
+        proxy_addr: SocketAddrV4::new(Ipv4Addr::LOCALHOST, 15100),
+        proxy_ports: 16,
         // Inbound capture attaches to interfaces: not on this machine's own ones.
         inbound_port: None,
     };

@@ -18,8 +18,10 @@ use tokio::sync::Notify;
 /// Settings of a proxy process.
 #[derive(Clone, Debug)]
 pub struct ProxySettings {
-    /// Outbound listener address.
+    /// The first outbound listener's address.
     pub outbound_addr: SocketAddr,
+    /// How many outbound listeners, on consecutive ports from `outbound_addr`'s.
+    pub outbound_ports: u16,
     /// Admin listener address.
     pub admin_addr: SocketAddr,
     /// Inbound (tunnel) listener address, if this proxy accepts tunnels from other nodes.
@@ -101,8 +103,11 @@ impl Proxy {
 /// Addresses a started proxy listens on.
 #[derive(Clone, Debug)]
 pub struct Listening {
-    /// Outbound listener.
+    /// The first outbound listener.
     pub outbound: SocketAddr,
+    /// Every outbound listener (consecutive ports; the redirect spreads original destinations
+    /// over them, see `nodus_redirect_common::RedirectConfig`).
+    pub outbound_ports: Vec<SocketAddr>,
     /// Admin listener.
     pub admin: SocketAddr,
     /// Inbound (tunnel) listener.
@@ -131,6 +136,20 @@ fn bind_transparent(addr: SocketAddr) -> std::io::Result<TcpListener> {
     TcpListener::from_std(std::net::TcpListener::from(fd))
 }
 
+/// Binds `count` outbound listeners on consecutive ports from `first`'s (port 0: each on a port
+/// of its own, for tests).
+async fn bind_outbound(first: SocketAddr, count: u16) -> std::io::Result<Vec<TcpListener>> {
+    let mut listeners = Vec::with_capacity(usize::from(count.max(1)));
+    for index in 0..count.max(1) {
+        let port = if first.port() == 0 { 0 } else { first.port().checked_add(index).unwrap_or(0) };
+        if first.port() != 0 && port == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "outbound ports run past 65535"));
+        }
+        listeners.push(TcpListener::bind(SocketAddr::new(first.ip(), port)).await?);
+    }
+    Ok(listeners)
+}
+
 /// Binds the listeners and spawns their tasks on the current runtime.
 pub async fn start(
     proxy: &Arc<Proxy>,
@@ -148,15 +167,15 @@ pub async fn start_with(
     original_dst: Arc<dyn OriginalDst>,
     inherited: Option<crate::handoff::Inherited>,
 ) -> std::io::Result<Listening> {
-    let (outbound_listener, admin_listener, inbound_listener, capture_listener) = match inherited {
+    let (outbound_listeners, admin_listener, inbound_listener, capture_listener) = match inherited {
         Some(inherited) => (
-            TcpListener::from_std(inherited.outbound)?,
+            inherited.outbound.into_iter().map(TcpListener::from_std).collect::<std::io::Result<Vec<_>>>()?,
             TcpListener::from_std(inherited.admin)?,
             inherited.inbound.map(TcpListener::from_std).transpose()?,
             inherited.capture.map(TcpListener::from_std).transpose()?,
         ),
         None => (
-            TcpListener::bind(settings.outbound_addr).await?,
+            bind_outbound(settings.outbound_addr, settings.outbound_ports).await?,
             TcpListener::bind(settings.admin_addr).await?,
             match settings.inbound_addr {
                 Some(addr) => Some(TcpListener::bind(addr).await?),
@@ -167,14 +186,16 @@ pub async fn start_with(
     };
     use crate::handoff::ListenerRole;
     use std::os::fd::AsRawFd;
-    let mut fds = vec![
-        (ListenerRole::Outbound, outbound_listener.as_raw_fd()),
-        (ListenerRole::Admin, admin_listener.as_raw_fd()),
-    ];
+    let mut fds: Vec<_> = outbound_listeners.iter().map(|l| (ListenerRole::Outbound, l.as_raw_fd())).collect();
+    fds.push((ListenerRole::Admin, admin_listener.as_raw_fd()));
     fds.extend(inbound_listener.as_ref().map(|l| (ListenerRole::Inbound, l.as_raw_fd())));
     fds.extend(capture_listener.as_ref().map(|l| (ListenerRole::Capture, l.as_raw_fd())));
+    let outbound_addrs = outbound_listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<Vec<_>>>()?;
     let listening = Listening {
-        outbound: outbound_listener.local_addr()?,
+        outbound: *outbound_addrs
+            .first()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no outbound listener"))?,
+        outbound_ports: outbound_addrs,
         admin: admin_listener.local_addr()?,
         inbound: inbound_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         capture: capture_listener.as_ref().map(TcpListener::local_addr).transpose()?,
@@ -214,11 +235,14 @@ pub async fn start_with(
         Outbound::new(proxy.store.clone(), proxy.metrics.clone(), original_dst, settings.outbound.clone())
             .with_drain(proxy.drain.clone()),
     );
-    tokio::spawn(async move {
-        if let Err(error) = outbound.serve(outbound_listener).await {
-            tracing::error!(%error, "outbound listener failed");
-        }
-    });
+    for listener in outbound_listeners {
+        let outbound = outbound.clone();
+        tokio::spawn(async move {
+            if let Err(error) = outbound.serve(listener).await {
+                tracing::error!(%error, "outbound listener failed");
+            }
+        });
+    }
     let (store, metrics, drain) = (proxy.store.clone(), proxy.metrics.clone(), proxy.drain.clone());
     tokio::spawn(async move {
         if let Err(error) = crate::admin::serve(admin_listener, store, metrics, drain).await {

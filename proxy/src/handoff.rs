@@ -18,6 +18,9 @@ use std::time::Duration;
 
 /// What a successor asks for.
 const REQUEST: &[u8; 5] = b"TAKE\n";
+/// The most listening sockets one hand-over carries (every outbound port, admin, inbound,
+/// capture); the kernel takes up to 253 descriptors in one message.
+pub const MAX_LISTENERS: usize = 128;
 
 /// Which listener a handed-over socket is: sent as one byte per socket, in the order of the
 /// sockets in the message.
@@ -37,8 +40,8 @@ pub enum ListenerRole {
 /// Listening sockets received from the predecessor.
 #[derive(Debug)]
 pub struct Inherited {
-    /// The outbound listener.
-    pub outbound: std::net::TcpListener,
+    /// The outbound listeners, in port order.
+    pub outbound: Vec<std::net::TcpListener>,
     /// The admin listener.
     pub admin: std::net::TcpListener,
     /// The inbound (tunnel) listener, if the predecessor had one.
@@ -63,8 +66,8 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
     };
     stream.set_read_timeout(Some(Duration::from_secs(10)))?;
     stream.write_all(REQUEST)?;
-    let mut roles = [0u8; 8];
-    let mut buffer = nix::cmsg_space!([RawFd; 8]);
+    let mut roles = [0u8; MAX_LISTENERS];
+    let mut buffer = nix::cmsg_space!([RawFd; MAX_LISTENERS]);
     let mut iov = [IoSliceMut::new(&mut roles)];
     let message =
         recvmsg::<()>(stream.as_raw_fd(), &mut iov, Some(&mut buffer), MsgFlags::MSG_CMSG_CLOEXEC).map_err(io_error)?;
@@ -83,10 +86,13 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
     for listener in &listeners {
         listener.set_nonblocking(true)?;
     }
-    let (mut outbound, mut admin, mut inbound, mut capture) = (None, None, None, None);
+    let (mut outbound, mut admin, mut inbound, mut capture) = (Vec::new(), None, None, None);
     for (role, listener) in roles[..role_count.min(roles.len())].iter().zip(listeners) {
         let slot = match *role {
-            b'o' => &mut outbound,
+            b'o' => {
+                outbound.push(listener);
+                continue;
+            }
             b'a' => &mut admin,
             b'i' => &mut inbound,
             b'c' => &mut capture,
@@ -97,8 +103,8 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
         };
         *slot = Some(listener);
     }
-    match (outbound, admin) {
-        (Some(outbound), Some(admin)) => Ok(Some(Inherited { outbound, admin, inbound, capture })),
+    match (outbound.is_empty(), admin) {
+        (false, Some(admin)) => Ok(Some(Inherited { outbound, admin, inbound, capture })),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "the predecessor sent no outbound or admin listener",
@@ -109,6 +115,12 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
 /// Offers `listeners` at `path` to one successor; returns once they were handed over. Removes
 /// a stale socket file left by a crashed process first.
 pub async fn offer(path: PathBuf, listeners: Vec<(ListenerRole, RawFd)>) -> std::io::Result<()> {
+    if listeners.len() > MAX_LISTENERS {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{} listeners to hand over; at most {MAX_LISTENERS} fit", listeners.len()),
+        ));
+    }
     let roles: Vec<u8> = listeners.iter().map(|(role, _)| *role as u8).collect();
     let fds: Vec<RawFd> = listeners.iter().map(|(_, fd)| *fd).collect();
     let _ = std::fs::remove_file(&path);
@@ -147,8 +159,10 @@ mod tests {
         let path = dir.path().join("handoff.sock");
         assert!(take_over(&path).unwrap().is_none(), "nobody offers yet");
         let outbound = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let outbound_2 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let admin = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let address = outbound.local_addr().unwrap();
+        let address_2 = outbound_2.local_addr().unwrap();
         // A client connects before the hand-over: its connection waits in the accept queue.
         let mut early = std::net::TcpStream::connect(address).unwrap();
         let capture = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -157,6 +171,7 @@ mod tests {
             path.clone(),
             vec![
                 (ListenerRole::Outbound, outbound.as_raw_fd()),
+                (ListenerRole::Outbound, outbound_2.as_raw_fd()),
                 (ListenerRole::Admin, admin.as_raw_fd()),
                 (ListenerRole::Capture, capture.as_raw_fd()),
             ],
@@ -175,12 +190,13 @@ mod tests {
         };
         offering.await.unwrap().unwrap();
         // The predecessor closes its copies; the sockets live on in the successor.
-        drop((outbound, admin, capture));
-        assert_eq!(taken.outbound.local_addr().unwrap(), address);
+        drop((outbound, outbound_2, admin, capture));
+        let outbound: Vec<_> = taken.outbound.iter().map(|l| l.local_addr().unwrap()).collect();
+        assert_eq!(outbound, [address, address_2], "every outbound port, in order");
         assert!(taken.inbound.is_none());
         assert_eq!(taken.capture.as_ref().unwrap().local_addr().unwrap(), capture_address, "roles follow the sockets");
-        taken.outbound.set_nonblocking(false).unwrap();
-        let (mut accepted, _) = taken.outbound.accept().unwrap();
+        taken.outbound[0].set_nonblocking(false).unwrap();
+        let (mut accepted, _) = taken.outbound[0].accept().unwrap();
         early.write_all(b"hi").unwrap();
         let mut greeting = [0u8; 2];
         accepted.read_exact(&mut greeting).unwrap();

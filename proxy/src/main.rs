@@ -21,9 +21,14 @@ struct Args {
     /// This node's name (the config's workloads name their node).
     #[arg(long, env = "NODE_NAME")]
     node: String,
-    /// Outbound listener (captured pod connections arrive here).
-    #[arg(long, default_value = "0.0.0.0:15001")]
+    /// The first outbound listener (captured pod connections arrive here).
+    #[arg(long, default_value = "0.0.0.0:15100")]
     outbound_addr: SocketAddr,
+    /// How many outbound listeners, on consecutive ports from --outbound-addr's: the redirect
+    /// sends each original destination to one of them, so that a pod's connections to different
+    /// Services do not share its ephemeral ports (docs/redirect.md).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
+    outbound_ports: u16,
     /// Inbound listener: tunnels from other nodes' proxies to this node's pods.
     #[arg(long, default_value = "0.0.0.0:15008")]
     inbound_addr: SocketAddr,
@@ -58,7 +63,8 @@ struct Args {
     /// bpffs directory for the redirect's pinned links and maps.
     #[arg(long)]
     bpf_pin_dir: Option<PathBuf>,
-    /// The address pods reach the outbound listener at (the redirect rewrites connects to it).
+    /// The address pods reach the first outbound listener at (the redirect rewrites connects to
+    /// it, or to one of the --outbound-ports after it).
     #[arg(long)]
     redirect_to: Option<SocketAddrV4>,
     /// Where pod network namespaces are bind-mounted.
@@ -142,6 +148,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let inbound_capture = args.redirect_cgroup.is_some() && !args.no_inbound_capture;
     let settings = ProxySettings {
         outbound_addr: args.outbound_addr,
+        outbound_ports: args.outbound_ports,
         admin_addr: args.admin_addr,
         inbound_addr: Some(args.inbound_addr),
         capture_addr: inbound_capture.then_some(args.capture_addr),
@@ -166,7 +173,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
             let pin_dir = args.bpf_pin_dir.clone().context("--bpf-pin-dir is required with --redirect-cgroup")?;
             let proxy_addr = args.redirect_to.context("--redirect-to is required with --redirect-cgroup")?;
             let inbound_port = inbound_capture.then_some(args.capture_addr.port());
-            let spec = RedirectSpec { cgroup: cgroup.clone(), pin_dir, proxy_addr, inbound_port };
+            let spec = RedirectSpec {
+                cgroup: cgroup.clone(),
+                pin_dir,
+                proxy_addr,
+                proxy_ports: args.outbound_ports,
+                inbound_port,
+            };
             let redirect = Redirect::attach(&spec).context("attaching the eBPF redirect")?;
             tracing::info!(outcome = ?redirect.outcome(), cgroup = %cgroup.display(), "eBPF redirect attached");
             let lookup = Arc::new(redirect.original_dst_map().context("opening the original-destination map")?);

@@ -2,7 +2,8 @@
 
 use std::net::SocketAddr;
 
-/// Looks up a connection's original destination by its peer address.
+/// Looks up a connection's original destination by its peer address and the outbound listener
+/// address it reached.
 pub trait OriginalDst: Send + Sync + 'static {
     /// The destination the client dialled, or `None` if the connection was not captured.
     fn lookup(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr>;
@@ -10,9 +11,10 @@ pub trait OriginalDst: Send + Sync + 'static {
 
 /// The eBPF redirect's map (production).
 impl OriginalDst for nodus_redirect::OriginalDstMap {
-    fn lookup(&self, peer: SocketAddr, _local: SocketAddr) -> Option<SocketAddr> {
+    fn lookup(&self, peer: SocketAddr, local: SocketAddr) -> Option<SocketAddr> {
         let SocketAddr::V4(peer) = peer else { return None };
-        match self.get(peer) {
+        // The outbound port the redirect sent the connection to is part of the key.
+        match self.get(peer, local.port()) {
             Ok(found) => found.map(SocketAddr::V4),
             Err(error) => {
                 tracing::warn!(%peer, %error, "original destination lookup failed");

@@ -3,6 +3,7 @@
 //! gRPC) through the request stack, or forwarded as opaque TCP.
 
 use crate::body::ProxyBody;
+use crate::closing::{request_ends_connection, CloseFirst, LastAnswer};
 use crate::detect::{detect, Protocol};
 use crate::metrics::{Metrics, TcpLabels};
 use crate::original_dst::OriginalDst;
@@ -124,7 +125,7 @@ impl Outbound {
                 let upstream =
                     if protocol == Protocol::Http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
                 let connection = ConnectionInfo { peer, original_dst, protocol: upstream };
-                self.serve_http(Rewind::new(prefix.freeze(), stream), connection, admitted.budget.clone()).await;
+                self.serve_http(prefix.freeze(), stream, connection, admitted.budget.clone()).await;
             }
             _ if state.is_none() => {
                 // Fail closed: policy may apply and cannot be known.
@@ -177,7 +178,8 @@ impl Outbound {
 
     async fn serve_http(
         &self,
-        io: Rewind<TcpStream>,
+        prefix: bytes::Bytes,
+        stream: TcpStream,
         connection: ConnectionInfo,
         budget: Arc<crate::fairness::SourceBudget>,
     ) {
@@ -200,20 +202,27 @@ impl Outbound {
         );
         let limited = metrics.clone();
         let drain = self.drain.clone();
+        let last_answer = LastAnswer::default();
+        let last = last_answer.clone();
         let service = hyper::service::service_fn(move |request: http::Request<Incoming>| {
             let mut stack = stack.clone();
-            let (budget, limited, drain) = (budget.clone(), limited.clone(), drain.clone());
+            let (budget, limited, drain, last) = (budget.clone(), limited.clone(), drain.clone(), last.clone());
             async move {
                 // The source's share: past it, requests wait for one of its own to finish.
                 let (_slot, waited) = budget.request_slot().await;
                 if waited {
                     limited.source_limited.get_or_create(&crate::metrics::LimitLabels { reason: "requests" }).inc();
                 }
+                let ends = request_ends_connection(&request);
                 let response = stack.call(request.map(ProxyBody::Incoming)).await?;
-                Ok::<_, std::convert::Infallible>(crate::drain::close_when_draining(&drain, response))
+                let mut response = crate::drain::close_when_draining(&drain, response);
+                if ends || drain.is_draining() {
+                    response.body_mut().ends_connection(last);
+                }
+                Ok::<_, std::convert::Infallible>(response)
             }
         });
-        let io = TokioIo::new(io);
+        let io = TokioIo::new(Rewind::new(prefix, CloseFirst::new(stream, last_answer)));
         let result = match connection.protocol {
             // HTTP/1.1 ends through `Connection: close` on its next answer (close_when_draining).
             UpstreamProtocol::Http1 => self.settings.limits.http1().serve_connection(io, service).with_upgrades().await,

@@ -2,6 +2,7 @@
 //! by metrics until its end.
 
 use crate::body::{BoxError, ProxyBody};
+use crate::closing::LastAnswer;
 use crate::metrics::ResponseObserver;
 use crate::upstream::UpstreamBody;
 use bytes::Bytes;
@@ -20,17 +21,30 @@ enum Source {
 pub struct ResponseBody {
     source: Source,
     observer: Option<ResponseObserver>,
+    /// Marked when the body's end is reached, for a connection's last answer.
+    last: Option<LastAnswer>,
 }
 
 impl ResponseBody {
     /// A body the proxy made.
     pub fn local(body: ProxyBody) -> Self {
-        Self { source: Source::Local(body), observer: None }
+        Self { source: Source::Local(body), observer: None, last: None }
     }
 
     /// A body streamed from an endpoint.
     pub fn upstream(body: UpstreamBody) -> Self {
-        Self { source: Source::Upstream(body), observer: None }
+        Self { source: Source::Upstream(body), observer: None, last: None }
+    }
+
+    /// This is the connection's last answer: `last` is marked as its final bytes are produced
+    /// (at once if it has none), so that they leave with the connection's close
+    /// ([`crate::closing`]).
+    pub fn ends_connection(&mut self, last: LastAnswer) {
+        if self.is_end_stream() {
+            last.mark();
+        } else {
+            self.last = Some(last);
+        }
     }
 
     /// Observes the body until its end (records metrics then).
@@ -57,6 +71,13 @@ impl Body for ResponseBody {
             Source::Local(body) => body.is_end_stream(),
             Source::Upstream(body) => body.is_end_stream(),
         };
+        if let Some(last) = &this.last {
+            if matches!(&polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+                || (ended && matches!(&polled, Poll::Ready(Some(Ok(_)))))
+            {
+                last.mark();
+            }
+        }
         if let Some(observer) = this.observer.as_mut() {
             match &polled {
                 Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => observer.finish(frame.trailers_ref()),

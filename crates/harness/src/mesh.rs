@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-/// The outbound listener port of node proxies in a lab.
-pub const PROXY_OUTBOUND_PORT: u16 = 15001;
+/// The first outbound listener port of node proxies in a lab (the proxy's default; it listens on
+/// 16 consecutive ports from it).
+pub const PROXY_OUTBOUND_PORT: u16 = 15100;
 /// The inbound (tunnel) port of node proxies in a lab.
 pub const PROXY_INBOUND_PORT: u16 = 15008;
 /// The admin port of node proxies in a lab.

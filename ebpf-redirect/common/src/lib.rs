@@ -62,16 +62,37 @@ pub const CAPTURE_ROUTE_TABLE: u32 = 2107;
 pub const CAPTURE_RULE_PRIORITY: u32 = 1107;
 
 /// Where captured connections are sent.
+///
+/// The proxy's outbound listeners are `proxy_port_count` consecutive ports from `proxy_port`,
+/// and each original destination always goes to the same one ([`outbound_port_index`]). With
+/// one port, every captured connection of a pod would share one destination address, so the
+/// pod's ephemeral ports (about 28,000, each held 60 s in TIME-WAIT after a client-side close)
+/// would be shared by all its connections, whatever they were for: a client that closes first
+/// would be limited to a few hundred new connections a second across all its Services. Spread
+/// by destination, each Service gets its own range, as it has without the mesh.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct RedirectConfig {
     /// The node proxy's outbound listener address; 0 disables capture.
     pub proxy_ip4: u32,
-    /// Its port, network byte order.
+    /// Its first port, network byte order.
     pub proxy_port: u16,
     /// The proxy's inbound capture listener port (network byte order; it listens on every
     /// address of the node); 0 disables inbound capture.
     pub inbound_port: u16,
+    /// How many consecutive outbound ports, from `proxy_port`, the proxy listens on (host
+    /// order; 0 counts as 1).
+    pub proxy_port_count: u16,
+    /// Explicit padding.
+    pub _pad: u16,
+}
+
+/// Which of `count` outbound ports an original destination goes to (host-order address and
+/// port). A plain sum modulo the count: consecutive cluster IPs, as Service IP allocation
+/// hands them out, land on distinct ports; the verifier needs no loop.
+pub fn outbound_port_index(dst_ip_host: u32, dst_port_host: u16, count: u16) -> u16 {
+    let count = u32::from(count.max(1));
+    (dst_ip_host.wrapping_add(u32::from(dst_port_host)) % count) as u16
 }
 
 /// Why a pod is in the enrolled map. Only one mode today; the field leaves room for
@@ -111,7 +132,9 @@ pub struct OriginalDst {
     pub _pad: u16,
 }
 
-/// A client socket's local address, which is the peer address the proxy's accepted socket sees.
+/// A captured connection as the proxy's accepted socket sees it: the client socket's local
+/// address (the peer address) and the outbound port it was sent to. The port is part of the key
+/// because one client port may be in use towards two of the proxy's outbound ports at once.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub struct PeerKey {
@@ -119,14 +142,15 @@ pub struct PeerKey {
     pub ip4: u32,
     /// Port, network byte order.
     pub port: u16,
-    /// Explicit padding, always zero (it is part of the hash key).
-    pub _pad: u16,
+    /// The proxy's outbound port the connection went to, network byte order.
+    pub proxy_port: u16,
 }
 
 impl PeerKey {
-    /// Builds a key from an address's octets and a host-order port.
-    pub fn new(octets: [u8; 4], port: u16) -> Self {
-        Self { ip4: u32::from_ne_bytes(octets), port: port.to_be(), _pad: 0 }
+    /// Builds a key from the client address's octets, its host-order port, and the host-order
+    /// outbound port it connected to.
+    pub fn new(octets: [u8; 4], port: u16, proxy_port: u16) -> Self {
+        Self { ip4: u32::from_ne_bytes(octets), port: port.to_be(), proxy_port: proxy_port.to_be() }
     }
 }
 
@@ -171,4 +195,22 @@ mod user {
     unsafe impl aya::Pod for super::OriginalDst {}
     unsafe impl aya::Pod for super::PeerKey {}
     unsafe impl aya::Pod for super::InboundPod {}
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+    use super::*;
+
+    #[test]
+    fn destinations_spread_over_the_outbound_ports() {
+        let ip = |last: u8| u32::from_be_bytes([10, 96, 0, last]);
+        // Consecutive cluster IPs on one port: each its own outbound port.
+        let ports: std::collections::BTreeSet<u16> = (10..26).map(|i| outbound_port_index(ip(i), 80, 16)).collect();
+        assert_eq!(ports.len(), 16);
+        // Always the same one for one destination; always in range; 0 and 1 ports mean one.
+        assert_eq!(outbound_port_index(ip(10), 80, 16), outbound_port_index(ip(10), 80, 16));
+        assert!((0..1000u32).all(|i| outbound_port_index(i.wrapping_mul(2_654_435_761), 443, 16) < 16));
+        assert_eq!((outbound_port_index(ip(7), 80, 0), outbound_port_index(ip(7), 80, 1)), (0, 0));
+    }
 }

@@ -38,7 +38,8 @@ use aya_ebpf::maps::{Array, HashMap, LruHashMap, PerCpuArray, SockMap};
 use aya_ebpf::programs::{SkLookupContext, SockAddrContext, SockOpsContext, TcContext};
 use aya_ebpf::EbpfContext;
 use nodus_redirect_common::{
-    Counter, Enrollment, InboundPod, OriginalDst, PeerKey, RedirectConfig, CAPTURE_MARK, CAPTURE_MARK_MASK,
+    outbound_port_index, Counter, Enrollment, InboundPod, OriginalDst, PeerKey, RedirectConfig, CAPTURE_MARK,
+    CAPTURE_MARK_MASK,
     COUNTER_COUNT, ENROLL_OUTBOUND, INBOUND_CAPTURE_NEW, MAX_ENROLLED_PODS, MAX_TRACKED_CONNECTIONS,
 };
 
@@ -92,8 +93,9 @@ enum Decision {
     Pass,
     /// Refuse connect() (the original destination could not be kept).
     Refuse,
-    /// Rewrite the destination to the proxy.
-    Redirect(RedirectConfig),
+    /// Rewrite the destination to the proxy's outbound listener at this address and port
+    /// (network byte order).
+    Redirect(u32, u16),
 }
 
 /// The shared capture logic, for an IPv4 destination (plain or IPv4-mapped).
@@ -111,7 +113,12 @@ unsafe fn decide(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Decision
     }
     // First octet in network order is the lowest byte of the native little-endian u32.
     let is_loopback = (dst_ip4 & 0xff) == 127;
-    if is_loopback || (dst_ip4 == config.proxy_ip4 && dst_port == config.proxy_port) {
+    let first = u16::from_be(config.proxy_port);
+    let host_port = u16::from_be(dst_port);
+    let to_proxy = dst_ip4 == config.proxy_ip4
+        && host_port >= first
+        && u32::from(host_port) < u32::from(first) + u32::from(config.proxy_port_count.max(1));
+    if is_loopback || to_proxy {
         count(Counter::Bypassed);
         return Decision::Pass;
     }
@@ -124,7 +131,8 @@ unsafe fn decide(ctx: &SockAddrContext, dst_ip4: u32, dst_port: u16) -> Decision
         return Decision::Refuse;
     }
     count(Counter::Captured);
-    Decision::Redirect(*config)
+    let index = outbound_port_index(u32::from_be(dst_ip4), host_port, config.proxy_port_count);
+    Decision::Redirect(config.proxy_ip4, first.wrapping_add(index).to_be())
 }
 
 #[cgroup_sock_addr(connect6)]
@@ -142,9 +150,9 @@ pub fn nodus_connect6(ctx: SockAddrContext) -> i32 {
         match decide(&ctx, ip6[3], (*sock_addr).user_port as u16) {
             Decision::Pass => ALLOW,
             Decision::Refuse => REFUSE,
-            Decision::Redirect(config) => {
-                (*sock_addr).user_ip6[3] = config.proxy_ip4;
-                (*sock_addr).user_port = config.proxy_port as u32;
+            Decision::Redirect(ip4, port) => {
+                (*sock_addr).user_ip6[3] = ip4;
+                (*sock_addr).user_port = port as u32;
                 ALLOW
             }
         }
@@ -172,9 +180,9 @@ unsafe fn try_connect4(ctx: &SockAddrContext) -> i32 {
     match decide(ctx, (*sock_addr).user_ip4, (*sock_addr).user_port as u16) {
         Decision::Pass => ALLOW,
         Decision::Refuse => REFUSE,
-        Decision::Redirect(config) => {
-            (*sock_addr).user_ip4 = config.proxy_ip4;
-            (*sock_addr).user_port = config.proxy_port as u32;
+        Decision::Redirect(ip4, port) => {
+            (*sock_addr).user_ip4 = ip4;
+            (*sock_addr).user_port = port as u32;
             ALLOW
         }
     }
@@ -213,8 +221,12 @@ fn peer_key(ctx: &SockOpsContext) -> PeerKey {
         (core::ptr::read_volatile(&(*ctx.ops).local_ip4), core::ptr::read_volatile(&(*ctx.ops).local_ip6[3]))
     };
     let ip4 = if ctx.family() == AF_INET6 { v6 } else { v4 };
-    // local_port is in host byte order in bpf_sock_ops, unlike the other port fields.
-    PeerKey { ip4, port: (ctx.local_port() as u16).to_be(), _pad: 0 }
+    // local_port is in host byte order in bpf_sock_ops; remote_port in network byte order, in
+    // the upper 16 bits on little-endian machines (the kernel shifts it there) and the lower on
+    // others: a port is never 0, so the half that is not 0 holds it.
+    let remote = ctx.remote_port();
+    let proxy_port = if remote >> 16 != 0 { (remote >> 16) as u16 } else { remote as u16 };
+    PeerKey { ip4, port: (ctx.local_port() as u16).to_be(), proxy_port }
 }
 
 fn on_established(ctx: &SockOpsContext) {

@@ -100,8 +100,11 @@ pub struct RedirectSpec {
     pub cgroup: PathBuf,
     /// The pin directory on bpffs for this node (`links/` and `maps/` go below it).
     pub pin_dir: PathBuf,
-    /// The node proxy's outbound listener, as pods reach it.
+    /// The node proxy's first outbound listener, as pods reach it.
     pub proxy_addr: SocketAddrV4,
+    /// How many consecutive outbound ports, from `proxy_addr`'s, the proxy listens on: each
+    /// original destination is sent to one of them (see `RedirectConfig`).
+    pub proxy_ports: u16,
     /// The port of the proxy's inbound capture listener (transparent, on every address of the
     /// node); `None` leaves traffic arriving for pods alone.
     pub inbound_port: Option<u16>,
@@ -175,10 +178,22 @@ impl Redirect {
         for dir in [&maps_dir, &links_dir] {
             std::fs::create_dir_all(dir).map_err(io_err("creating", dir))?;
         }
+        drop_pinned_map_of_other_layout(&maps_dir, MAP_CONFIG, std::mem::size_of::<RedirectConfig>())?;
         let mut ebpf = EbpfLoader::new()
             .map_pin_path(&maps_dir)
             .load(PROGRAMS_OBJECT)
             .map_err(|e| classify("the eBPF object", e))?;
+        // The settings first, links after: a program swapped in must never run on a config map
+        // that does not say where the proxy is yet (it would let connections pass uncaptured).
+        let mut config: Array<MapData, RedirectConfig> = take_map(&mut ebpf, MAP_CONFIG)?;
+        let value = RedirectConfig {
+            proxy_ip4: u32::from_ne_bytes(spec.proxy_addr.ip().octets()),
+            proxy_port: spec.proxy_addr.port().to_be(),
+            inbound_port: spec.inbound_port.unwrap_or(0).to_be(),
+            proxy_port_count: spec.proxy_ports.max(1),
+            _pad: 0,
+        };
+        config.set(0, value, 0).map_err(|e| RedirectError::Map { map: MAP_CONFIG, detail: e.to_string() })?;
         let cgroup = std::fs::File::open(&spec.cgroup).map_err(io_err("opening", &spec.cgroup))?;
 
         let mut outcome = AttachOutcome::Created;
@@ -232,14 +247,6 @@ impl Redirect {
             }
             None => None,
         };
-
-        let mut config: Array<MapData, RedirectConfig> = take_map(&mut ebpf, MAP_CONFIG)?;
-        let value = RedirectConfig {
-            proxy_ip4: u32::from_ne_bytes(spec.proxy_addr.ip().octets()),
-            proxy_port: spec.proxy_addr.port().to_be(),
-            inbound_port: spec.inbound_port.unwrap_or(0).to_be(),
-        };
-        config.set(0, value, 0).map_err(|e| RedirectError::Map { map: MAP_CONFIG, detail: e.to_string() })?;
 
         let mut redirect = Self {
             pin_dir: spec.pin_dir.clone(),
@@ -368,9 +375,10 @@ impl Redirect {
     }
 
     /// The destination a captured client asked for, found by the client's address (the peer
-    /// address of the proxy's accepted socket). `None` if the connection was not captured.
-    pub fn original_dst(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, RedirectError> {
-        lookup_original(&self.orig_by_peer, peer)
+    /// address of the proxy's accepted socket) and the outbound port it reached (the accepted
+    /// socket's local port). `None` if the connection was not captured.
+    pub fn original_dst(&self, peer: SocketAddrV4, proxy_port: u16) -> Result<Option<SocketAddrV4>, RedirectError> {
+        lookup_original(&self.orig_by_peer, peer, proxy_port)
     }
 
     /// A separate handle on the original-destination map, for the proxy's accept path: it needs
@@ -423,21 +431,39 @@ impl std::fmt::Debug for OriginalDstMap {
 
 impl OriginalDstMap {
     /// See [`Redirect::original_dst`].
-    pub fn get(&self, peer: SocketAddrV4) -> Result<Option<SocketAddrV4>, RedirectError> {
-        lookup_original(&self.map, peer)
+    pub fn get(&self, peer: SocketAddrV4, proxy_port: u16) -> Result<Option<SocketAddrV4>, RedirectError> {
+        lookup_original(&self.map, peer, proxy_port)
     }
 }
 
 fn lookup_original(
     map: &HashMap<MapData, PeerKey, OriginalDst>,
     peer: SocketAddrV4,
+    proxy_port: u16,
 ) -> Result<Option<SocketAddrV4>, RedirectError> {
-    let key = PeerKey::new(peer.ip().octets(), peer.port());
+    let key = PeerKey::new(peer.ip().octets(), peer.port(), proxy_port);
     match map.get(&key, 0) {
         Ok(original) => Ok(Some(SocketAddrV4::new(Ipv4Addr::from(original.octets()), original.host_port()))),
         Err(aya::maps::MapError::KeyNotFound) => Ok(None),
         Err(e) => Err(RedirectError::Map { map: MAP_ORIG_BY_PEER, detail: e.to_string() }),
     }
+}
+
+/// Removes the pin of map `name` if its values are not `value_size` bytes (pinned by an older
+/// version with another layout), so that loading makes it anew instead of failing. Only for maps
+/// whose whole content [`Redirect::attach`] writes again.
+fn drop_pinned_map_of_other_layout(maps_dir: &Path, name: &str, value_size: usize) -> Result<(), RedirectError> {
+    let path = maps_dir.join(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    let pinned = MapData::from_pin(&path).map_err(|e| RedirectError::Map { map: MAP_CONFIG, detail: e.to_string() })?;
+    let size = pinned.info().map(|info| info.value_size() as usize).unwrap_or(value_size);
+    if size != value_size {
+        tracing::info!(map = name, pinned = size, now = value_size, "pinned map has an older layout; making it anew");
+        std::fs::remove_file(&path).map_err(io_err("removing", &path))?;
+    }
+    Ok(())
 }
 
 fn take_map<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, RedirectError>

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, SocketAddrV4, TcpListener};
 use std::thread::JoinHandle;
 
-const PROXY_PORT: u16 = 15001;
+const PROXY_PORT: u16 = 15100;
 
 /// A Python client run as a process inside the pod (so inside its cgroup): connects, says hello,
 /// and prints the peer address its socket reports and the reply.
@@ -77,7 +77,7 @@ fn listen(netns_owner: &nodus_harness::NetNs, addr: SocketAddr) -> TcpListener {
 fn serve_as_proxy(node: &Node, redirect: &std::sync::Arc<Redirect>, count: usize) -> JoinHandle<Vec<SocketAddr>> {
     let proxy = listen(node.netns(), SocketAddr::from(([0, 0, 0, 0], PROXY_PORT)));
     let redirect = redirect.clone();
-    serve(proxy, "proxy", count, move |peer| redirect.original_dst(peer).unwrap())
+    serve(proxy, "proxy", count, move |peer| redirect.original_dst(peer, PROXY_PORT).unwrap())
 }
 
 fn spec(node: &Node) -> RedirectSpec {
@@ -85,6 +85,7 @@ fn spec(node: &Node) -> RedirectSpec {
         cgroup: node.pods_cgroup().path().to_path_buf(),
         pin_dir: node.bpf_pin_dir().to_path_buf(),
         proxy_addr: SocketAddrV4::new(node.ip, PROXY_PORT),
+        proxy_ports: 1,
         inbound_port: None,
     }
 }

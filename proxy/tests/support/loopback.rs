@@ -29,6 +29,7 @@ pub async fn start_echo() -> u16 {
 pub async fn start_on_loopback(proxy: &Arc<Proxy>, service_port: u16, limits: ConnectionLimits) -> app::Listening {
     let settings = ProxySettings {
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
+        outbound_ports: 1,
         admin_addr: "127.0.0.1:0".parse().unwrap(),
         inbound_addr: None,
         capture_addr: None,
