@@ -9,6 +9,9 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 /// Longest method token we accept for HTTP/1.x detection.
 const MAX_METHOD_LEN: usize = 16;
+/// Empty lines a client may send before its request line (RFC 9112 §2.2 says to ignore at least
+/// one); more than this many bytes of them is not HTTP.
+const MAX_LEADING_EMPTY_LINES: usize = 16;
 
 /// What the first bytes say.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -21,6 +24,12 @@ pub enum Protocol {
     Opaque,
 }
 
+/// A `tchar` of RFC 9110 §5.6.2: methods are tokens, case-sensitive (`get` is a method, just
+/// not GET), so any token followed by a space starts a request line.
+fn is_token_char(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
 /// Classifies a prefix; `None` means more bytes are needed to tell.
 pub fn classify(bytes: &[u8]) -> Option<Protocol> {
     if bytes.is_empty() {
@@ -30,12 +39,21 @@ pub fn classify(bytes: &[u8]) -> Option<Protocol> {
     if bytes[..compared] == H2_PREFACE[..compared] {
         return (bytes.len() >= H2_PREFACE.len()).then_some(Protocol::Http2);
     }
-    let is_token = |b: &u8| b.is_ascii_uppercase() || *b == b'-' || *b == b'_';
-    match bytes.iter().position(|b| *b == b' ') {
+    // Empty lines before the request line (CRLF or a bare LF, as HTTP/1.1 parsers accept).
+    let Some(start) = bytes.iter().position(|b| *b != b'\r' && *b != b'\n') else {
+        return (bytes.len() > MAX_LEADING_EMPTY_LINES).then_some(Protocol::Opaque);
+    };
+    if start > MAX_LEADING_EMPTY_LINES {
+        return Some(Protocol::Opaque);
+    }
+    let line = &bytes[start..];
+    match line.iter().position(|b| *b == b' ') {
         Some(0) => Some(Protocol::Opaque),
-        Some(space) if space <= MAX_METHOD_LEN && bytes[..space].iter().all(is_token) => Some(Protocol::Http1),
+        Some(space) if space <= MAX_METHOD_LEN && line[..space].iter().copied().all(is_token_char) => {
+            Some(Protocol::Http1)
+        }
         Some(_) => Some(Protocol::Opaque),
-        None if bytes.len() <= MAX_METHOD_LEN && bytes.iter().all(is_token) => None,
+        None if line.len() <= MAX_METHOD_LEN && line.iter().copied().all(is_token_char) => None,
         None => Some(Protocol::Opaque),
     }
 }
@@ -76,8 +94,17 @@ mod tests {
             (b"PRI", None),
             (b"\x16\x03\x01\x02\x00", Some(Protocol::Opaque)), // TLS ClientHello
             (b"\x00\x00\x00\x08\x04\xd2\x16\x2f", Some(Protocol::Opaque)), // PostgreSQL SSLRequest
-            (b"get / HTTP/1.1", Some(Protocol::Opaque)),
+            // Methods are case-sensitive tokens: a lowercase one is still a request line.
+            (b"get / HTTP/1.1", Some(Protocol::Http1)),
+            (b"X.Custom_Method~1 /", Some(Protocol::Opaque)), // 17 characters: past the limit
+            (b"M.C~1 / HTTP/1.1", Some(Protocol::Http1)),
+            // Empty lines before the request line are ignored (RFC 9112 §2.2).
+            (b"\r\nGET / HTTP/1.1", Some(Protocol::Http1)),
+            (b"\r\n\r\n\nPOST / HTTP/1.1", Some(Protocol::Http1)),
+            (b"\r\n", None),
+            (b"\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n\r\n", Some(Protocol::Opaque)),
             (b" GET", Some(Protocol::Opaque)),
+            (b"G\x00T / HTTP/1.1", Some(Protocol::Opaque)),
             (b"ABCDEFGHIJKLMNOPQRSTUVWXYZ", Some(Protocol::Opaque)),
         ];
         for (bytes, expected) in cases {

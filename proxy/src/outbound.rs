@@ -8,7 +8,7 @@ use crate::detect::{detect, Protocol};
 use crate::metrics::{Metrics, TcpLabels};
 use crate::original_dst::OriginalDst;
 use crate::rewind::Rewind;
-use crate::state::ConfigStore;
+use crate::state::{ConfigStore, Destination, ProxyState};
 use crate::svc::{
     backend::Backend, context::ConnectionInfo, context::ResolveContext, filters::Filters, mirror::Mirror,
     observe::Observe, retry::Retry, route::Route, timeout::RequestTimeout,
@@ -20,7 +20,7 @@ use nodus_config::AppProtocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tower::Service;
 use tracing::Instrument;
@@ -106,19 +106,48 @@ impl Outbound {
         };
         let state = self.store.load();
         let destination = state.as_ref().and_then(|s| s.destination(original_dst).cloned());
-        let declared_tcp = destination.as_ref().is_some_and(|d| d.protocol == AppProtocol::Tcp);
-        let (protocol, prefix) = if declared_tcp {
-            (Protocol::Opaque, bytes::BytesMut::new())
-        } else {
-            match detect(&mut stream, self.settings.detect_timeout).await {
-                Ok(detected) => detected,
-                Err(error) => {
-                    tracing::debug!(%error, "connection failed during protocol detection");
-                    return;
+        let declared = destination.as_ref().map(|d| d.protocol);
+        let (mut protocol, mut prefix) = match declared {
+            Some(AppProtocol::Tcp) => (Protocol::Opaque, bytes::BytesMut::new()),
+            // A port declared HTTP is always served as HTTP, whatever its first bytes: HTTP/2 for
+            // the client preface, else HTTP/1.1, which answers 400 to what does not parse. Never
+            // relayed as bytes, where the mesh could neither route it nor keep a client from
+            // sending the caller-identity header itself.
+            Some(AppProtocol::Http | AppProtocol::Http2 | AppProtocol::Grpc) => {
+                match detect(&mut stream, self.settings.limits.header_read_timeout).await {
+                    Ok((Protocol::Http2, prefix)) => (Protocol::Http2, prefix),
+                    Ok((_, prefix)) if prefix.is_empty() => {
+                        tracing::debug!(%original_dst, "no request on a declared HTTP port in time; closing");
+                        return;
+                    }
+                    Ok((_, prefix)) => (Protocol::Http1, prefix),
+                    Err(error) => return tracing::debug!(%error, "connection failed during protocol detection"),
                 }
             }
+            _ => match detect(&mut stream, self.settings.detect_timeout).await {
+                Ok(detected) => detected,
+                Err(error) => return tracing::debug!(%error, "connection failed during protocol detection"),
+            },
         };
+        let silent = protocol == Protocol::Opaque && prefix.is_empty() && declared != Some(AppProtocol::Tcp);
         let has_routes = destination.as_ref().is_some_and(|d| d.routes.as_ref().is_some_and(|r| !r.is_empty()));
+        // Silent through the detection timeout: a server-speaks-first protocol (SMTP, MySQL), or
+        // a client that connected ahead of its first request (pre-connected pools). To a Service
+        // with routes, only HTTP may pass: wait for the client. Otherwise whoever speaks first
+        // decides: the client's bytes are classified as usual (HTTP to a Service is served as
+        // HTTP, never relayed unparsed), the server's make it an opaque relay.
+        if silent && has_routes {
+            match detect(&mut stream, self.settings.limits.header_read_timeout).await {
+                Ok(detected) => (protocol, prefix) = detected,
+                Err(error) => return tracing::debug!(%error, "connection failed during protocol detection"),
+            }
+        } else if silent && destination.is_some() {
+            let target = self.opaque_target(destination.as_deref(), original_dst, peer, state.as_deref());
+            match self.first_speaker(stream, target).await {
+                Some((client, detected)) => (stream, (protocol, prefix)) = (client, detected),
+                None => return,
+            }
+        }
         match protocol {
             // Known Services (or no config yet: the stack answers 503) are served at L7.
             Protocol::Http1 | Protocol::Http2 if destination.is_some() || state.is_none() => {
@@ -136,43 +165,122 @@ impl Outbound {
                 tracing::info!(%original_dst, "non-HTTP traffic to a destination with L7 routes; refusing");
             }
             _ => {
-                let source = state.as_ref().and_then(|s| s.workload(peer.ip()).cloned());
-                let (target, via, label, identities) = match &destination {
-                    Some(d) => match d.balancer.pick() {
-                        Some(endpoint) => {
-                            let meta = endpoint.meta();
-                            let identities = tunnel_identities(
-                                source.as_deref(),
-                                meta.namespace.as_deref(),
-                                meta.service_account.as_deref(),
-                            );
-                            (endpoint.addr, endpoint.meta().via, d.label.to_string(), identities)
-                        }
-                        None => {
-                            tracing::info!(destination = %d.label, "no endpoint for an opaque connection");
-                            return;
-                        }
-                    },
-                    None => match state.as_ref().and_then(|s| s.remote_pod(original_dst.ip())) {
-                        // A pod on another node, dialled by its address: through the tunnel.
-                        Some(pod) => {
-                            let identities = tunnel_identities(
-                                source.as_deref(),
-                                pod.namespace.as_deref(),
-                                pod.service_account.as_deref(),
-                            );
-                            (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities)
-                        }
-                        // A mesh pod whose node is not known: refused, never reached in plaintext.
-                        None if state.as_ref().is_some_and(|s| s.is_unplaced_pod(original_dst.ip())) => {
-                            tracing::warn!(%original_dst, "destination is a mesh pod whose node is not known; refusing");
-                            return;
-                        }
-                        None => (original_dst, None, "passthrough".to_owned(), None),
-                    },
+                let Some(target) = self.opaque_target(destination.as_deref(), original_dst, peer, state.as_deref())
+                else {
+                    return;
                 };
-                self.forward_tcp(stream, prefix.freeze(), target, via, label, identities).await;
+                let label = target.label.clone();
+                if let Some(server) = self.connect_opaque(&stream, target).await {
+                    self.relay(stream, server, prefix.freeze(), bytes::Bytes::new(), &label).await;
+                }
             }
+        }
+    }
+
+    /// Waits for whoever speaks first on a connection whose client was silent through the
+    /// detection timeout, with the server side (`target`) connected: the server's bytes make it
+    /// an opaque relay, run here; the client's are classified and, if HTTP, handed back with the
+    /// connection for the stack. `None`: relayed, refused or closed.
+    async fn first_speaker(
+        &self,
+        mut client: TcpStream,
+        target: Option<OpaqueTarget>,
+    ) -> Option<(TcpStream, (Protocol, bytes::BytesMut))> {
+        let target = target?;
+        let label = target.label.clone();
+        let mut server = self.connect_opaque(&client, target).await?;
+        let mut greeting = bytes::BytesMut::new();
+        tokio::select! {
+            readable = client.readable() => {
+                readable.ok()?;
+                let (protocol, bytes) = detect(&mut client, self.settings.detect_timeout).await.ok()?;
+                if bytes.is_empty() {
+                    return None;
+                }
+                if protocol != Protocol::Opaque {
+                    return Some((client, (protocol, bytes)));
+                }
+                // Not HTTP: relayed on the connection already open.
+                self.relay(client, server, bytes.freeze(), bytes::Bytes::new(), &label).await;
+                None
+            }
+            read = server.read_buf(&mut greeting) => {
+                if matches!(read, Ok(n) if n > 0) {
+                    self.relay(client, server, bytes::Bytes::new(), greeting.freeze(), &label).await;
+                }
+                None
+            }
+        }
+    }
+
+    /// Where an opaque connection goes: an endpoint of the Service, or the address dialled
+    /// (through its node's proxy for a mesh pod on another node). `None`: refused (said why).
+    fn opaque_target(
+        &self,
+        destination: Option<&Destination>,
+        original_dst: SocketAddr,
+        peer: SocketAddr,
+        state: Option<&ProxyState>,
+    ) -> Option<OpaqueTarget> {
+        let source = state.and_then(|s| s.workload(peer.ip()).cloned());
+        let (addr, via, label, identities) = match destination {
+            Some(d) => match d.balancer.pick() {
+                Some(endpoint) => {
+                    let meta = endpoint.meta();
+                    let identities = tunnel_identities(
+                        source.as_deref(),
+                        meta.namespace.as_deref(),
+                        meta.service_account.as_deref(),
+                    );
+                    (endpoint.addr, meta.via, d.label.to_string(), identities)
+                }
+                None => {
+                    tracing::info!(destination = %d.label, "no endpoint for an opaque connection");
+                    return None;
+                }
+            },
+            None => match state.and_then(|s| s.remote_pod(original_dst.ip())) {
+                // A pod on another node, dialled by its address: through the tunnel.
+                Some(pod) => {
+                    let identities =
+                        tunnel_identities(source.as_deref(), pod.namespace.as_deref(), pod.service_account.as_deref());
+                    (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities)
+                }
+                // A mesh pod whose node is not known: refused, never reached in plaintext.
+                None if state.is_some_and(|s| s.is_unplaced_pod(original_dst.ip())) => {
+                    tracing::warn!(%original_dst, "destination is a mesh pod whose node is not known; refusing");
+                    return None;
+                }
+                None => (original_dst, None, "passthrough".to_owned(), None),
+            },
+        };
+        let label = TcpLabels { direction: "outbound", protocol: "opaque", destination: label };
+        Some(OpaqueTarget { addr, via, label, identities })
+    }
+
+    /// Connects an opaque connection's server side (counted); `None` when it failed (said why).
+    async fn connect_opaque(&self, client: &TcpStream, target: OpaqueTarget) -> Option<ServerIo> {
+        self.metrics.tcp_connections.get_or_create(&target.label).inc();
+        let addr = target.addr;
+        match target.via {
+            Some(peer) => match crate::tunnel::open(peer, addr, target.identities.as_ref(), None).await {
+                Ok(tunnel) => Some(Box::new(TokioIo::new(tunnel))),
+                Err(error) => {
+                    tracing::info!(target = %addr, %error, "opaque connection: tunnel failed");
+                    if matches!(error, crate::upstream::UpstreamError::Denied { .. }) {
+                        // Refused by policy: reset, as a firewall would, rather than a clean close.
+                        let _ = client.set_zero_linger();
+                    }
+                    None
+                }
+            },
+            None => match crate::upstream::connect_tcp(addr).await {
+                Ok(server) => Some(Box::new(server)),
+                Err(error) => {
+                    tracing::info!(target = %addr, %error, "opaque connection: endpoint unreachable");
+                    None
+                }
+            },
         }
     }
 
@@ -237,53 +345,40 @@ impl Outbound {
         metrics.tcp_open.get_or_create(&labels).dec();
     }
 
-    async fn forward_tcp(
+    /// Relays bytes both ways, first `to_server` (read during detection) and `to_client` (a
+    /// server's greeting read while waiting for the first speaker).
+    async fn relay(
         &self,
-        client: TcpStream,
-        prefix: bytes::Bytes,
-        target: SocketAddr,
-        via: Option<SocketAddr>,
-        destination: String,
-        identities: Option<crate::tunnel::TunnelIdentities>,
+        mut client: TcpStream,
+        mut server: ServerIo,
+        to_server: bytes::Bytes,
+        to_client: bytes::Bytes,
+        labels: &TcpLabels,
     ) {
-        let labels = TcpLabels { direction: "outbound", protocol: "opaque", destination };
-        self.metrics.tcp_connections.get_or_create(&labels).inc();
-        match via {
-            Some(peer) => match crate::tunnel::open(peer, target, identities.as_ref(), None).await {
-                Ok(tunnel) => self.relay(client, TokioIo::new(tunnel), prefix, &labels).await,
-                Err(error) => {
-                    tracing::info!(%target, %error, "opaque connection: tunnel failed");
-                    if matches!(error, crate::upstream::UpstreamError::Denied { .. }) {
-                        // Refused by policy: reset, as a firewall would, rather than a clean close.
-                        let _ = client.set_zero_linger();
-                    }
-                }
-            },
-            None => match TcpStream::connect(target).await {
-                Ok(server) => {
-                    let _ = server.set_nodelay(true);
-                    self.relay(client, server, prefix, &labels).await
-                }
-                Err(error) => tracing::info!(%target, %error, "opaque connection: endpoint unreachable"),
-            },
-        }
-    }
-
-    async fn relay<S>(&self, mut client: TcpStream, mut server: S, prefix: bytes::Bytes, labels: &TcpLabels)
-    where
-        S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    {
         let metrics = &self.metrics;
         metrics.tcp_open.get_or_create(labels).inc();
-        if server.write_all(&prefix).await.is_ok() {
+        if server.write_all(&to_server).await.is_ok() && client.write_all(&to_client).await.is_ok() {
             if let Ok((from_client, from_server)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                metrics.tcp_received_bytes.get_or_create(labels).inc_by(from_client + prefix.len() as u64);
-                metrics.tcp_sent_bytes.get_or_create(labels).inc_by(from_server);
+                metrics.tcp_received_bytes.get_or_create(labels).inc_by(from_client + to_server.len() as u64);
+                metrics.tcp_sent_bytes.get_or_create(labels).inc_by(from_server + to_client.len() as u64);
             }
         }
         metrics.tcp_open.get_or_create(labels).dec();
     }
 }
+
+/// Where an opaque connection goes, and how.
+struct OpaqueTarget {
+    addr: SocketAddr,
+    via: Option<SocketAddr>,
+    label: TcpLabels,
+    identities: Option<crate::tunnel::TunnelIdentities>,
+}
+
+/// The server side of an opaque connection: a TCP connection or a tunnel stream.
+trait ServerStream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> ServerStream for T {}
+type ServerIo = Box<dyn ServerStream>;
 
 /// The identities of a tunnel from `source` to `endpoint`, when mutual TLS is in use and both
 /// ends are mesh workloads with known service accounts.

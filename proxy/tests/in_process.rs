@@ -141,6 +141,27 @@ async fn server_first_protocols_work_after_the_detection_timeout() {
 }
 
 #[tokio::test]
+async fn a_client_silent_past_the_detection_timeout_is_still_served_as_http() {
+    // Pre-connected pools do this: connect, then send the first request later. Relayed as
+    // bytes, the request would skip the stack, and a forged identity header would reach the pod.
+    let echo_port = start_echo().await;
+    let (proxy, listening) = start_proxy(80).await;
+    proxy.apply(config(80, echo_port, "detect", "")).unwrap();
+    let mut client = TcpStream::connect(listening.outbound).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await; // the timeout here is 200 ms
+    client
+        .write_all(b"GET / HTTP/1.1\r\nHost: echo\r\nx-nodus-client-identity: forged\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(Duration::from_secs(3), client.read_to_string(&mut answer)).await.unwrap().unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(!answer.contains("forged"), "the forged header was removed: {answer}");
+    let metrics = proxy.metrics.encode();
+    assert!(metrics.contains(r#"nodus_requests_total{direction="outbound""#), "served by the stack: {metrics}");
+}
+
+#[tokio::test]
 async fn non_http_bytes_to_a_destination_with_routes_are_refused() {
     let echo_port = start_echo().await;
     let (proxy, listening) = start_proxy(80).await;
