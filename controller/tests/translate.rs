@@ -176,9 +176,9 @@ status: { phase: Running, podIP: 10.244.4.2 }
 "#);
     let snapshot = &t.snapshot;
     let web = snapshot.service("demo", "web").unwrap();
-    assert!(web.endpoints.iter().all(|e| e.mesh), "demo is in the mesh");
+    assert!(web.endpoints.iter().all(|e| e.in_mesh()), "demo is in the mesh");
     let api = snapshot.service("other", "api").unwrap();
-    let api: Vec<_> = api.endpoints.iter().map(|e| (e.address.to_string(), e.mesh, e.node.clone())).collect();
+    let api: Vec<_> = api.endpoints.iter().map(|e| (e.address.to_string(), e.in_mesh(), e.node.clone())).collect();
     assert_eq!(
         api,
         [("10.244.3.2".into(), false, Some("node-3".into())), ("192.0.2.7".into(), false, None)],
@@ -186,7 +186,7 @@ status: { phase: Running, podIP: 10.244.4.2 }
     );
     let web_v2 = &snapshot.service("demo", "web-v2").unwrap().endpoints[0];
     assert_eq!(web_v2.node.as_deref(), Some("node-4"), "the pod's spec.nodeName when the slice names no node");
-    assert!(web_v2.mesh);
+    assert!(web_v2.in_mesh());
     let unplaced: Vec<_> = snapshot.unplaced_mesh_endpoints().iter().map(ToString::to_string).collect();
     assert_eq!(
         unplaced,
@@ -225,7 +225,8 @@ endpoints:
         [("node-1", Some("10.100.0.11:15008".into())), ("node-5", Some("10.100.0.15:15008".into()))],
         "node-2 and node-3 run no proxy; node-5's address is its proxy's own"
     );
-    let endpoints: Vec<_> = t.snapshot.service("demo", "web-v2").unwrap().endpoints.iter().map(|e| e.mesh).collect();
+    let endpoints: Vec<_> =
+        t.snapshot.service("demo", "web-v2").unwrap().endpoints.iter().map(|e| e.in_mesh()).collect();
     assert_eq!(endpoints, [false, true], "the mesh pod on node-2 has no proxy to vouch for it");
     assert!(t.snapshot.unplaced_mesh_endpoints().is_empty());
 }

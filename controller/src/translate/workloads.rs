@@ -119,7 +119,7 @@ fn endpoints(slices: &[&EndpointSlice], state: &ClusterState, nodes: &[NodeInfo]
                         workload: workload.clone(),
                         node: node.clone(),
                         service_account: service_account.clone(),
-                        mesh,
+                        mesh: Some(mesh),
                     });
                 }
             }

@@ -65,7 +65,7 @@ pub enum NodeProxy {
 /// node's proxy. A proxy that does not know its own node (`None`: a config file, in tests)
 /// dials everything directly.
 pub fn reach(endpoint: &Endpoint, local_node: Option<&str>, node_proxy: impl Fn(&str) -> NodeProxy) -> Reach {
-    if !endpoint.mesh {
+    if !endpoint.in_mesh() {
         return Reach::Direct { mesh: false };
     }
     let Some(local) = local_node else {
@@ -138,7 +138,7 @@ impl ConfigSnapshot {
         let proxies = self.node_proxies();
         let mut unplaced = Vec::new();
         for service in &self.services {
-            for endpoint in service.endpoints.iter().filter(|e| e.ready && e.mesh) {
+            for endpoint in service.endpoints.iter().filter(|e| e.ready && e.in_mesh()) {
                 // Seen from a node that is not the endpoint's own.
                 if let Reach::Unplaced(reason) = reach(endpoint, Some(""), |node| proxies.get(node)) {
                     unplaced.push(UnplacedEndpoint {
@@ -166,7 +166,7 @@ mod tests {
             workload: None,
             node: node.map(str::to_owned),
             service_account: None,
-            mesh,
+            mesh: Some(mesh),
         }
     }
 
@@ -193,6 +193,12 @@ mod tests {
         for (node, mesh, local, expected) in cases {
             assert_eq!(reach(&endpoint(node, mesh), local, proxies), expected, "{node:?} mesh={mesh} from {local:?}");
         }
+        // Not said (a hand-written config): in the mesh when it names a workload. An address
+        // that is no mesh pod (a benchmark's backend) is dialled directly, not left out.
+        let mut unsaid = Endpoint { mesh: None, ..endpoint(None, false) };
+        assert_eq!(reach(&unsaid, Some("node-1"), proxies), Reach::Direct { mesh: false });
+        unsaid.workload = Some(crate::WorkloadRef { namespace: "demo".into(), name: "web-0".into() });
+        assert_eq!(reach(&unsaid, Some("node-1"), proxies), Reach::Unplaced(Unplaced::NoNode));
     }
 
     #[test]
@@ -208,7 +214,7 @@ services:
       - { address: 10.244.3.3, node: node-3, ready: false }
       - { address: 10.244.3.4, node: node-3, mesh: false }
       - { address: 10.244.4.2, node: node-4, workload: { namespace: demo, name: web-2 } }
-      - { address: 10.244.9.9 }
+      - { address: 10.244.9.9, mesh: true }
 nodes: [{ name: node-2, tunnelAddress: "10.100.0.12:15008" }, { name: node-3 }]
 "#,
         )

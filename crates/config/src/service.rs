@@ -79,17 +79,21 @@ pub struct Endpoint {
     /// mutual TLS (`spiffe://<trust domain>/ns/<namespace>/sa/<service account>`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub service_account: Option<String>,
-    /// Whether the pod behind the address is in the mesh (its namespace is enrolled). A mesh
-    /// endpoint on another node is reached only through that node's proxy, over mutual TLS, and
-    /// is unreachable while its node is unknown (never dialled in plaintext); an endpoint outside
-    /// the mesh is dialled directly, in plaintext, from the source node. Absent means in the
-    /// mesh: a wrong guess then fails loudly instead of quietly dropping mutual TLS.
-    #[serde(default = "default_true", skip_serializing_if = "is_true")]
-    pub mesh: bool,
+    /// Whether the pod behind the address is in the mesh (its namespace is enrolled and its
+    /// node runs a proxy). A mesh endpoint on another node is reached only through that node's
+    /// proxy, over mutual TLS, and is unreachable while its node is unknown (never dialled in
+    /// plaintext); an endpoint outside the mesh is dialled directly, in plaintext, from the
+    /// source node. The controller always says; absent (a hand-written config), an endpoint is
+    /// taken to be in the mesh when it names a workload ([`Endpoint::in_mesh`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mesh: Option<bool>,
 }
 
-fn is_true(value: &bool) -> bool {
-    *value
+impl Endpoint {
+    /// Whether the endpoint is in the mesh: `mesh` when given, else whether it names a workload.
+    pub fn in_mesh(&self) -> bool {
+        self.mesh.unwrap_or(self.workload.is_some())
+    }
 }
 
 fn default_true() -> bool {
