@@ -172,13 +172,7 @@ impl ProxyState {
                     Reach::Direct { mesh } => reachable.push((e, None, mesh)),
                     Reach::Tunnel(tunnel) => reachable.push((e, Some(tunnel), true)),
                     // Fail closed: never dialled in plaintext, left out like an unready one.
-                    Reach::Unplaced(reason) => unplaced.push(UnplacedEndpoint {
-                        service: service.id.clone(),
-                        address: e.address,
-                        pod: e.workload.as_ref().map(|w| ObjectRef::new(&w.namespace, &w.name)),
-                        node: e.node.clone(),
-                        reason,
-                    }),
+                    Reach::Unplaced(reason) => unplaced.push(UnplacedEndpoint::new(&service.id, e, reason)),
                 }
             }
             for port in &service.ports {

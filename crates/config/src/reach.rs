@@ -97,6 +97,19 @@ pub struct UnplacedEndpoint {
     pub reason: Unplaced,
 }
 
+impl UnplacedEndpoint {
+    /// `endpoint` of `service`, left out for `reason`.
+    pub fn new(service: &ObjectRef, endpoint: &Endpoint, reason: Unplaced) -> Self {
+        Self {
+            service: service.clone(),
+            address: endpoint.address,
+            pod: endpoint.workload.as_ref().map(|w| ObjectRef::new(w.namespace.clone(), w.name.clone())),
+            node: endpoint.node.clone(),
+            reason,
+        }
+    }
+}
+
 impl fmt::Display for UnplacedEndpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let pod = self.pod.as_ref().map_or_else(|| self.address.to_string(), ToString::to_string);
@@ -141,13 +154,7 @@ impl ConfigSnapshot {
             for endpoint in service.endpoints.iter().filter(|e| e.ready && e.in_mesh()) {
                 // Seen from a node that is not the endpoint's own.
                 if let Reach::Unplaced(reason) = reach(endpoint, Some(""), |node| proxies.get(node)) {
-                    unplaced.push(UnplacedEndpoint {
-                        service: service.id.clone(),
-                        address: endpoint.address,
-                        pod: endpoint.workload.as_ref().map(|w| ObjectRef::new(w.namespace.clone(), w.name.clone())),
-                        node: endpoint.node.clone(),
-                        reason,
-                    });
+                    unplaced.push(UnplacedEndpoint::new(&service.id, endpoint, reason));
                 }
             }
         }

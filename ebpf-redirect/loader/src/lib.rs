@@ -452,12 +452,16 @@ fn lookup_original(
 /// Removes the pin of map `name` if its values are not `value_size` bytes (pinned by an older
 /// version with another layout), so that loading makes it anew instead of failing. Only for maps
 /// whose whole content [`Redirect::attach`] writes again.
-fn drop_pinned_map_of_other_layout(maps_dir: &Path, name: &str, value_size: usize) -> Result<(), RedirectError> {
+fn drop_pinned_map_of_other_layout(
+    maps_dir: &Path,
+    name: &'static str,
+    value_size: usize,
+) -> Result<(), RedirectError> {
     let path = maps_dir.join(name);
     if !path.exists() {
         return Ok(());
     }
-    let pinned = MapData::from_pin(&path).map_err(|e| RedirectError::Map { map: MAP_CONFIG, detail: e.to_string() })?;
+    let pinned = MapData::from_pin(&path).map_err(|e| RedirectError::Map { map: name, detail: e.to_string() })?;
     let size = pinned.info().map(|info| info.value_size() as usize).unwrap_or(value_size);
     if size != value_size {
         tracing::info!(map = name, pinned = size, now = value_size, "pinned map has an older layout; making it anew");
