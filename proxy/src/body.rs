@@ -12,6 +12,30 @@ use std::task::{Context, Poll};
 /// Errors of bodies crossing the proxy.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The client's request body failed (bad chunked framing, cut short, reset): the client's
+/// fault, answered 400, never counted against the endpoint it was being sent to.
+#[derive(Debug, thiserror::Error)]
+#[error("the client's request body failed: {0}")]
+pub struct ClientBodyError(#[source] pub hyper::Error);
+
+impl ClientBodyError {
+    /// Whether `error` or one of its causes is a client body failure.
+    pub fn is_cause_of(error: &(dyn std::error::Error + 'static)) -> bool {
+        let mut cause = Some(error);
+        while let Some(error) = cause {
+            if error.is::<ClientBodyError>() {
+                return true;
+            }
+            cause = error.source();
+        }
+        false
+    }
+}
+
+fn client_body_error(error: hyper::Error) -> BoxError {
+    Box::new(ClientBodyError(error))
+}
+
 /// A request or response body the proxy forwards.
 #[derive(Debug, Default)]
 pub enum ProxyBody {
@@ -211,7 +235,7 @@ pub async fn buffer_up_to(body: ProxyBody, limit: usize) -> Result<Result<ProxyB
     let mut frames = VecDeque::new();
     let mut size = 0usize;
     while let Some(frame) = incoming.frame().await {
-        let frame = frame?;
+        let frame = frame.map_err(client_body_error)?;
         size += frame.data_ref().map_or(0, Bytes::len);
         frames.push_back(frame);
         if size > limit {
@@ -229,10 +253,10 @@ impl Body for ProxyBody {
         match self.get_mut() {
             ProxyBody::Empty => Poll::Ready(None),
             ProxyBody::Buffered(buffered) => Poll::Ready(buffered.frames.pop_front().map(Ok)),
-            ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(Into::into),
+            ProxyBody::Incoming(incoming) => Pin::new(incoming).poll_frame(cx).map_err(client_body_error),
             ProxyBody::Prefixed { head, rest } => match head.pop_front() {
                 Some(frame) => Poll::Ready(Some(Ok(frame))),
-                None => Pin::new(rest).poll_frame(cx).map_err(Into::into),
+                None => Pin::new(rest).poll_frame(cx).map_err(client_body_error),
             },
             ProxyBody::Replay(replay) => replay.poll_frame(cx),
         }

@@ -49,6 +49,10 @@ pub enum ProxyError {
     /// The request body could not be read.
     #[error("reading the request body: {0}")]
     RequestBody(String),
+    /// The request is malformed or ambiguous (see [`crate::request_check`]): refused before
+    /// routing, and the connection closed after the answer.
+    #[error("malformed request: {0}")]
+    Malformed(#[from] crate::request_check::Malformed),
 }
 
 impl ProxyError {
@@ -60,27 +64,34 @@ impl ProxyError {
             ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             ProxyError::Upstream(UpstreamError::Connect { .. }) => StatusCode::SERVICE_UNAVAILABLE,
-            ProxyError::Upstream(UpstreamError::Http { .. }) => StatusCode::BAD_GATEWAY,
+            ProxyError::Upstream(UpstreamError::Http { .. } | UpstreamError::TransferCoding { .. }) => {
+                StatusCode::BAD_GATEWAY
+            }
             ProxyError::Upstream(UpstreamError::Denied { .. }) => StatusCode::FORBIDDEN,
             ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
+            ProxyError::Malformed(malformed) => malformed.status(),
         }
     }
 
     /// The gRPC status code this error answers with.
     pub fn grpc_status(&self) -> u16 {
         match self {
-            ProxyError::Timeout { .. } => 4,                         // DEADLINE_EXCEEDED
-            ProxyError::NoRoute { .. } => 12,                        // UNIMPLEMENTED
-            ProxyError::InvalidBackend { .. } => 13,                 // INTERNAL
-            ProxyError::RequestBody(_) => 13,                        // INTERNAL
+            ProxyError::Timeout { .. } => 4,         // DEADLINE_EXCEEDED
+            ProxyError::NoRoute { .. } => 12,        // UNIMPLEMENTED
+            ProxyError::InvalidBackend { .. } => 13, // INTERNAL
+            ProxyError::RequestBody(_) => 13,        // INTERNAL
+            ProxyError::Malformed(m) if m.status() == StatusCode::BAD_REQUEST => 13, // INTERNAL
+            ProxyError::Malformed(_) => 12,          // UNIMPLEMENTED
             ProxyError::Upstream(UpstreamError::Denied { .. }) => 7, // PERMISSION_DENIED
-            _ => 14,                                                 // UNAVAILABLE
+            _ => 14,                                 // UNAVAILABLE
         }
     }
 
     /// The answer to send the client.
     pub fn into_response(self, grpc: bool) -> Response<ResponseBody> {
         let message = format!("nodus: {self}");
+        // What follows a malformed request on its connection cannot be framed with confidence.
+        let close = matches!(self, ProxyError::Malformed(_));
         let mut response = if grpc {
             let mut response = Response::new(ResponseBody::local(ProxyBody::Empty));
             let headers = response.headers_mut();
@@ -97,9 +108,19 @@ impl ProxyError {
             response
         };
         response.headers_mut().insert("x-nodus-error", HeaderValue::from_static("proxy"));
+        if close {
+            response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
+        }
+        if let ProxyError::Malformed(crate::request_check::Malformed::Connect) = self {
+            // 405 names what is allowed (RFC 9110 §15.5.6): every method but CONNECT.
+            response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
+        }
         response
     }
 }
+
+/// The methods the mesh proxies (the `Allow` of its 405 to CONNECT).
+const ALLOWED_METHODS: &str = "GET, HEAD, POST, PUT, DELETE, OPTIONS, TRACE, PATCH";
 
 /// grpc-message is percent-encoded: bytes outside printable ASCII, and `%` itself (gRPC over
 /// HTTP/2 spec).

@@ -32,22 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 
-/// The header the destination proxy sets on every HTTP request it hands a pod: the caller's
-/// authenticated SPIFFE ID (absent for plaintext callers; never taken from upstream).
-pub const CLIENT_IDENTITY_HEADER: http::HeaderName = http::HeaderName::from_static("x-nodus-client-identity");
-
-/// Removes the caller-identity header an application may have set (only the mesh sets it).
-/// A scan of the message's few names finds it absent, the usual case, without the hashed
-/// lookup a removal costs.
-pub(crate) fn remove_client_identity(headers: &mut http::HeaderMap) {
-    if headers.keys().any(|name| name == CLIENT_IDENTITY_HEADER) {
-        headers.remove(CLIENT_IDENTITY_HEADER);
-    }
-}
-
-/// Marks a CONNECT refusal made by authorization policy, so the source proxy answers the
-/// client 403 / PERMISSION_DENIED (other refusals are infrastructure errors).
-pub const DENIED_HEADER: &str = "x-nodus-denied";
+pub use crate::headers::{CLIENT_IDENTITY_HEADER, DENIED_HEADER};
 
 /// See the module docs.
 pub struct Inbound {
@@ -309,14 +294,13 @@ impl Inbound {
                 })
             }
             None => {
-                let pod = match TcpStream::connect(target).await {
+                let pod = match crate::upstream::connect_tcp(target).await {
                     Ok(pod) => pod,
                     Err(error) => {
                         tracing::info!(%target, %error, "tunnel target unreachable");
                         return Ok(answer(StatusCode::BAD_GATEWAY));
                     }
                 };
-                let _ = pod.set_nodelay(true);
                 let open = self.drain.track();
                 tokio::spawn(async move {
                     let _open = open;
@@ -417,7 +401,7 @@ impl Inbound {
                 tokio::spawn(self.clone().serve_http_stream(client, protocol, target, None))
             }
             None => {
-                let pod = match TcpStream::connect(target).await {
+                let pod = match crate::upstream::connect_tcp(target).await {
                     Ok(pod) => pod,
                     Err(error) => {
                         count("unreachable");
@@ -426,7 +410,6 @@ impl Inbound {
                     }
                 };
                 count("allowed");
-                let _ = pod.set_nodelay(true);
                 let (metrics, labels) = (metrics.clone(), labels.clone());
                 let mut client = Rewind::new(prefix.freeze(), stream);
                 tokio::spawn(async move {
@@ -496,6 +479,12 @@ impl Inbound {
             .headers()
             .get(http::header::CONTENT_TYPE)
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        // Policy and pod read the request in the one normal form (a client outside the mesh
+        // reaches this side unchecked by any source proxy).
+        if let Err(malformed) = crate::request_check::check(&mut request) {
+            tracing::debug!(%target, method = %request.method(), uri = %request.uri(), %malformed, "malformed request refused");
+            return ProxyError::Malformed(malformed).into_response(grpc);
+        }
         if let Some(state) = self.store.load() {
             let view = RequestView::Http { method: request.method().as_str(), path: request.uri().path() };
             if let Some(Refusal::Denied(policy)) = refusal(&state, identity, target, view) {
@@ -506,12 +495,13 @@ impl Inbound {
                 return ProxyError::Upstream(UpstreamError::Denied { addr: target }).into_response(grpc);
             }
         }
+        let upgrade = protocol == UpstreamProtocol::Http1 && request.headers().contains_key(http::header::UPGRADE);
         let headers = request.headers_mut();
-        remove_client_identity(headers);
+        crate::headers::strip_hop_by_hop(headers, upgrade);
+        crate::headers::remove_client_identity(headers);
         if let Some(value) = identity.and_then(|i| http::HeaderValue::from_str(i).ok()) {
             headers.insert(CLIENT_IDENTITY_HEADER, value);
         }
-        let upgrade = protocol == UpstreamProtocol::Http1 && request.headers().contains_key(http::header::UPGRADE);
         let downstream = upgrade.then(|| hyper::upgrade::on(&mut request));
         match pool.send(request.map(ProxyBody::Incoming), protocol).await {
             Ok(mut response) => {
@@ -523,9 +513,15 @@ impl Inbound {
                                 .await;
                         }
                     });
+                } else if crate::headers::has_unsupported_transfer_coding(response.headers()) {
+                    return ProxyError::Upstream(UpstreamError::TransferCoding { addr: target }).into_response(grpc);
+                } else {
+                    crate::headers::drop_stale_content_length(response.headers_mut());
+                    crate::headers::strip_hop_by_hop(response.headers_mut(), false);
                 }
                 response.map(ResponseBody::upstream)
             }
+            Err(error) if error.is_client_body() => ProxyError::RequestBody(error.to_string()).into_response(grpc),
             Err(error) => ProxyError::Upstream(error).into_response(grpc),
         }
     }
@@ -540,24 +536,4 @@ fn reset(stream: TcpStream) {
 async fn starts_with_tls(stream: &TcpStream) -> bool {
     let mut first = [0u8; 1];
     matches!(stream.peek(&mut first).await, Ok(1) if first[0] == 0x16)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_forged_caller_identity_is_removed_with_every_value_and_other_headers_kept() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(http::header::HOST, http::HeaderValue::from_static("echo"));
-        headers.append("X-Nodus-Client-Identity", http::HeaderValue::from_static("spiffe://forged/a"));
-        headers.append("x-nodus-client-identity", http::HeaderValue::from_static("spiffe://forged/b"));
-        remove_client_identity(&mut headers);
-        assert!(!headers.contains_key(CLIENT_IDENTITY_HEADER), "{headers:?}");
-        assert_eq!(headers.len(), 1, "{headers:?}");
-
-        let untouched = headers.clone();
-        remove_client_identity(&mut headers);
-        assert_eq!(headers, untouched, "without the header nothing changes");
-    }
 }

@@ -43,7 +43,11 @@ impl ConnectionLimits {
             .timer(TokioTimer::new())
             .header_read_timeout(self.header_read_timeout)
             // hyper's minimum buffer is 8 KiB.
-            .max_buf_size(self.max_header_bytes.max(8192));
+            .max_buf_size(self.max_header_bytes.max(8192))
+            // Many more fields than hyper's fixed 100 (Envoy's default too): one per 64 bytes
+            // of the head-size limit, 1,024 at the default. Not one per 4 bytes (the shortest
+            // field): hyper reserves room for the whole count on every request it parses.
+            .max_headers(self.max_header_bytes.max(8192) / 64);
         builder
     }
 

@@ -11,7 +11,7 @@ use crate::rewind::Rewind;
 use crate::state::{ConfigStore, Destination, ProxyState};
 use crate::svc::{
     backend::Backend, context::ConnectionInfo, context::ResolveContext, filters::Filters, mirror::Mirror,
-    observe::Observe, retry::Retry, route::Route, timeout::RequestTimeout,
+    observe::Observe, retry::Retry, route::Route, timeout::RequestTimeout, validate::Validate,
 };
 use crate::upstream::UpstreamProtocol;
 use hyper::body::Incoming;
@@ -297,14 +297,14 @@ impl Outbound {
         metrics.tcp_connections.get_or_create(&labels).inc();
         metrics.tcp_open.get_or_create(&labels).inc();
         let stack = Observe::new(
-            ResolveContext::new(
+            Validate::new(ResolveContext::new(
                 Route::new(Filters::new(Mirror::new(RequestTimeout::new(Retry::new(
                     Backend::new(metrics.clone()),
                     metrics.clone(),
                 ))))),
                 self.store.clone(),
                 connection,
-            ),
+            )),
             metrics.clone(),
             "outbound",
         );

@@ -186,7 +186,7 @@ pub async fn open(
             Err(error) => return Err(error),
         }
     };
-    if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::inbound::DENIED_HEADER) {
+    if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::headers::DENIED_HEADER) {
         return Err(UpstreamError::Denied { addr: target });
     }
     if response.status() != StatusCode::OK {

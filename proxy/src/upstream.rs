@@ -53,12 +53,30 @@ pub enum UpstreamError {
         #[source]
         source: hyper::Error,
     },
+    /// The endpoint answered with a transfer coding other than chunked: hyper removes only the
+    /// chunked framing, so the answer cannot be passed on intact (RFC 9112 §6.1).
+    #[error("{addr} answered with a transfer coding other than chunked")]
+    TransferCoding {
+        /// Endpoint.
+        addr: SocketAddr,
+    },
     /// The destination's node proxy refused by authorization policy.
     #[error("denied by authorization policy at {addr}")]
     Denied {
         /// Endpoint.
         addr: SocketAddr,
     },
+}
+
+impl UpstreamError {
+    /// Whether the exchange failed because the client's request body did (bad framing, cut
+    /// short): the client's fault, not the endpoint's.
+    pub fn is_client_body(&self) -> bool {
+        match self {
+            UpstreamError::Http { source, .. } => crate::body::ClientBodyError::is_cause_of(source),
+            _ => false,
+        }
+    }
 }
 
 /// What it takes to send an HTTP/2 request again: its head, and its body through a

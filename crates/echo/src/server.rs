@@ -47,9 +47,10 @@ pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Re
         let identity = identity.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| handle(request, identity.clone(), remote));
-            let result = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            // Requests with many fields are echoed too (the proxy passes what its size limit allows).
+            builder.http1().max_headers(1024);
+            let result = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).await;
             if let Err(error) = result {
                 tracing::debug!(%remote, %error, "echo connection ended with an error");
             }

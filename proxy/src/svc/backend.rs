@@ -6,12 +6,13 @@
 use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, TriedEndpoints};
 use crate::balance::Outcome;
 use crate::errors::ProxyError;
+use crate::headers::{drop_stale_content_length, has_unsupported_transfer_coding, strip_hop_by_hop};
 use crate::metrics::{BackendLabels, Metrics};
 use crate::response::ResponseBody;
 use crate::routes::RuleBackend;
 use crate::svc::filters::modify_headers;
-use crate::upstream::UpstreamProtocol;
-use http::{HeaderMap, StatusCode};
+use crate::upstream::{UpstreamError, UpstreamProtocol};
+use http::StatusCode;
 use hyper_util::rt::TokioIo;
 use nodus_config::HttpFilter;
 use std::sync::Arc;
@@ -46,54 +47,6 @@ pub fn pick_backend(backends: &[RuleBackend], total_weight: u64) -> Option<&Rule
             false
         }
     })
-}
-
-/// Hop-by-hop headers (RFC 9110 §7.6.1) besides those `Connection` names; static names, so
-/// that checking them parses nothing.
-const HOP_BY_HOP: [http::HeaderName; 5] = [
-    http::HeaderName::from_static("keep-alive"),
-    http::HeaderName::from_static("proxy-connection"),
-    http::header::TRANSFER_ENCODING,
-    http::header::PROXY_AUTHENTICATE,
-    http::header::PROXY_AUTHORIZATION,
-];
-
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1), plus those it names.
-fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
-    // One pass over the message's few names finds what there is to do (usually nothing, or a
-    // `Connection: keep-alive`), cheaper than a hashed lookup per hop-by-hop name.
-    let (mut hop_by_hop, mut connection) = (false, false);
-    for name in headers.keys() {
-        if HOP_BY_HOP.contains(name) {
-            hop_by_hop = true;
-        } else if name == http::header::CONNECTION || name == http::header::UPGRADE {
-            connection = true;
-        }
-    }
-    if hop_by_hop {
-        for name in &HOP_BY_HOP {
-            headers.remove(name);
-        }
-    }
-    if !connection || keep_upgrade {
-        return;
-    }
-    // The usual tokens name headers removed anyway (keep-alive, upgrade) or none (close): only
-    // other names are parsed, and only they allocate.
-    let named: Vec<http::HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(str::trim)
-        .filter(|token| !["keep-alive", "close", "upgrade"].iter().any(|usual| token.eq_ignore_ascii_case(usual)))
-        .filter_map(|token| http::HeaderName::try_from(token).ok())
-        .collect();
-    for name in named {
-        headers.remove(name);
-    }
-    headers.remove(http::header::CONNECTION);
-    headers.remove(http::header::UPGRADE);
 }
 
 impl Service<ProxyRequest> for Backend {
@@ -142,7 +95,7 @@ impl Service<ProxyRequest> for Backend {
             // whose caller this proxy captured itself. A pod outside the mesh is never told: no
             // proxy of its own vouches for what reaches it.
             let headers = request.headers_mut();
-            crate::inbound::remove_client_identity(headers);
+            crate::headers::remove_client_identity(headers);
             let meta = endpoint.meta();
             if let (true, None, Some(manager), Some(source)) =
                 (meta.mesh, meta.via, crate::tunnel::mtls(), context.source.as_deref())
@@ -150,7 +103,7 @@ impl Service<ProxyRequest> for Backend {
                 let id =
                     nodus_identity::SpiffeId::new(manager.trust_domain(), &source.namespace, &source.service_account);
                 if let Ok(value) = http::HeaderValue::from_str(&id.to_string()) {
-                    headers.insert(crate::inbound::CLIENT_IDENTITY_HEADER, value);
+                    headers.insert(crate::headers::CLIENT_IDENTITY_HEADER, value);
                 }
             }
             let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));
@@ -161,22 +114,42 @@ impl Service<ProxyRequest> for Backend {
                 _ => "plaintext",
             };
             let send = pool.send(request, context.protocol);
-            let result = match rule.backend_timeout {
+            let sent = match rule.backend_timeout {
                 Some(after) => match tokio::time::timeout(after, send).await {
                     Ok(sent) => sent.map_err(ProxyError::Upstream),
                     Err(_) => Err(ProxyError::Timeout { which: "backendRequest", after }),
                 },
                 None => send.await.map_err(ProxyError::Upstream),
             };
-            let outcome = match &result {
-                Ok(response) if response.status().is_server_error() => Outcome::Failure,
-                Ok(_) => Outcome::Success,
-                // A policy refusal says nothing about the endpoint's health: never eject for it.
-                Err(ProxyError::Upstream(crate::upstream::UpstreamError::Denied { .. })) => Outcome::Success,
-                Err(_) => Outcome::Failure,
+            let result = sent.and_then(|response| {
+                if has_unsupported_transfer_coding(response.headers()) {
+                    return Err(ProxyError::Upstream(UpstreamError::TransferCoding { addr: endpoint.addr }));
+                }
+                Ok(response)
+            });
+            let result = match result {
+                // The client's body failed, not the endpoint: 400, and the endpoint's health untouched.
+                Err(ProxyError::Upstream(error)) if error.is_client_body() => {
+                    Err(ProxyError::RequestBody(error.to_string()))
+                }
+                other => other,
             };
-            if guard.finish(outcome, balancer.policy()) {
-                metrics.ejections.get_or_create(&BackendLabels { backend: backend.label.to_string() }).inc();
+            let outcome = match &result {
+                Ok(response) if response.status().is_server_error() => Some(Outcome::Failure),
+                Ok(_) => Some(Outcome::Success),
+                // A policy refusal says nothing about the endpoint's health: never eject for it.
+                Err(ProxyError::Upstream(UpstreamError::Denied { .. })) => Some(Outcome::Success),
+                // Nor does the client's own failure: not counted either way.
+                Err(ProxyError::RequestBody(_)) => None,
+                Err(_) => Some(Outcome::Failure),
+            };
+            match outcome {
+                Some(outcome) => {
+                    if guard.finish(outcome, balancer.policy()) {
+                        metrics.ejections.get_or_create(&BackendLabels { backend: backend.label.to_string() }).inc();
+                    }
+                }
+                None => drop(guard),
             }
             let mut response = result?;
             if let Some(downstream) = downstream_upgrade {
@@ -190,6 +163,7 @@ impl Service<ProxyRequest> for Backend {
                     });
                 }
             } else {
+                drop_stale_content_length(response.headers_mut());
                 strip_hop_by_hop(response.headers_mut(), false);
             }
             let (parts, body) = response.into_parts();
@@ -234,41 +208,5 @@ mod tests {
         let a = counts["a"] as f64 / 10_000.0;
         assert!((0.87..=0.93).contains(&a), "a got {a}");
         assert!(pick_backend(&[backend("z", 0)], 0).is_none());
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed_and_upgrades_kept_when_asked() {
-        // The usual tokens, mixed case, with a Keep-Alive header they name.
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", "Keep-Alive, Close".parse().unwrap());
-        headers.insert("keep-alive", "timeout=5".parse().unwrap());
-        headers.insert("x-end-to-end", "1".parse().unwrap());
-        strip_hop_by_hop(&mut headers, false);
-        assert_eq!(headers.keys().map(|k| k.as_str()).collect::<Vec<_>>(), ["x-end-to-end"]);
-        // An upgrade relayed as such keeps its Connection and Upgrade headers.
-        let mut upgrade = HeaderMap::new();
-        upgrade.insert("connection", "upgrade".parse().unwrap());
-        upgrade.insert("upgrade", "websocket".parse().unwrap());
-        upgrade.insert("transfer-encoding", "chunked".parse().unwrap());
-        strip_hop_by_hop(&mut upgrade, true);
-        assert_eq!(upgrade.len(), 2);
-        assert!(upgrade.contains_key("upgrade") && upgrade.contains_key("connection"));
-        // Nothing to do: nothing changes.
-        let mut plain = HeaderMap::new();
-        plain.insert("content-type", "text/plain".parse().unwrap());
-        strip_hop_by_hop(&mut plain, false);
-        assert_eq!(plain.len(), 1);
-    }
-
-    #[test]
-    fn hop_by_hop_headers_are_removed() {
-        let mut headers = HeaderMap::new();
-        headers.insert("connection", "keep-alive, x-private".parse().unwrap());
-        headers.insert("x-private", "1".parse().unwrap());
-        headers.insert("keep-alive", "timeout=5".parse().unwrap());
-        headers.insert("x-end-to-end", "1".parse().unwrap());
-        strip_hop_by_hop(&mut headers, false);
-        assert_eq!(headers.len(), 1);
-        assert!(headers.contains_key("x-end-to-end"));
     }
 }

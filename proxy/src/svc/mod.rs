@@ -2,13 +2,14 @@
 //!
 //! ```text
 //!  observe (metrics, errors → answers)
-//!   └ context (config snapshot, destination, source workload)
-//!      └ route (match → rule)
-//!         └ filters (header edits, redirect, rewrite)
-//!            └ mirror
-//!               └ request timeout
-//!                  └ retry (policy + budget)
-//!                     └ backend (weighted pick, balancer, per-attempt timeout, pool)
+//!   └ validate (malformed → 400, Host and path in one normal form)
+//!      └ context (config snapshot, destination, source workload)
+//!         └ route (match → rule)
+//!            └ filters (header edits, redirect, rewrite)
+//!               └ mirror
+//!                  └ request timeout
+//!                     └ retry (policy + budget)
+//!                        └ backend (weighted pick, balancer, per-attempt timeout, pool)
 //! ```
 //!
 //! Layers pass what they decide to inner layers in the request's [`RequestContext`] extension
@@ -22,6 +23,7 @@ pub mod observe;
 pub mod retry;
 pub mod route;
 pub mod timeout;
+pub mod validate;
 
 use crate::body::ProxyBody;
 use crate::errors::ProxyError;
