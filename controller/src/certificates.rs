@@ -151,6 +151,28 @@ pub fn load_or_create_ca(dir: &Path, trust_domain: &str) -> Result<CertificateAu
 /// The Secret holding the CA in a cluster.
 pub const CA_SECRET_NAME: &str = "nodus-ca";
 
+/// Why the CA could not be loaded, created or stored.
+#[derive(Debug, thiserror::Error)]
+pub enum CaStoreError {
+    /// Reading or writing the CA directory.
+    #[error("CA directory: {0}")]
+    Io(#[from] std::io::Error),
+    /// Reading or writing the CA Secret.
+    #[error("CA Secret: {0}")]
+    Kube(#[from] kube::Error),
+    /// The stored certificate or key does not parse, or a new one could not be made.
+    #[error("CA certificate: {0}")]
+    Certificate(#[from] nodus_identity::IdentityError),
+    /// The Secret lacks a field.
+    #[error("Secret {namespace}/{CA_SECRET_NAME} has no {field}")]
+    MissingField {
+        /// The Secret's namespace.
+        namespace: String,
+        /// The missing data key.
+        field: String,
+    },
+}
+
 /// Loads the CA from the Secret `namespace/nodus-ca` (`ca.crt`, `ca.key`), or creates one and
 /// stores it there. Creation uses `create`, which fails if another replica won the race; then
 /// the winner's CA is read, so every replica signs with the same root.
@@ -158,17 +180,17 @@ pub async fn load_or_create_ca_secret(
     client: &kube::Client,
     namespace: &str,
     trust_domain: &str,
-) -> Result<CertificateAuthority, anyhow::Error> {
+) -> Result<CertificateAuthority, CaStoreError> {
     use k8s_openapi::api::core::v1::Secret;
     use k8s_openapi::ByteString;
     use kube::api::{Api, PostParams};
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
-    let read = |secret: &Secret| -> Result<CertificateAuthority, anyhow::Error> {
+    let read = |secret: &Secret| -> Result<CertificateAuthority, CaStoreError> {
         let data = secret.data.clone().unwrap_or_default();
         let field = |name: &str| {
             data.get(name)
                 .map(|b| String::from_utf8_lossy(&b.0).into_owned())
-                .ok_or_else(|| anyhow::anyhow!("Secret {namespace}/{CA_SECRET_NAME} has no {name}"))
+                .ok_or_else(|| CaStoreError::MissingField { namespace: namespace.to_owned(), field: name.to_owned() })
         };
         Ok(CertificateAuthority::from_pem(&field("ca.crt")?, &field("ca.key")?)?)
     };

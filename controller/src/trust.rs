@@ -16,7 +16,7 @@
 //! A controller restarted mid-rotation finds both roots in the store and starts again at step 1:
 //! every step is safe to repeat.
 
-use crate::certificates::CertificateService;
+use crate::certificates::{CaStoreError, CertificateService};
 use crate::distribute::{Distributor, NodeStatus};
 use nodus_config::{ConfigSnapshot, TrustRoot};
 use nodus_identity::{CertificateAuthority, SpiffeId};
@@ -46,7 +46,7 @@ const SECRET_NEXT: (&str, &str) = ("next.crt", "next.key");
 
 impl CaStore {
     /// The staged next root, if any.
-    pub async fn load_next(&self) -> anyhow::Result<Option<CertificateAuthority>> {
+    pub async fn load_next(&self) -> Result<Option<CertificateAuthority>, CaStoreError> {
         match self {
             Self::Dir(dir) => {
                 let (cert, key) = (dir.join(DIR_NEXT.0), dir.join(DIR_NEXT.1));
@@ -74,7 +74,7 @@ impl CaStore {
     }
 
     /// Makes `next` the active root and removes the staged copy.
-    pub async fn promote(&self, next: &CertificateAuthority) -> anyhow::Result<()> {
+    pub async fn promote(&self, next: &CertificateAuthority) -> Result<(), CaStoreError> {
         match self {
             Self::Dir(dir) => {
                 use std::io::Write;
@@ -110,7 +110,7 @@ impl CaStore {
     }
 
     /// Removes a staged root equal to the active one (left by a crash after promotion).
-    async fn discard_next(&self) -> anyhow::Result<()> {
+    async fn discard_next(&self) -> Result<(), CaStoreError> {
         match self {
             Self::Dir(dir) => {
                 std::fs::remove_file(dir.join(DIR_NEXT.1))?;
@@ -277,7 +277,7 @@ impl TrustAnchorRotation {
 
 /// Generates a new root and stages it in `dir` as the next one (`--generate-root`). The key file
 /// is created 0600 and never replaced: staging twice is an error, not a silent overwrite.
-pub fn stage_root(dir: &std::path::Path, trust_domain: &str) -> anyhow::Result<CertificateAuthority> {
+pub fn stage_root(dir: &std::path::Path, trust_domain: &str) -> Result<CertificateAuthority, CaStoreError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let ca = CertificateAuthority::generate(trust_domain, Duration::from_secs(10 * 365 * 86_400))?;

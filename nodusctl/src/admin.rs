@@ -1,4 +1,5 @@
-//! `nodusctl stat` and `nodusctl proxy-config`: read a node proxy's admin port.
+//! `nodusctl stat` and `nodusctl proxy-config`: read a node proxy's admin port, and its
+//! node-local debug listener (the config dump is served only there).
 //!
 //! `stat` scrapes `/metrics` twice, `--window` apart, and prints per route and backend what
 //! `linkerd viz stat` prints per workload: success rate, requests per second and latency
@@ -26,18 +27,22 @@ pub struct Target {
 
 impl Target {
     fn get(&self, path: &str) -> Result<String> {
-        let admin = self.admin;
-        let (status, body) = match &self.netns {
-            Some(name) => NetNs::named(name.clone())
-                .run(|| http_get(admin, path))
-                .with_context(|| format!("entering network namespace {name}"))??,
-            None => http_get(admin, path)?,
-        };
-        if status != 200 {
-            bail!("{admin}{path} answered {status}: {}", body.trim());
-        }
-        Ok(body)
+        get(self.admin, self.netns.as_deref(), path)
     }
+}
+
+/// GETs `path` from `addr`, from inside network namespace `netns` if given.
+fn get(addr: SocketAddr, netns: Option<&str>, path: &str) -> Result<String> {
+    let (status, body) = match netns {
+        Some(name) => NetNs::named(name.to_owned())
+            .run(|| http_get(addr, path))
+            .with_context(|| format!("entering network namespace {name}"))??,
+        None => http_get(addr, path)?,
+    };
+    if status != 200 {
+        bail!("{addr}{path} answered {status}: {}", body.trim());
+    }
+    Ok(body)
 }
 
 /// Options of `nodusctl stat`.
@@ -50,15 +55,19 @@ pub struct StatArgs {
     window: Duration,
 }
 
-/// Options of `nodusctl proxy-config`.
+/// Options of `nodusctl proxy-config`: run on the node (the debug listener is on its loopback).
 #[derive(Args, Debug)]
 pub struct ProxyConfigArgs {
-    #[command(flatten)]
-    target: Target,
+    /// The proxy's node-local debug address (`--debug-addr` of the proxy).
+    #[arg(long, default_value = "127.0.0.1:15021")]
+    debug: SocketAddr,
+    /// Reach it from inside this network namespace (a local-mesh node's `nodus-<id>-node-1`).
+    #[arg(long)]
+    netns: Option<String>,
 }
 
 pub fn proxy_config(args: ProxyConfigArgs) -> Result<ExitCode> {
-    let dump = args.target.get("/config_dump")?;
+    let dump = get(args.debug, args.netns.as_deref(), "/config_dump")?;
     let value: serde_json::Value = serde_json::from_str(&dump).context("the config dump is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&value)?);
     Ok(ExitCode::SUCCESS)

@@ -159,8 +159,13 @@ fn stat_and_proxy_config_read_a_running_proxy() {
     assert!(canary.contains("100.00%"), "{text}");
     assert!(text.contains("GRPCRoute demo/echo-by-method [echo-two] -> demo/echo-v2:9090"), "{text}");
 
-    let out = nodusctl().arg("proxy-config").args(target).output().unwrap();
-    assert_eq!(out.status.code(), Some(0));
+    // The config dump is on the node-local debug listener only, not on the admin port.
+    let out = nodusctl().args(["proxy-config", "--netns", &netns]).output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let on_admin =
+        nodusctl().args(["proxy-config", "--debug", "10.100.0.11:15020", "--netns", &netns]).output().unwrap();
+    assert_eq!(on_admin.status.code(), Some(2), "the public admin port does not serve the config dump");
+    assert!(String::from_utf8_lossy(&on_admin.stderr).contains("answered 404"));
     let dump: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let names: Vec<&str> =
         dump["snapshot"]["httpRoutes"].as_array().unwrap().iter().filter_map(|r| r["id"]["name"].as_str()).collect();

@@ -22,8 +22,11 @@ pub struct ProxySettings {
     pub outbound_addr: SocketAddr,
     /// How many outbound listeners, on consecutive ports from `outbound_addr`'s.
     pub outbound_ports: u16,
-    /// Admin listener address.
+    /// Admin listener address (`/metrics`, `/ready`, `/live`: what anyone reaching the node may see).
     pub admin_addr: SocketAddr,
+    /// The debug listener's address (`/config_dump` and the rest of the admin port): the node's
+    /// loopback, which pods (in network namespaces of their own) cannot reach. `None`: not served.
+    pub debug_addr: Option<SocketAddr>,
     /// Inbound (tunnel) listener address, if this proxy accepts tunnels from other nodes.
     pub inbound_addr: Option<SocketAddr>,
     /// Inbound capture listener address (transparent; needs CAP_NET_ADMIN), when the eBPF
@@ -114,6 +117,8 @@ pub struct Listening {
     pub inbound: Option<SocketAddr>,
     /// Inbound capture listener.
     pub capture: Option<SocketAddr>,
+    /// The node-local debug listener.
+    pub debug: Option<SocketAddr>,
     /// The listening sockets, for a hand-over to a successor; valid until draining starts.
     pub fds: Vec<(crate::handoff::ListenerRole, std::os::fd::RawFd)>,
 }
@@ -167,12 +172,13 @@ pub async fn start_with(
     original_dst: Arc<dyn OriginalDst>,
     inherited: Option<crate::handoff::Inherited>,
 ) -> std::io::Result<Listening> {
-    let (outbound_listeners, admin_listener, inbound_listener, capture_listener) = match inherited {
+    let (outbound_listeners, admin_listener, inbound_listener, capture_listener, inherited_debug) = match inherited {
         Some(inherited) => (
             inherited.outbound.into_iter().map(TcpListener::from_std).collect::<std::io::Result<Vec<_>>>()?,
             TcpListener::from_std(inherited.admin)?,
             inherited.inbound.map(TcpListener::from_std).transpose()?,
             inherited.capture.map(TcpListener::from_std).transpose()?,
+            inherited.debug.map(TcpListener::from_std).transpose()?,
         ),
         None => (
             bind_outbound(settings.outbound_addr, settings.outbound_ports).await?,
@@ -182,7 +188,14 @@ pub async fn start_with(
                 None => None,
             },
             settings.capture_addr.map(bind_transparent).transpose()?,
+            None,
         ),
+    };
+    // A predecessor of a version without it passed none: bound here.
+    let debug_listener = match (inherited_debug, settings.debug_addr) {
+        (Some(listener), _) => Some(listener),
+        (None, Some(addr)) => Some(TcpListener::bind(addr).await?),
+        (None, None) => None,
     };
     use crate::handoff::ListenerRole;
     use std::os::fd::AsRawFd;
@@ -190,6 +203,7 @@ pub async fn start_with(
     fds.push((ListenerRole::Admin, admin_listener.as_raw_fd()));
     fds.extend(inbound_listener.as_ref().map(|l| (ListenerRole::Inbound, l.as_raw_fd())));
     fds.extend(capture_listener.as_ref().map(|l| (ListenerRole::Capture, l.as_raw_fd())));
+    fds.extend(debug_listener.as_ref().map(|l| (ListenerRole::Debug, l.as_raw_fd())));
     let outbound_addrs = outbound_listeners.iter().map(TcpListener::local_addr).collect::<std::io::Result<Vec<_>>>()?;
     let listening = Listening {
         outbound: *outbound_addrs
@@ -199,6 +213,7 @@ pub async fn start_with(
         admin: admin_listener.local_addr()?,
         inbound: inbound_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         capture: capture_listener.as_ref().map(TcpListener::local_addr).transpose()?,
+        debug: debug_listener.as_ref().map(TcpListener::local_addr).transpose()?,
         fds,
     };
     if inbound_listener.is_some() || capture_listener.is_some() {
@@ -243,12 +258,18 @@ pub async fn start_with(
             }
         });
     }
-    let (store, metrics, drain) = (proxy.store.clone(), proxy.metrics.clone(), proxy.drain.clone());
-    tokio::spawn(async move {
-        if let Err(error) = crate::admin::serve(admin_listener, store, metrics, drain).await {
-            tracing::error!(%error, "admin listener failed");
-        }
-    });
+    let admin = Arc::new(crate::admin::Admin::new(proxy.store.clone(), proxy.metrics.clone()));
+    let listeners =
+        [(Some(admin_listener), crate::admin::Scope::Public), (debug_listener, crate::admin::Scope::NodeLocal)];
+    for (listener, scope) in listeners {
+        let Some(listener) = listener else { continue };
+        let (admin, drain) = (admin.clone(), proxy.drain.clone());
+        tokio::spawn(async move {
+            if let Err(error) = admin.serve(listener, scope, drain).await {
+                tracing::error!(%error, ?scope, "admin listener failed");
+            }
+        });
+    }
     Ok(listening)
 }
 

@@ -35,6 +35,8 @@ pub enum ListenerRole {
     Inbound = b'i',
     /// Connections captured on their way in to pods (transparent).
     Capture = b'c',
+    /// The node-local debug listener (/config_dump).
+    Debug = b'd',
 }
 
 /// Listening sockets received from the predecessor.
@@ -48,6 +50,8 @@ pub struct Inherited {
     pub inbound: Option<std::net::TcpListener>,
     /// The inbound capture listener, if the predecessor had one.
     pub capture: Option<std::net::TcpListener>,
+    /// The node-local debug listener, if the predecessor had one.
+    pub debug: Option<std::net::TcpListener>,
 }
 
 fn io_error(error: nix::Error) -> std::io::Error {
@@ -86,7 +90,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
     for listener in &listeners {
         listener.set_nonblocking(true)?;
     }
-    let (mut outbound, mut admin, mut inbound, mut capture) = (Vec::new(), None, None, None);
+    let (mut outbound, mut admin, mut inbound, mut capture, mut debug) = (Vec::new(), None, None, None, None);
     for (role, listener) in roles[..role_count.min(roles.len())].iter().zip(listeners) {
         let slot = match *role {
             b'o' => {
@@ -96,6 +100,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
             b'a' => &mut admin,
             b'i' => &mut inbound,
             b'c' => &mut capture,
+            b'd' => &mut debug,
             other => {
                 tracing::warn!(role = other, "the predecessor sent a listener of an unknown role; closed");
                 continue;
@@ -104,7 +109,7 @@ pub fn take_over(path: &Path) -> std::io::Result<Option<Inherited>> {
         *slot = Some(listener);
     }
     match (outbound.is_empty(), admin) {
-        (false, Some(admin)) => Ok(Some(Inherited { outbound, admin, inbound, capture })),
+        (false, Some(admin)) => Ok(Some(Inherited { outbound, admin, inbound, capture, debug })),
         _ => Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             "the predecessor sent no outbound or admin listener",

@@ -40,9 +40,13 @@ struct Args {
     /// With the eBPF redirect: leave connections arriving for pods alone (no inbound capture).
     #[arg(long)]
     no_inbound_capture: bool,
-    /// Admin listener (/metrics, /ready, /live, /config_dump).
+    /// Admin listener (/metrics, /ready, /live).
     #[arg(long, default_value = "0.0.0.0:15020")]
     admin_addr: SocketAddr,
+    /// Node-local debug listener (those and /config_dump): keep it on a loopback address, which
+    /// pods cannot reach; `none` turns it off.
+    #[arg(long, default_value = "127.0.0.1:15021", value_parser = parse_optional_addr)]
+    debug_addr: OptionalAddr,
     /// The controller's config service, e.g. `http://nodus-controller:15012`.
     #[arg(long, env = "NODUS_CONTROLLER", required_unless_present = "config_file")]
     controller: Option<String>,
@@ -150,6 +154,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         outbound_addr: args.outbound_addr,
         outbound_ports: args.outbound_ports,
         admin_addr: args.admin_addr,
+        debug_addr: args.debug_addr.0,
         inbound_addr: Some(args.inbound_addr),
         capture_addr: inbound_capture.then_some(args.capture_addr),
         outbound: OutboundSettings {
@@ -295,4 +300,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
     }
     tracing::info!(connections_cut = left, "shutting down");
     Ok(())
+}
+
+/// A listener's address, or none (`none` on the command line).
+#[derive(Clone, Copy, Debug)]
+struct OptionalAddr(Option<SocketAddr>);
+
+fn parse_optional_addr(text: &str) -> Result<OptionalAddr, std::net::AddrParseError> {
+    match text {
+        "none" => Ok(OptionalAddr(None)),
+        addr => addr.parse().map(|addr| OptionalAddr(Some(addr))),
+    }
 }

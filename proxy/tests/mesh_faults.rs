@@ -109,7 +109,7 @@ fn losing_the_controller_under_load_fails_no_request_and_proxies_resync_when_it_
     let reconnect = started.elapsed();
     let deadline = Instant::now() + Duration::from_secs(10);
     let only_v2 = || {
-        let (_, dump) = mesh.proxy1.admin_get("/config_dump").unwrap();
+        let (_, dump) = mesh.proxy1.debug_get("/config_dump").unwrap();
         dump.contains("\"weight\": 0")
     };
     while !only_v2() && Instant::now() < deadline {
@@ -157,7 +157,7 @@ fn losing_a_backend_pod_under_load_keeps_success_above_99_9_percent() {
     let mut mesh = start_mesh(&[]);
     write(&mesh.manifests.join("echo-both.yaml"), BOTH_PODS);
     let deadline = Instant::now() + Duration::from_secs(10);
-    while !mesh.proxy1.admin_get("/config_dump").unwrap().1.contains("echo-both") && Instant::now() < deadline {
+    while !mesh.proxy1.debug_get("/config_dump").unwrap().1.contains("echo-both") && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(100));
     }
     let load = spawn_load(&mesh.client, "10.96.0.14:80", 200, 8);

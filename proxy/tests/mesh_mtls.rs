@@ -286,7 +286,7 @@ fn the_trust_anchor_rotates_under_load_with_zero_failed_requests() {
     // Proxies trust only the new root now (their config dump shows the roots pushed).
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     let only_new = |proxy: &nodus_harness::NodeProxy| {
-        let (_, dump) = proxy.admin_get("/config_dump").unwrap();
+        let (_, dump) = proxy.debug_get("/config_dump").unwrap();
         let config: serde_json::Value = serde_json::from_str(&dump).unwrap();
         let roots = config["snapshot"]["trustRoots"].as_array().cloned().unwrap_or_default();
         roots.len() == 1 && roots[0]["certificatePem"] == serde_json::Value::String(new_root.clone())
@@ -343,8 +343,39 @@ fn private_keys_stay_in_memory_out_of_logs_and_off_the_admin_port() {
         for path in ["/metrics", "/config_dump", "/ready", "/live", "/debug", "/keys"] {
             let (_, body) = proxy.admin_get(path).unwrap();
             leaks(&format!("{} admin {path}", proxy.node), &body);
+            let (_, body) = proxy.debug_get(path).unwrap();
+            leaks(&format!("{} debug {path}", proxy.node), &body);
         }
     }
+    // The config dump (every Service, endpoint, identity and policy of the mesh) is the node's
+    // alone: the public admin port answers 404 for it, and a pod cannot reach the node-local
+    // debug listener at all, by the node's address or its own loopback.
+    let (status, _) = mesh.proxy1.admin_get("/config_dump").unwrap();
+    assert_eq!(status, 404, "the public admin port serves no config dump");
+    let (status, dump) = mesh.proxy1.debug_get("/config_dump").unwrap();
+    assert_eq!(status, 200, "the node reads it: {dump}");
+    let node_ip = mesh.proxy1.admin.ip().to_string();
+    let probe = r#"
+import socket, sys
+for host, port, path in [(sys.argv[1], 15020, "/config_dump"), (sys.argv[1], 15021, "/config_dump"), ("127.0.0.1", 15021, "/config_dump")]:
+    try:
+        s = socket.create_connection((host, port), timeout=3)
+        s.sendall(f"GET {path} HTTP/1.0\r\nHost: x\r\n\r\n".encode())
+        answer = s.recv(200).decode("latin-1").split("\r\n")[0]
+    except OSError as error:
+        answer = type(error).__name__
+    print(f"{host}:{port}{path} {answer}")
+"#;
+    let out = mesh.client.command("python3").unwrap().args(["-c", probe, &node_ip]).output().unwrap();
+    let seen = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let lines: Vec<&str> = seen.lines().collect();
+    assert_eq!(lines.len(), 3, "{seen}");
+    assert!(lines[0].ends_with(" 404 Not Found"), "the admin port answers 404: {seen}");
+    // The node's address: nothing listens there on 15021 (the redirect passes the connection
+    // through and it ends unanswered); its own loopback is the pod's, not the node's.
+    assert!(!lines[1].contains(" 200") && !lines[2].contains(" 200"), "a pod read the config dump: {seen}");
+    assert!(lines[2].ends_with("ConnectionRefusedError"), "{seen}");
     // Every log the lab kept: both proxies' and the controller's.
     let work = mesh.lab.work_dir().unwrap();
     let mut logs = 0;

@@ -143,7 +143,7 @@ fn rejected_configs_leave_the_last_good_one_in_force() {
         let outcomes = client(&mesh, &["--target", &target, "--count", "10"]);
         assert!(outcomes.iter().all(|o| o["status"] == 200), "traffic still flows: {outcomes:?}");
     }
-    let (_, dump) = mesh.proxy.admin_get("/config_dump").unwrap();
+    let (_, dump) = mesh.proxy.debug_get("/config_dump").unwrap();
     let dump: serde_json::Value = serde_json::from_str(&dump).unwrap();
     assert_eq!(dump["version"], 1);
     assert_eq!(dump["snapshot"]["httpRoutes"][0]["id"]["name"], "r");

@@ -27,8 +27,8 @@ pub use cgroup::{cgroup2_mount, Cgroup};
 pub use error::{HarnessError, Result};
 pub use lab::{check_support, Lab, LabSpec, Node, Pod};
 pub use mesh::{
-    http_get, metric_value, start_echo, ConfigSource, NodeProxy, CONTROLLER_PORT, PROXY_ADMIN_PORT, PROXY_INBOUND_PORT,
-    PROXY_OUTBOUND_PORT,
+    http_get, metric_value, start_echo, ConfigSource, NodeProxy, CONTROLLER_PORT, PROXY_ADMIN_PORT, PROXY_DEBUG_PORT,
+    PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT,
 };
 pub use netns::NetNs;
 pub use process::Process;

@@ -20,6 +20,8 @@ pub const PROXY_OUTBOUND_PORT: u16 = 15100;
 pub const PROXY_INBOUND_PORT: u16 = 15008;
 /// The admin port of node proxies in a lab.
 pub const PROXY_ADMIN_PORT: u16 = 15020;
+/// The node-local debug port of node proxies (on the node's loopback; the proxy's default).
+pub const PROXY_DEBUG_PORT: u16 = 15021;
 
 /// The port the controller serves node proxies' config streams on.
 pub const CONTROLLER_PORT: u16 = 15012;
@@ -63,6 +65,13 @@ impl NodeProxy {
         let admin = self.admin;
         let path = path.to_owned();
         self.netns.run(move || http_get(admin, &path))?
+    }
+
+    /// GETs a path of the proxy's node-local debug listener (`127.0.0.1:15021` in the node's
+    /// namespace: `/config_dump`); returns (status, body).
+    pub fn debug_get(&self, path: &str) -> Result<(u16, String)> {
+        let path = path.to_owned();
+        self.netns.run(move || http_get(SocketAddr::from(([127, 0, 0, 1], PROXY_DEBUG_PORT)), &path))?
     }
 
     /// Kills the proxy process at once (SIGKILL), as a crash would, and reaps it.

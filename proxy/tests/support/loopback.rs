@@ -31,6 +31,7 @@ pub async fn start_on_loopback(proxy: &Arc<Proxy>, service_port: u16, limits: Co
         outbound_addr: "127.0.0.1:0".parse().unwrap(),
         outbound_ports: 1,
         admin_addr: "127.0.0.1:0".parse().unwrap(),
+        debug_addr: Some("127.0.0.1:0".parse().unwrap()),
         inbound_addr: None,
         capture_addr: None,
         outbound: OutboundSettings { detect_timeout: Duration::from_millis(200), limits, ..Default::default() },
