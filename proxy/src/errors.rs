@@ -45,7 +45,7 @@ pub enum ProxyError {
     },
     /// The endpoint could not be reached or failed mid-request.
     #[error(transparent)]
-    Upstream(#[from] UpstreamError),
+    Upstream(UpstreamError),
     /// The request body could not be read.
     #[error("reading the request body: {0}")]
     RequestBody(String),
@@ -53,6 +53,18 @@ pub enum ProxyError {
     /// routing, and the connection closed after the answer.
     #[error("malformed request: {0}")]
     Malformed(#[from] crate::request_check::Malformed),
+}
+
+impl From<UpstreamError> for ProxyError {
+    /// An exchange that failed because the client's request body did (bad framing, cut short)
+    /// is the client's fault: `RequestBody` (400, not counted against the endpoint).
+    fn from(error: UpstreamError) -> Self {
+        if error.is_client_body() {
+            ProxyError::RequestBody(error.to_string())
+        } else {
+            ProxyError::Upstream(error)
+        }
+    }
 }
 
 impl ProxyError {

@@ -513,16 +513,12 @@ impl Inbound {
                                 .await;
                         }
                     });
-                } else if crate::headers::has_unsupported_transfer_coding(response.headers()) {
-                    return ProxyError::Upstream(UpstreamError::TransferCoding { addr: target }).into_response(grpc);
                 } else {
-                    crate::headers::drop_stale_content_length(response.headers_mut());
                     crate::headers::strip_hop_by_hop(response.headers_mut(), false);
                 }
                 response.map(ResponseBody::upstream)
             }
-            Err(error) if error.is_client_body() => ProxyError::RequestBody(error.to_string()).into_response(grpc),
-            Err(error) => ProxyError::Upstream(error).into_response(grpc),
+            Err(error) => ProxyError::from(error).into_response(grpc),
         }
     }
 }

@@ -224,11 +224,15 @@ fn is_normal(bytes: &[u8]) -> bool {
     if bytes.iter().any(|b| matches!(b, b'%' | b'\\')) {
         return false;
     }
-    bytes[1..].split(|b| *b == b'/').enumerate().all(|(index, segment)| match segment {
-        b"" => index == bytes[1..].split(|b| *b == b'/').count() - 1,
-        b"." | b".." => false,
-        _ => true,
-    })
+    let mut segments = bytes[1..].split(|b| *b == b'/').peekable();
+    while let Some(segment) = segments.next() {
+        // An empty segment is a doubled slash, except the last (a trailing slash).
+        let last = segments.peek().is_none();
+        if matches!(segment, b"." | b"..") || (segment.is_empty() && !last) {
+            return false;
+        }
+    }
+    true
 }
 
 /// Decodes `%XX` of unreserved characters, upper-cases the other escapes; refuses `\`, bad

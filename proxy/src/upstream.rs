@@ -272,10 +272,16 @@ impl ConnectionPool {
         request: Request<ProxyBody>,
         protocol: UpstreamProtocol,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
-        match protocol {
-            UpstreamProtocol::Http1 => self.send_http1(request).await,
-            UpstreamProtocol::Http2 => self.send_http2(request).await,
+        let mut response = match protocol {
+            UpstreamProtocol::Http1 => self.send_http1(request).await?,
+            UpstreamProtocol::Http2 => self.send_http2(request).await?,
+        };
+        // The answer is framed anew towards the client: only what hyper decoded may go on.
+        if crate::headers::has_unsupported_transfer_coding(response.headers()) {
+            return Err(UpstreamError::TransferCoding { addr: self.addr });
         }
+        crate::headers::drop_stale_content_length(response.headers_mut());
+        Ok(response)
     }
 
     async fn send_http1(

@@ -6,7 +6,7 @@
 use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, TriedEndpoints};
 use crate::balance::Outcome;
 use crate::errors::ProxyError;
-use crate::headers::{drop_stale_content_length, has_unsupported_transfer_coding, strip_hop_by_hop};
+use crate::headers::strip_hop_by_hop;
 use crate::metrics::{BackendLabels, Metrics};
 use crate::response::ResponseBody;
 use crate::routes::RuleBackend;
@@ -114,25 +114,13 @@ impl Service<ProxyRequest> for Backend {
                 _ => "plaintext",
             };
             let send = pool.send(request, context.protocol);
-            let sent = match rule.backend_timeout {
+            // A failure of the client's own body comes back as `RequestBody` (see `From`).
+            let result = match rule.backend_timeout {
                 Some(after) => match tokio::time::timeout(after, send).await {
-                    Ok(sent) => sent.map_err(ProxyError::Upstream),
+                    Ok(sent) => sent.map_err(ProxyError::from),
                     Err(_) => Err(ProxyError::Timeout { which: "backendRequest", after }),
                 },
-                None => send.await.map_err(ProxyError::Upstream),
-            };
-            let result = sent.and_then(|response| {
-                if has_unsupported_transfer_coding(response.headers()) {
-                    return Err(ProxyError::Upstream(UpstreamError::TransferCoding { addr: endpoint.addr }));
-                }
-                Ok(response)
-            });
-            let result = match result {
-                // The client's body failed, not the endpoint: 400, and the endpoint's health untouched.
-                Err(ProxyError::Upstream(error)) if error.is_client_body() => {
-                    Err(ProxyError::RequestBody(error.to_string()))
-                }
-                other => other,
+                None => send.await.map_err(ProxyError::from),
             };
             let outcome = match &result {
                 Ok(response) if response.status().is_server_error() => Some(Outcome::Failure),
@@ -163,7 +151,6 @@ impl Service<ProxyRequest> for Backend {
                     });
                 }
             } else {
-                drop_stale_content_length(response.headers_mut());
                 strip_hop_by_hop(response.headers_mut(), false);
             }
             let (parts, body) = response.into_parts();
