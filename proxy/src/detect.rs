@@ -77,6 +77,82 @@ pub async fn detect<R: AsyncRead + Unpin>(io: &mut R, timeout: Duration) -> std:
     }
 }
 
+/// The longest request line read ahead of the HTTP/1.1 server, which applies its own head
+/// limits to what follows.
+const MAX_REQUEST_LINE: usize = 8 * 1024;
+
+/// What the first request line of a connection says its protocol is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RequestLine {
+    /// It ends in `HTTP/1.x` (a minor version above 1 now reads `HTTP/1.1`).
+    Http1,
+    /// A whole line that does not end in an HTTP/1 version.
+    NotHttp1,
+    /// No line end within the limit or the time: the HTTP/1.1 server will judge it.
+    Unfinished,
+}
+
+/// Reads the rest of the first request line into `buffer`, and reads a higher HTTP/1 minor
+/// version as 1.1: RFC 9110 §2.5 asks a recipient to process such a message as the highest
+/// minor version it implements, and hyper's parser knows only 1.0 and 1.1. The version is
+/// rewritten in place (same length), before the HTTP/1.1 server sees the bytes. Only the first
+/// request of a connection can be read ahead; the answer's `HTTP/1.1` tells the client which
+/// version to speak next (RFC 9110 §2.5).
+pub async fn read_request_line<R: AsyncRead + Unpin>(
+    io: &mut R,
+    buffer: &mut BytesMut,
+    timeout: Duration,
+) -> std::io::Result<RequestLine> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let start = buffer.iter().position(|b| *b != b'\r' && *b != b'\n').unwrap_or(buffer.len());
+        if let Some(end) = buffer[start..].iter().position(|b| *b == b'\n') {
+            return Ok(read_version(&mut buffer[start..start + end]));
+        }
+        if buffer.len() >= MAX_REQUEST_LINE {
+            return Ok(RequestLine::Unfinished);
+        }
+        match tokio::time::timeout_at(deadline, io.read_buf(buffer)).await {
+            Err(_) | Ok(Ok(0)) => return Ok(RequestLine::Unfinished),
+            Ok(Err(error)) => return Err(error),
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+/// Judges one request line (without its LF), rewriting `HTTP/1.N` (N > 1) to `HTTP/1.1`.
+fn read_version(line: &mut [u8]) -> RequestLine {
+    let line = match line {
+        [rest @ .., b'\r'] => rest,
+        whole => whole,
+    };
+    let Some(space) = line.iter().rposition(|b| *b == b' ') else { return RequestLine::NotHttp1 };
+    match &mut line[space + 1..] {
+        [b'H', b'T', b'T', b'P', b'/', b'1', b'.', minor] if minor.is_ascii_digit() => {
+            if *minor > b'1' {
+                *minor = b'1';
+            }
+            RequestLine::Http1
+        }
+        _ => RequestLine::NotHttp1,
+    }
+}
+
+/// What a server that must speak HTTP/2 answers an invalid connection preface with (RFC 9113
+/// §3.4, §5.4.1): its own preface (an empty SETTINGS frame), then GOAWAY with PROTOCOL_ERROR,
+/// no stream processed, and the reason as debug data. The connection is closed after it.
+pub fn invalid_preface_answer() -> Vec<u8> {
+    const REASON: &[u8] = b"invalid HTTP/2 connection preface";
+    let mut frames = vec![0, 0, 0, 0x4, 0, 0, 0, 0, 0];
+    let length = (8 + REASON.len()) as u32;
+    frames.extend_from_slice(&length.to_be_bytes()[1..]);
+    frames.extend_from_slice(&[0x7, 0, 0, 0, 0, 0]); // GOAWAY, no flags, stream 0
+    frames.extend_from_slice(&0u32.to_be_bytes()); // last stream id: none processed
+    frames.extend_from_slice(&0x1u32.to_be_bytes()); // PROTOCOL_ERROR
+    frames.extend_from_slice(REASON);
+    frames
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -131,5 +207,41 @@ mod tests {
         let (_silent, mut server) = tokio::io::duplex(64);
         let (protocol, bytes) = detect(&mut server, Duration::from_millis(50)).await.unwrap();
         assert_eq!((protocol, bytes.len()), (Protocol::Opaque, 0));
+    }
+    #[tokio::test]
+    async fn the_request_line_is_read_whole_and_later_minor_versions_are_read_as_1_1() {
+        let cases: &[(&[u8], RequestLine, &[u8])] = &[
+            (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", RequestLine::Http1, b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"),
+            (b"GET / HTTP/1.0\r\n", RequestLine::Http1, b"GET / HTTP/1.0\r\n"),
+            (b"GET / HTTP/1.2\r\nHost: a\r\n", RequestLine::Http1, b"GET / HTTP/1.1\r\nHost: a\r\n"),
+            (b"\r\nGET /x HTTP/1.9\n", RequestLine::Http1, b"\r\nGET /x HTTP/1.1\n"),
+            // Only the request line's version: the same bytes in a header are left alone.
+            (b"GET / HTTP/1.1\r\nX: HTTP/1.2\r\n", RequestLine::Http1, b"GET / HTTP/1.1\r\nX: HTTP/1.2\r\n"),
+            (b"INVALID CONNECTION PREFACE\r\n\r\n", RequestLine::NotHttp1, b"INVALID CONNECTION PREFACE\r\n\r\n"),
+            (b"GET / HTTP/2.0\r\n", RequestLine::NotHttp1, b"GET / HTTP/2.0\r\n"),
+            (b"GET / HTTP/1.12\r\n", RequestLine::NotHttp1, b"GET / HTTP/1.12\r\n"),
+            (b"GET /\r\n", RequestLine::NotHttp1, b"GET /\r\n"),
+            (b"GET / HTTP/1.1", RequestLine::Unfinished, b"GET / HTTP/1.1"),
+        ];
+        for (sent, expected, replayed) in cases {
+            let (mut client, mut server) = tokio::io::duplex(1024);
+            use tokio::io::AsyncWriteExt;
+            client.write_all(sent).await.unwrap();
+            // Detection has read the method already; the rest comes from the connection.
+            let mut buffer = BytesMut::from(&sent[..4]);
+            server.read_exact(&mut [0u8; 4]).await.unwrap();
+            let line = read_request_line(&mut server, &mut buffer, Duration::from_millis(50)).await.unwrap();
+            assert_eq!(line, *expected, "{:?}", String::from_utf8_lossy(sent));
+            assert_eq!(&buffer[..], *replayed, "{:?}", String::from_utf8_lossy(sent));
+        }
+    }
+
+    #[test]
+    fn the_invalid_preface_answer_is_settings_then_goaway_protocol_error() {
+        let frames = invalid_preface_answer();
+        assert_eq!(&frames[..9], &[0, 0, 0, 4, 0, 0, 0, 0, 0]);
+        let length = u32::from_be_bytes([0, frames[9], frames[10], frames[11]]) as usize;
+        assert_eq!((frames[12], frames.len()), (7, 18 + length));
+        assert_eq!(&frames[18..26], &[0, 0, 0, 0, 0, 0, 0, 1]);
     }
 }

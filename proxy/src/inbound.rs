@@ -10,7 +10,7 @@
 
 use crate::authz::RequestView;
 use crate::body::ProxyBody;
-use crate::detect::{detect, Protocol};
+use crate::detect::{detect, read_request_line, Protocol};
 use crate::errors::ProxyError;
 use crate::metrics::{InboundLabels, Metrics, TcpLabels};
 use crate::response::ResponseBody;
@@ -364,10 +364,16 @@ impl Inbound {
             let labels = crate::metrics::CapturedLabels { destination: destination.clone(), result };
             self.metrics.inbound_captured.get_or_create(&labels).inc();
         };
-        let (protocol, prefix) = match detect(&mut stream, self.detect_timeout).await {
+        let (protocol, mut prefix) = match detect(&mut stream, self.detect_timeout).await {
             Ok(detected) => detected,
             Err(error) => return tracing::debug!(%peer, %error, "captured connection failed during protocol detection"),
         };
+        if protocol == Protocol::Http1 {
+            // For HTTP/1.2 and later minor versions, read as 1.1 (RFC 9110 §2.5).
+            if let Err(error) = read_request_line(&mut stream, &mut prefix, self.detect_timeout).await {
+                return tracing::debug!(%peer, %error, "captured connection failed reading its request line");
+            }
+        }
         let http = match protocol {
             Protocol::Http1 => Some(UpstreamProtocol::Http1),
             Protocol::Http2 => Some(UpstreamProtocol::Http2),

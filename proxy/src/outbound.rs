@@ -4,7 +4,7 @@
 
 use crate::body::ProxyBody;
 use crate::closing::{request_ends_connection, CloseFirst, LastAnswer};
-use crate::detect::{detect, Protocol};
+use crate::detect::{detect, invalid_preface_answer, read_request_line, Protocol, RequestLine};
 use crate::metrics::{Metrics, TcpLabels};
 use crate::original_dst::OriginalDst;
 use crate::rewind::Rewind;
@@ -151,6 +151,22 @@ impl Outbound {
         match protocol {
             // Known Services (or no config yet: the stack answers 503) are served at L7.
             Protocol::Http1 | Protocol::Http2 if destination.is_some() || state.is_none() => {
+                if protocol == Protocol::Http1 {
+                    let timeout = self.settings.limits.header_read_timeout;
+                    let line = match read_request_line(&mut stream, &mut prefix, timeout).await {
+                        Ok(line) => line,
+                        Err(error) => return tracing::debug!(%error, "connection failed reading its request line"),
+                    };
+                    // A port declared HTTP/2 or gRPC speaks HTTP/1.1 to a client that asks for it;
+                    // what is neither is an invalid HTTP/2 preface (RFC 9113 §3.4).
+                    if line == RequestLine::NotHttp1 && matches!(declared, Some(AppProtocol::Http2 | AppProtocol::Grpc))
+                    {
+                        tracing::debug!(%original_dst, "invalid HTTP/2 connection preface; GOAWAY");
+                        let _ = stream.write_all(&invalid_preface_answer()).await;
+                        let _ = stream.shutdown().await;
+                        return;
+                    }
+                }
                 let upstream =
                     if protocol == Protocol::Http2 { UpstreamProtocol::Http2 } else { UpstreamProtocol::Http1 };
                 let connection = ConnectionInfo { peer, original_dst, protocol: upstream };

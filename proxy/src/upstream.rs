@@ -272,6 +272,7 @@ impl ConnectionPool {
         request: Request<ProxyBody>,
         protocol: UpstreamProtocol,
     ) -> Result<Response<UpstreamBody>, UpstreamError> {
+        let head = request.method() == http::Method::HEAD;
         let mut response = match protocol {
             UpstreamProtocol::Http1 => self.send_http1(request).await?,
             UpstreamProtocol::Http2 => self.send_http2(request).await?,
@@ -281,6 +282,12 @@ impl ConnectionPool {
             return Err(UpstreamError::TransferCoding { addr: self.addr });
         }
         crate::headers::drop_stale_content_length(response.headers_mut());
+        // An answer to HEAD has no content (RFC 9110 §9.3.2) whatever the endpoint sends: an
+        // HTTP/2 server that sends DATA anyway (hyper's does) would otherwise have the stream
+        // reset by the h2 client, and the client's answer with it.
+        if head {
+            response.body_mut().no_content = true;
+        }
         Ok(response)
     }
 
@@ -314,7 +321,7 @@ impl ConnectionPool {
         } else {
             Some((self.clone(), sender))
         };
-        Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin }))
+        Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin, no_content: false }))
     }
 
     /// A new HTTP/1.1 connection to the endpoint, its connection task spawned.
@@ -354,7 +361,10 @@ impl ConnectionPool {
                 Ok(response) => {
                     resend.give_up();
                     let (parts, body) = response.into_parts();
-                    return Ok(Response::from_parts(parts, UpstreamBody { inner: body, checkin: None }));
+                    return Ok(Response::from_parts(
+                        parts,
+                        UpstreamBody { inner: body, checkin: None, no_content: false },
+                    ));
                 }
                 // hyper hands a request back only when none of it was sent (the connection closed
                 // or refused the stream first), so sending it again cannot duplicate it.
@@ -395,6 +405,8 @@ impl ConnectionPool {
 pub struct UpstreamBody {
     inner: Incoming,
     checkin: Option<(Arc<ConnectionPool>, http1::SendRequest<ProxyBody>)>,
+    /// The answer to a HEAD request: ends at once, whatever the endpoint sent after the head.
+    no_content: bool,
 }
 
 impl Body for UpstreamBody {
@@ -403,6 +415,9 @@ impl Body for UpstreamBody {
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if this.no_content {
+            return Poll::Ready(None);
+        }
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         // Readers stop polling once the body says it has ended (content-length reached), so the
         // connection goes back as soon as that is true, not only on a final `None`.
@@ -416,10 +431,13 @@ impl Body for UpstreamBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
+        self.no_content || self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
+        if self.no_content {
+            return SizeHint::with_exact(0);
+        }
         self.inner.size_hint()
     }
 }

@@ -268,3 +268,43 @@ async fn a_clients_broken_body_is_its_400_and_never_ejects_the_endpoint() {
     assert!(!metrics.lines().any(|l| l.starts_with("nodus_endpoint_ejections_total{")), "{metrics}");
     assert!(metrics.contains(r#"status_code="400""#), "the 400s are counted as such: {metrics}");
 }
+
+#[tokio::test]
+async fn a_later_http_1_minor_version_is_served_as_http_1_1() {
+    // RFC 9110 §2.5: process it as the highest 1.x minor version implemented, and answer 1.1.
+    let proxy = start().await;
+    let answer = exchange(proxy, b"GET /minor HTTP/1.2\r\nHost: echo\r\nConnection: close\r\n\r\n").await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(report(&answer)["protocol"], "HTTP/1.1", "{answer}");
+    // HTTP/2.0 and HTTP/1.10 are not HTTP/1 minor versions: refused, never forwarded.
+    for line in ["GET /major HTTP/2.0", "GET /ten HTTP/1.10"] {
+        let answer = exchange(proxy, format!("{line}\r\nHost: echo\r\n\r\n").as_bytes()).await;
+        assert!(matches!(status(&answer), "400" | "505"), "{line}: {answer}");
+    }
+    let seen = seen(proxy).await;
+    assert!(seen.iter().any(|line| line == "GET /minor"), "{seen:?}");
+    assert!(!seen.iter().any(|line| line == "GET /major" || line == "GET /ten"), "{seen:?}");
+}
+
+#[tokio::test]
+async fn an_invalid_preface_on_a_port_declared_http2_gets_a_goaway() {
+    // RFC 9113 §3.4: an invalid connection preface is a connection error of type PROTOCOL_ERROR.
+    let backend_port = loopback::start_echo().await;
+    let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
+    let config: ConfigSnapshot = serde_norway::from_str(&format!(
+        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {backend_port}, appProtocol: http2 }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
+    ))
+    .unwrap();
+    proxy.apply(config).unwrap();
+    let listening = loopback::start_on_loopback(&proxy, 80, ConnectionLimits::default()).await;
+    let mut stream = TcpStream::connect(listening.outbound).await.unwrap();
+    stream.write_all(b"INVALID CONNECTION PREFACE\r\n\r\n").await.unwrap();
+    let mut received = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), stream.read_to_end(&mut received)).await;
+    assert!(nodus_harness::h2_frames::has_goaway(&received), "{:?}", String::from_utf8_lossy(&received));
+    // An HTTP/1.1 client of the same port is still served.
+    let mut stream = TcpStream::connect(listening.outbound).await.unwrap();
+    stream.write_all(b"GET / HTTP/1.1\r\nHost: echo\r\nConnection: close\r\n\r\n").await.unwrap();
+    let answer = read_answer(&mut stream).await;
+    assert_eq!(status(&answer), "200", "{answer}");
+}

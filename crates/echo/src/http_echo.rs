@@ -139,9 +139,14 @@ pub(crate) async fn respond(
     }
 
     let json = serde_json::to_vec(&report).unwrap_or_default();
-    let mut response = Response::new(tonic::body::Body::new(Full::new(Bytes::from(json))));
+    // HEAD gets the head a GET would, without the content (RFC 9110 §9.3.2): hyper's HTTP/2
+    // server would send the body's DATA frames for HEAD too, which clients reset.
+    let length = HeaderValue::from(json.len());
+    let content = if parts.method == http::Method::HEAD { Bytes::new() } else { Bytes::from(json) };
+    let mut response = Response::new(tonic::body::Body::new(Full::new(content)));
     *response.status_mut() = status;
     let headers = response.headers_mut();
+    headers.insert(http::header::CONTENT_LENGTH, length);
     headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for (name, value) in extra_headers {
         headers.append(name, value);
