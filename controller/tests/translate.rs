@@ -468,6 +468,32 @@ spec:
 }
 
 #[test]
+fn a_mesh_policy_that_allows_only_mtls_calls_out_reaches_the_proxies() {
+    let t = run(r#"apiVersion: policy.nodus.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: default, namespace: demo }
+spec: { mtls: { outbound: Strict } }
+"#);
+    assert_eq!(
+        t.snapshot.mtls,
+        [nodus_config::NamespaceMtls {
+            namespace: "demo".into(),
+            mode: nodus_config::MtlsMode::Permissive,
+            outbound: nodus_config::MtlsMode::Strict
+        }]
+    );
+    // Said on the wire only when set, so that proxies older than the field accept the rest.
+    let yaml = serde_norway::to_string(&t.snapshot.mtls).unwrap();
+    assert!(yaml.contains("outbound: Strict"), "{yaml}");
+    let permissive = nodus_config::NamespaceMtls {
+        namespace: "demo".into(),
+        mode: nodus_config::MtlsMode::Strict,
+        outbound: nodus_config::MtlsMode::Permissive,
+    };
+    assert!(!serde_norway::to_string(&permissive).unwrap().contains("outbound"));
+}
+
+#[test]
 fn mesh_and_authorization_policies_translate_and_reach_the_selected_pods_nodes() {
     let t = run(r#"apiVersion: policy.nodus.dev/v1alpha1
 kind: MeshPolicy
@@ -493,7 +519,11 @@ spec:
 "#);
     assert_eq!(
         t.snapshot.mtls,
-        [nodus_config::NamespaceMtls { namespace: "demo".into(), mode: nodus_config::MtlsMode::Strict }],
+        [nodus_config::NamespaceMtls {
+            namespace: "demo".into(),
+            mode: nodus_config::MtlsMode::Strict,
+            outbound: nodus_config::MtlsMode::Permissive
+        }],
         "only the MeshPolicy named default counts"
     );
     let policy = &t.snapshot.authorization_policies[0];

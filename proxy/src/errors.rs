@@ -49,6 +49,15 @@ pub enum ProxyError {
     /// The request body could not be read.
     #[error("reading the request body: {0}")]
     RequestBody(String),
+    /// The destination cannot be reached over mutual TLS and the caller's namespace allows only
+    /// that (its MeshPolicy's `mtls.outbound: Strict`).
+    #[error("destination {destination} is not in the mesh (no mTLS to it), and the MeshPolicy of namespace {namespace} allows its workloads only mTLS calls")]
+    MtlsRequired {
+        /// The caller's namespace.
+        namespace: String,
+        /// The endpoint: its workload, else its address.
+        destination: String,
+    },
     /// The request is malformed or ambiguous (see [`crate::request_check`]): refused before
     /// routing, and the connection closed after the answer.
     #[error("malformed request: {0}")]
@@ -79,7 +88,9 @@ impl ProxyError {
             ProxyError::Upstream(UpstreamError::Http { .. } | UpstreamError::TransferCoding { .. }) => {
                 StatusCode::BAD_GATEWAY
             }
-            ProxyError::Upstream(UpstreamError::Denied { .. }) => StatusCode::FORBIDDEN,
+            ProxyError::Upstream(UpstreamError::Denied { .. }) | ProxyError::MtlsRequired { .. } => {
+                StatusCode::FORBIDDEN
+            }
             ProxyError::RequestBody(_) => StatusCode::BAD_REQUEST,
             ProxyError::Malformed(malformed) => malformed.status(),
         }
@@ -94,8 +105,8 @@ impl ProxyError {
             ProxyError::RequestBody(_) => 13,        // INTERNAL
             ProxyError::Malformed(m) if m.status() == StatusCode::BAD_REQUEST => 13, // INTERNAL
             ProxyError::Malformed(_) => 12,          // UNIMPLEMENTED
-            ProxyError::Upstream(UpstreamError::Denied { .. }) => 7, // PERMISSION_DENIED
-            _ => 14,                                 // UNAVAILABLE
+            ProxyError::Upstream(UpstreamError::Denied { .. }) | ProxyError::MtlsRequired { .. } => 7, // PERMISSION_DENIED
+            _ => 14,                                                                                   // UNAVAILABLE
         }
     }
 

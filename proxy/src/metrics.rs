@@ -232,6 +232,19 @@ pub struct Metrics {
     pub redirect_missing_pods: Gauge,
     /// Mesh endpoints left out of balancing because their node is not known, by reason.
     pub unplaced_endpoints: Family<UnplacedLabels, Gauge>,
+    /// Calls refused because they could not go over mTLS and the caller's namespace requires it.
+    pub mtls_required_refusals: Family<MtlsRequiredLabels, Counter>,
+}
+
+/// Labels of [`Metrics::mtls_required_refusals`].
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MtlsRequiredLabels {
+    /// The caller, namespace/workload.
+    pub source: String,
+    /// The Service port (or `passthrough` for a pod address dialled directly).
+    pub destination: String,
+    /// `http` or `opaque`.
+    pub protocol: &'static str,
 }
 
 /// Labels of [`Metrics::unplaced_endpoints`].
@@ -276,6 +289,14 @@ impl Metrics {
         let redirect_enrolled_pods = Gauge::default();
         let redirect_missing_pods = Gauge::default();
         let unplaced_endpoints = Family::<UnplacedLabels, Gauge>::default();
+        let mtls_required_refusals = Family::<MtlsRequiredLabels, Counter>::default();
+        register(
+            &mut registry,
+            &mut names,
+            "outbound_mtls_required_refusals",
+            "Calls refused because the destination is not reachable over mTLS and the caller's MeshPolicy requires it",
+            mtls_required_refusals.clone(),
+        );
         register(
             &mut registry,
             &mut names,
@@ -429,6 +450,7 @@ impl Metrics {
             redirect_enrolled_pods,
             redirect_missing_pods,
             unplaced_endpoints,
+            mtls_required_refusals,
         }
     }
 

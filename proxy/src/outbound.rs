@@ -239,7 +239,8 @@ impl Outbound {
         state: Option<&ProxyState>,
     ) -> Option<OpaqueTarget> {
         let source = state.and_then(|s| s.workload(peer.ip()).cloned());
-        let (addr, via, label, identities) = match destination {
+        // `in_mesh`: the server side is a mesh pod, on this node or through its node's proxy.
+        let (addr, via, label, identities, in_mesh) = match destination {
             Some(d) => match d.balancer.pick() {
                 Some(endpoint) => {
                     let meta = endpoint.meta();
@@ -248,7 +249,7 @@ impl Outbound {
                         meta.namespace.as_deref(),
                         meta.service_account.as_deref(),
                     );
-                    (endpoint.addr, meta.via, d.label.to_string(), identities)
+                    (endpoint.addr, meta.via, d.label.to_string(), identities, meta.mesh)
                 }
                 None => {
                     tracing::info!(destination = %d.label, "no endpoint for an opaque connection");
@@ -260,16 +261,32 @@ impl Outbound {
                 Some(pod) => {
                     let identities =
                         tunnel_identities(source.as_deref(), pod.namespace.as_deref(), pod.service_account.as_deref());
-                    (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities)
+                    (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities, true)
                 }
                 // A mesh pod whose node is not known: refused, never reached in plaintext.
                 None if state.is_some_and(|s| s.is_unplaced_pod(original_dst.ip())) => {
                     tracing::warn!(%original_dst, "destination is a mesh pod whose node is not known; refusing");
                     return None;
                 }
-                None => (original_dst, None, "passthrough".to_owned(), None),
+                None => {
+                    let local_mesh_pod = state.is_some_and(|s| s.workload(original_dst.ip()).is_some());
+                    (original_dst, None, "passthrough".to_owned(), None, local_mesh_pod)
+                }
             },
         };
+        // Over mTLS through a peer proxy, or to a mesh pod of this node: else plaintext.
+        let mtls_or_local = if via.is_some() { identities.is_some() } else { in_mesh };
+        if let Some(caller) = source.as_deref().filter(|s| s.mtls_only_outbound && !mtls_or_local) {
+            let labels = crate::metrics::MtlsRequiredLabels {
+                source: format!("{}/{}", caller.namespace, caller.workload),
+                destination: label,
+                protocol: "opaque",
+            };
+            self.metrics.mtls_required_refusals.get_or_create(&labels).inc();
+            tracing::info!(%addr, source = %labels.source, destination = %labels.destination,
+                "opaque connection refused: the destination is not in the mesh, and the caller's MeshPolicy allows only mTLS calls");
+            return None;
+        }
         let label = TcpLabels { direction: "outbound", protocol: "opaque", destination: label };
         Some(OpaqueTarget { addr, via, label, identities })
     }

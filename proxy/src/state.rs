@@ -50,6 +50,9 @@ pub struct WorkloadInfo {
     pub service_account: Arc<str>,
     /// Node.
     pub node: Arc<str>,
+    /// Its namespace's MeshPolicy allows it only calls that go over mutual TLS (or to a mesh
+    /// pod of its own node): a destination outside the mesh is refused.
+    pub mtls_only_outbound: bool,
 }
 
 /// A pod on another node that backs a Service, as its endpoints describe it. Connections
@@ -152,6 +155,10 @@ impl ProxyState {
                 workload: Arc::from(w.owner.as_deref().unwrap_or(&w.id.name)),
                 service_account: Arc::from(w.service_account.as_str()),
                 node: Arc::from(w.node.as_str()),
+                mtls_only_outbound: snapshot
+                    .mtls
+                    .iter()
+                    .any(|m| m.namespace == w.id.namespace && m.outbound == nodus_config::MtlsMode::Strict),
             });
             for ip in &w.ips {
                 workloads.insert(*ip, info.clone());

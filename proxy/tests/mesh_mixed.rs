@@ -310,3 +310,70 @@ fn mesh_pods_without_a_host_ip_are_placed_by_their_node_name_or_refused() {
         "{log}"
     );
 }
+
+#[test]
+fn a_namespace_that_allows_only_mtls_calls_is_refused_destinations_outside_the_mesh() {
+    skip_unless_lab_supported!();
+    let mut mesh = start_mesh(&[]);
+    let remote = mesh.lab.add_pod("node-2", "legacy", "remote-0").unwrap();
+    let local = mesh.lab.add_pod("node-2", "legacy", "local-0").unwrap();
+    let _echoes = [
+        start_echo(&remote, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
+        start_echo(&local, &sibling("nodus-echo"), &[8080, 9090]).unwrap(),
+    ];
+    let version = metric_value(&mesh.proxy1.admin_get("/metrics").unwrap().1, "nodus_config_version").unwrap();
+    write(&mesh.manifests.join("legacy.yaml"), OUTSIDE_THE_MESH);
+    write(
+        &mesh.manifests.join("mesh-policy.yaml"),
+        "apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: { name: default, namespace: demo }\nspec: { mtls: { mode: Strict, outbound: Strict } }\n",
+    );
+    mesh.proxy1.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
+    // Wait for the policy itself (the two files may land in two configs).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let (ok, text) = loop {
+        let (ok, text) = successes(&mesh.client, "10.96.1.2:80", 1);
+        if ok == 0 || std::time::Instant::now() > deadline {
+            break (ok, text);
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    // HTTP: 403 naming the destination and the policy, never sent.
+    assert_eq!(ok, 0, "{text}");
+    assert!(text.contains("\"status\":403"), "{text}");
+    // gRPC: PERMISSION_DENIED; opaque TCP: the connection is refused.
+    for (protocol, target) in [("grpc", "10.96.1.2:9090"), ("h1", "10.96.1.2:7000"), ("h1", "10.244.2.3:8080")] {
+        let out = mesh
+            .client
+            .command(sibling("nodus-echo-client"))
+            .unwrap()
+            .args(["--target", target, "--protocol", protocol, "--count", "1"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(!text.contains("\"pod\":\"remote-0\""), "{target} reached the pod outside the mesh: {text}");
+        if protocol == "grpc" {
+            assert!(text.contains("\"grpc_status\":7"), "{target}: {text}");
+        }
+    }
+    assert!(
+        text.contains("nodus: destination legacy/remote:80, endpoint 10.244.2.3:8080 is not in the mesh")
+            && text.contains("is not in the mesh (no mTLS to it), and the MeshPolicy of namespace demo allows its workloads only mTLS calls"),
+        "the error names the cause: {text}"
+    );
+    // Mesh destinations still work, across nodes and on the node.
+    for target in ["10.96.0.11:80", "10.96.0.12:80"] {
+        let (ok, text) = successes(&mesh.client, target, 2);
+        assert_eq!(ok, 2, "{target}: {text}");
+    }
+    let (_, metrics) = mesh.proxy1.admin_get("/metrics").unwrap();
+    let refused = |protocol: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("nodus_outbound_mtls_required_refusals_total{"))
+            .filter(|l| l.contains(&format!("protocol=\"{protocol}\"")) && l.contains("source=\"demo/client\""))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    assert!(refused("http") >= 2.0, "{metrics}");
+    assert!(refused("opaque") >= 2.0, "{metrics}");
+}

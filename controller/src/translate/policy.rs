@@ -14,12 +14,17 @@ pub(super) fn namespace_mtls(state: &ClusterState) -> Vec<NamespaceMtls> {
         .filter(|(id, _)| id.name == MESH_POLICY_NAME)
         .map(|(id, policy)| NamespaceMtls {
             namespace: id.namespace.clone(),
-            mode: match policy.spec.mtls.mode {
-                nodus_api::MtlsMode::Strict => MtlsMode::Strict,
-                nodus_api::MtlsMode::Permissive => MtlsMode::Permissive,
-            },
+            mode: mtls_mode(policy.spec.mtls.mode),
+            outbound: mtls_mode(policy.spec.mtls.outbound),
         })
         .collect()
+}
+
+fn mtls_mode(mode: nodus_api::MtlsMode) -> MtlsMode {
+    match mode {
+        nodus_api::MtlsMode::Strict => MtlsMode::Strict,
+        nodus_api::MtlsMode::Permissive => MtlsMode::Permissive,
+    }
 }
 
 /// Every AuthorizationPolicy, as the proxy enforces it.

@@ -38,6 +38,12 @@ pub struct MtlsSettings {
     /// metrics as plaintext.
     #[serde(default)]
     pub mode: MtlsMode,
+    /// Calls from this namespace's mesh workloads. `Strict`: only to mesh workloads (over mTLS
+    /// across nodes, through the node proxy on the same node); a call to a destination outside
+    /// the mesh or on a node without a Nodus proxy is refused with an error naming it, and
+    /// counted. `Permissive` (the default): such calls go out in plaintext, marked in metrics.
+    #[serde(default)]
+    pub outbound: MtlsMode,
 }
 
 /// See [`MtlsSettings::mode`].

@@ -21,8 +21,20 @@ pub enum MtlsMode {
 pub struct NamespaceMtls {
     /// The namespace.
     pub namespace: String,
-    /// Its mode.
+    /// Its mode for traffic to its mesh workloads.
     pub mode: MtlsMode,
+    /// Its mode for calls from its mesh workloads: `Strict` refuses a destination that cannot be
+    /// reached over mutual TLS (outside the mesh, on a node without a proxy). Left out when
+    /// permissive, so that a proxy older than the field accepts configs that do not use it.
+    #[serde(default, skip_serializing_if = "MtlsMode::is_permissive")]
+    pub outbound: MtlsMode,
+}
+
+impl MtlsMode {
+    /// Whether this is the default, permissive mode.
+    pub fn is_permissive(&self) -> bool {
+        *self == MtlsMode::Permissive
+    }
 }
 
 /// Allow or deny.

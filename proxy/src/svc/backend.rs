@@ -7,7 +7,7 @@ use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseF
 use crate::balance::Outcome;
 use crate::errors::ProxyError;
 use crate::headers::strip_hop_by_hop;
-use crate::metrics::{BackendLabels, Metrics};
+use crate::metrics::{BackendLabels, Metrics, MtlsRequiredLabels};
 use crate::response::ResponseBody;
 use crate::routes::RuleBackend;
 use crate::svc::filters::modify_headers;
@@ -113,6 +113,22 @@ impl Service<ProxyRequest> for Backend {
                 (None, true) => "local",
                 _ => "plaintext",
             };
+            if let Some(caller) = context.source.as_deref().filter(|s| tls == "plaintext" && s.mtls_only_outbound) {
+                // Refused before anything is sent; says nothing about the endpoint's health.
+                drop(guard);
+                let destination = match (&meta.namespace, &meta.workload) {
+                    (Some(namespace), Some(workload)) => format!("{namespace}/{workload}"),
+                    _ => format!("{}, endpoint {}", backend.label, endpoint.addr),
+                };
+                let labels = MtlsRequiredLabels {
+                    source: format!("{}/{}", caller.namespace, caller.workload),
+                    destination: backend.label.to_string(),
+                    protocol: "http",
+                };
+                metrics.mtls_required_refusals.get_or_create(&labels).inc();
+                tracing::info!(%destination, source = %labels.source, "call refused: the caller's MeshPolicy requires mTLS");
+                return Err(ProxyError::MtlsRequired { namespace: caller.namespace.to_string(), destination });
+            }
             let send = pool.send(request, context.protocol);
             // A failure of the client's own body comes back as `RequestBody` (see `From`).
             let result = match rule.backend_timeout {

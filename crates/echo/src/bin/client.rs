@@ -88,6 +88,9 @@ struct Outcome {
     report: Option<EchoReport>,
     response_headers: BTreeMap<String, String>,
     error: Option<String>,
+    /// The answer's body when it is not an echo report (a proxy's error, say).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    body: Option<String>,
     /// A gRPC call that never left the client and was sent again (see `never_sent`).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     unsent_retried: bool,
@@ -159,6 +162,7 @@ async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderN
         report: None,
         response_headers: BTreeMap::new(),
         error: None,
+        body: None,
         unsent_retried: false,
     };
     match sender {
@@ -190,8 +194,13 @@ async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderN
                     }
                     match response.into_body().collect().await {
                         Ok(body) => {
-                            outcome.report = serde_json::from_slice::<EchoReport>(&body.to_bytes()).ok();
+                            let body = body.to_bytes();
+                            outcome.report = serde_json::from_slice::<EchoReport>(&body).ok();
                             outcome.pod = outcome.report.as_ref().map(|r| r.pod.clone());
+                            // Not the echo's report (a proxy's error answer): its text says why.
+                            if outcome.report.is_none() {
+                                outcome.body = Some(String::from_utf8_lossy(&body).trim_end().to_owned());
+                            }
                         }
                         Err(error) => outcome.error = Some(error.to_string()),
                     }
