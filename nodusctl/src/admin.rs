@@ -73,6 +73,27 @@ pub fn proxy_config(args: ProxyConfigArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `nodusctl check --proxy-debug`: every mesh endpoint of the proxy's config placed, or each
+/// one left out and why (a mesh pod whose node's proxy is not known is never dialled).
+pub fn unplaced_endpoints(debug: SocketAddr, netns: Option<&str>) -> std::result::Result<String, String> {
+    let dump = get(debug, netns, "/config_dump").map_err(|e| format!("{e:#}"))?;
+    let value: serde_json::Value =
+        serde_json::from_str(&dump).map_err(|e| format!("the config dump is not JSON: {e}"))?;
+    let services = value["snapshot"]["services"].as_array().map_or(0, Vec::len);
+    let unplaced: Vec<&str> =
+        value["unplaced"].as_array().map(|u| u.iter().filter_map(|v| v.as_str()).collect()).unwrap_or_default();
+    let version = &value["version"];
+    if unplaced.is_empty() {
+        Ok(format!("config version {version}: every mesh endpoint of its {services} Services is reachable"))
+    } else {
+        Err(format!(
+            "config version {version}: {} mesh endpoint(s) left out, reached by no one until fixed:\n        {}",
+            unplaced.len(),
+            unplaced.join("\n        ")
+        ))
+    }
+}
+
 /// Per (route, backend) sums from one scrape.
 #[derive(Default, Clone, Debug)]
 struct Totals {

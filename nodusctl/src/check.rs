@@ -15,6 +15,15 @@ pub struct CheckArgs {
     /// Where bpffs is (or should be) mounted.
     #[arg(long, default_value = "/sys/fs/bpf")]
     bpffs: PathBuf,
+    /// Also check the node proxy running here, through its node-local debug listener (its
+    /// `--debug-addr`, 127.0.0.1:15021 by default): does it have a config, and is every mesh
+    /// endpoint in it reachable (its node's proxy known)?
+    #[arg(long)]
+    proxy_debug: Option<std::net::SocketAddr>,
+    /// Reach the proxy from inside this network namespace (a local-mesh node's
+    /// `nodus-<id>-node-1`).
+    #[arg(long, requires = "proxy_debug")]
+    netns: Option<String>,
 }
 
 /// The oldest kernel with everything the redirect uses (netns cookies in sock_ops, SO_NETNS_COOKIE
@@ -40,6 +49,12 @@ pub fn run(args: CheckArgs) -> Result<ExitCode> {
         let result =
             if ready_for_live { live_attach(&args.bpffs) } else { Err("skipped: fix the checks above first".into()) };
         outcomes.push(Outcome { name: "redirect load", result });
+    }
+    if let Some(debug) = args.proxy_debug {
+        outcomes.push(Outcome {
+            name: "mesh endpoints",
+            result: crate::admin::unplaced_endpoints(debug, args.netns.as_deref()),
+        });
     }
     let width = outcomes.iter().map(|o| o.name.len()).max().unwrap_or(0);
     let mut failed = 0;

@@ -104,7 +104,9 @@ impl Admin {
             ),
             "/config_dump" => match store.load() {
                 Some(state) => {
-                    let dump = serde_json::json!({ "version": state.version, "snapshot": &*state.snapshot });
+                    // What the proxy left out of its config, and why, beside the config itself.
+                    let unplaced: Vec<String> = state.unplaced.iter().map(ToString::to_string).collect();
+                    let dump = serde_json::json!({ "version": state.version, "unplaced": unplaced, "snapshot": &*state.snapshot });
                     answer(StatusCode::OK, "application/json", serde_json::to_vec_pretty(&dump).unwrap_or_default())
                 }
                 None => answer(

@@ -101,7 +101,7 @@ async fn connect_mtls(
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| format!("mTLS: {e}"))?;
+        .map_err(|e| handshake_failure(&e, peer_addr, identities))?;
     tracing::debug!(
         %peer_addr,
         source = %identities.source,
@@ -110,6 +110,20 @@ async fn connect_mtls(
         "tunnel connection established"
     );
     Ok(tls)
+}
+
+/// A failed handshake with a peer proxy, said in the mesh's terms where the alert has one
+/// meaning: AccessDenied is what a node proxy answers when it holds no certificate for the
+/// identity asked for (its resolver found none for the SNI).
+fn handshake_failure(error: &std::io::Error, peer_addr: SocketAddr, identities: &TunnelIdentities) -> String {
+    let alert = error.get_ref().and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>());
+    match alert {
+        Some(tokio_rustls::rustls::Error::AlertReceived(tokio_rustls::rustls::AlertDescription::AccessDenied)) => format!(
+            "mTLS: the node proxy at {peer_addr} holds no certificate for workload {} (it is not a mesh pod of that node, or not enrolled there yet); TLS alert AccessDenied",
+            identities.destination
+        ),
+        _ => format!("mTLS: {error}"),
+    }
 }
 
 /// Tells the destination proxy the stream carries HTTP of this version (absent: opaque bytes),
@@ -193,4 +207,27 @@ pub async fn open(
         return Err(failed(format!("peer answered {}", response.status())));
     }
     hyper::upgrade::on(response).await.map_err(|e| failed(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio_rustls::rustls::{AlertDescription, Error as TlsError};
+
+    #[test]
+    fn a_peer_without_the_certificate_is_named_not_left_as_a_bare_alert() {
+        let identities = TunnelIdentities {
+            source: SpiffeId::new("cluster.local", "demo", "client"),
+            destination: SpiffeId::new("cluster.local", "legacy", "default"),
+        };
+        let peer: SocketAddr = "10.100.0.12:15008".parse().unwrap();
+        let denied = std::io::Error::other(TlsError::AlertReceived(AlertDescription::AccessDenied));
+        let text = handshake_failure(&denied, peer, &identities);
+        assert!(
+            text.contains("the node proxy at 10.100.0.12:15008 holds no certificate for workload spiffe://cluster.local/ns/legacy/sa/default"),
+            "{text}"
+        );
+        let other = std::io::Error::other(TlsError::AlertReceived(AlertDescription::DecryptError));
+        assert_eq!(handshake_failure(&other, peer, &identities), "mTLS: received fatal alert: DecryptError");
+    }
 }

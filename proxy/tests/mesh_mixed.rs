@@ -301,6 +301,23 @@ fn mesh_pods_without_a_host_ip_are_placed_by_their_node_name_or_refused() {
     let (ok, text) = successes(&mesh.client, "10.96.0.19:80", 1);
     assert_eq!(ok, 0, "{text}");
     assert!(text.contains("\"status\":503"), "{text}");
+    // So does `nodusctl check`, on the node.
+    let out = mesh
+        .node1
+        .command(sibling("nodusctl"))
+        .unwrap()
+        .args(["check", "--no-load", "--proxy-debug", "127.0.0.1:15021"])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("FAIL  mesh endpoints"), "{report}");
+    assert!(
+        report.contains(
+            "mesh endpoint demo/lost-0 of demo/lost is not reachable: the address of node node-9's proxy is not known"
+        ),
+        "{report}"
+    );
+    assert_eq!(out.status.code(), Some(1), "{report}");
     // The controller says why, where it can be fixed.
     let log = std::fs::read_to_string(mesh.lab.work_dir().unwrap().join("controller.log")).unwrap();
     assert!(

@@ -224,7 +224,18 @@ impl IdentityResolver {
 
 impl rustls::server::ResolvesServerCert for IdentityResolver {
     fn resolve(&self, hello: rustls::server::ClientHello<'_>) -> Option<Arc<rustls::sign::CertifiedKey>> {
-        let name = hello.server_name()?;
-        self.by_name.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned()
+        let Some(name) = hello.server_name() else {
+            tracing::info!("tunnel handshake without a server name: refused");
+            return None;
+        };
+        let found = self.by_name.read().unwrap_or_else(|p| p.into_inner()).get(name).cloned();
+        if found.is_none() {
+            // rustls answers AccessDenied; the caller's proxy says the same in its error.
+            tracing::info!(
+                server_name = name,
+                "tunnel handshake for a workload (service-account.namespace.identity.nodus) this node holds no certificate for: refused"
+            );
+        }
+        found
     }
 }
