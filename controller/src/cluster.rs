@@ -4,7 +4,8 @@
 //! directory of manifests (`manifests`). Translation only ever reads a `ClusterState`, so there
 //! is one translation code path whatever the source.
 
-use gateway_api::apis::standard::{grpcroutes::GrpcRoute, httproutes::HttpRoute, referencegrants::ReferenceGrant};
+use gateway_api::apis::experimental::{grpcroutes::GrpcRoute, httproutes::HttpRoute};
+use gateway_api::apis::standard::referencegrants::ReferenceGrant;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::api::ObjectMeta;

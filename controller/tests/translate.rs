@@ -608,3 +608,57 @@ fn retry_annotations_set_every_rules_policy_or_say_why_not() {
         assert!(parent.accepted.message.contains(fragment), "{case}: {}", parent.accepted.message);
     }
 }
+
+#[test]
+fn the_retry_field_sets_its_rules_policy_over_the_annotations_or_says_why_not() {
+    // Rule 0 has the field (experimental channel, GEP-1731); rule 1 falls back to the annotations.
+    let with_field = |retry: &str| {
+        route(
+            "r",
+            "demo",
+            &format!("    - backendRefs: [{{ name: web, port: 80 }}]\n      retry: {retry}\n    - backendRefs: [{{ name: web-v2, port: 80 }}]"),
+        )
+        .replace("generation: 1 }", "generation: 1, annotations: { retry.nodus.dev/attempts: \"2\" } }")
+    };
+    let ok = [
+        ("everything", "{ attempts: 3, codes: [503, 429], backoff: 100ms }", (3, vec![503, 429], Some(100))),
+        ("attempts left out", "{ codes: [502] }", (1, vec![502], None)),
+        ("no retries", "{ attempts: 0 }", (0, vec![], None)),
+    ];
+    for (case, retry, expected) in ok {
+        let t = run(&with_field(retry));
+        assert_eq!(reasons(&t, &http_key("demo", "r")).0, "Accepted", "{case}");
+        let rules = &t.snapshot.http_routes[0].rules;
+        let got = rules[0]
+            .retry
+            .as_ref()
+            .map(|r| (r.attempts, r.codes.clone(), r.backoff.map(|b| b.as_duration().as_millis() as u64)));
+        assert_eq!(got, Some(expected), "{case}");
+        assert_eq!(rules[1].retry.as_ref().map(|r| r.attempts), Some(2), "{case}: the annotations still set rule 1");
+        t.snapshot.validate().unwrap_or_else(|e| panic!("{case}: {e}"));
+    }
+    let bad = [
+        ("too many", "{ attempts: 11 }", "rules[0].retry.attempts 11 is outside 0-10"),
+        ("not an error status", "{ codes: [302] }", "rules[0].retry.codes: 302 is not a status code from 400 to 599"),
+        ("bad backoff", "{ backoff: soon }", "rules[0].retry.backoff"),
+    ];
+    for (case, retry, fragment) in bad {
+        let t = run(&with_field(retry));
+        let parent = &t.statuses[&http_key("demo", "r")].parents[0];
+        assert_eq!(parent.accepted.reason, "UnsupportedValue", "{case}");
+        assert!(parent.accepted.message.contains(fragment), "{case}: {}", parent.accepted.message);
+    }
+    // A field Nodus does not implement is named, never dropped.
+    let t = run(&route(
+        "r",
+        "demo",
+        "    - backendRefs: [{ name: web, port: 80 }]\n      sessionPersistence: { sessionName: s }",
+    ));
+    let parent = &t.statuses[&http_key("demo", "r")].parents[0];
+    assert_eq!(parent.accepted.reason, "UnsupportedValue");
+    assert!(
+        parent.accepted.message.contains("rules[0].sessionPersistence is not supported"),
+        "{}",
+        parent.accepted.message
+    );
+}

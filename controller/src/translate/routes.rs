@@ -5,9 +5,9 @@
 
 use super::{AcceptedRoute, LastAccepted, RouteKey, RouteKind};
 use crate::cluster::ClusterState;
-use gateway_api::apis::standard::httproutes::{
+use gateway_api::apis::experimental::httproutes::{
     HttpRouteParentRefs, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestHeaderModifier,
-    HttpRouteRulesMatches, HttpRouteRulesTimeouts,
+    HttpRouteRulesMatches, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
 };
 use nodus_config::{
     parse_gateway_duration, BackendRef, ConfigSnapshot, GatewayDuration, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch,
@@ -147,6 +147,44 @@ fn retry_from_annotations(
         })
         .transpose()?;
     Ok(Some(nodus_config::RetryPolicy { codes, attempts, backoff }))
+}
+
+/// A rule's `retry` (GEP-1731, experimental channel): `attempts` retries at most (1 when left
+/// out, as the annotations' default), after at least `backoff` each; `codes` (400-599) retried as
+/// well as connection failures, which always are. What Nodus cannot honour is refused, named.
+fn retry_from_field(retry: &HttpRouteRulesRetry) -> Result<nodus_config::RetryPolicy, String> {
+    let attempts = match retry.attempts {
+        None => 1,
+        Some(attempts) => {
+            u32::try_from(attempts).ok().filter(|a| *a <= nodus_config::MAX_RETRY_ATTEMPTS).ok_or_else(|| {
+                format!(
+                    "retry.attempts {attempts} is outside 0-{} (the most Nodus retries)",
+                    nodus_config::MAX_RETRY_ATTEMPTS
+                )
+            })?
+        }
+    };
+    let codes = retry
+        .codes
+        .iter()
+        .flatten()
+        .map(|code| {
+            u16::try_from(*code)
+                .ok()
+                .filter(|c| (400..=599).contains(c))
+                .ok_or_else(|| format!("retry.codes: {code} is not a status code from 400 to 599"))
+        })
+        .collect::<Result<_, _>>()?;
+    let backoff = retry
+        .backoff
+        .as_deref()
+        .map(|text| {
+            nodus_config::parse_gateway_duration(text)
+                .map(nodus_config::GatewayDuration)
+                .map_err(|e| format!("retry.backoff: {e}"))
+        })
+        .transpose()?;
+    Ok(nodus_config::RetryPolicy { codes, attempts, backoff })
 }
 
 /// Problems found while resolving one route, by status condition.
@@ -620,12 +658,35 @@ pub(super) fn translate_routes(
             resolver.problems.unsupported.push(problem);
             None
         });
+        if route.spec.use_default_gateways.is_some() {
+            resolver
+                .problems
+                .unsupported
+                .push("spec.useDefaultGateways is not supported (mesh routes attach to Services)".into());
+        }
         let rules = route
             .spec
             .rules
             .iter()
             .flatten()
-            .map(|rule| {
+            .enumerate()
+            .map(|(index, rule)| {
+                if rule.session_persistence.is_some() {
+                    resolver.problems.unsupported.push(format!("rules[{index}].sessionPersistence is not supported"));
+                }
+                // The field, where the CRDs keep it (experimental channel), else the annotations.
+                let retry = match &rule.retry {
+                    None => retry.clone(),
+                    Some(field) => {
+                        if retry.is_some() {
+                            tracing::info!(route = %id, rule = index, "rules[].retry is set: the retry annotations do not apply to this rule");
+                        }
+                        retry_from_field(field).map(Some).unwrap_or_else(|problem| {
+                            resolver.problems.unsupported.push(format!("rules[{index}].{problem}"));
+                            None
+                        })
+                    }
+                };
                 let before = resolver.problems.unresolved.len();
                 let filters: Vec<HttpFilter> =
                     rule.filters.iter().flatten().filter_map(|f| resolver.filter(f)).collect();
@@ -641,7 +702,7 @@ pub(super) fn translate_routes(
                     filters,
                     backends,
                     timeouts: resolver.timeouts(rule.timeouts.as_ref()),
-                    retry: retry.clone(),
+                    retry,
                 }
             })
             .collect();
@@ -675,6 +736,17 @@ pub(super) fn translate_routes(
             route_kind: "GRPCRoute",
             problems: Problems::default(),
         };
+        if route.spec.use_default_gateways.is_some() {
+            resolver
+                .problems
+                .unsupported
+                .push("spec.useDefaultGateways is not supported (mesh routes attach to Services)".into());
+        }
+        for (index, rule) in route.spec.rules.iter().flatten().enumerate() {
+            if rule.session_persistence.is_some() {
+                resolver.problems.unsupported.push(format!("rules[{index}].sessionPersistence is not supported"));
+            }
+        }
         let rules = route
             .spec
             .rules
@@ -742,7 +814,7 @@ mod tests {
 
     #[test]
     fn reshape_reads_grpc_shapes_as_http_shapes() {
-        let grpc: gateway_api::apis::standard::grpcroutes::GrpcRouteRulesFilters = serde_json::from_value(
+        let grpc: gateway_api::apis::experimental::grpcroutes::GrpcRouteRulesFilters = serde_json::from_value(
             serde_json::json!({"type": "RequestHeaderModifier", "requestHeaderModifier": {"set": [{"name": "a", "value": "b"}]}}),
         )
         .unwrap();

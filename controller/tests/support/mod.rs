@@ -92,15 +92,25 @@ pub fn from_yaml<T: DeserializeOwned>(text: &str) -> T {
     serde_norway::from_str(text).unwrap()
 }
 
-/// The Gateway API CRDs from the kit and Nodus's own, as the chart ships them.
+/// The Gateway API CRDs from the kit (standard channel) and Nodus's own, as the chart ships them.
 pub async fn install_crds(client: &Client) {
+    install_crds_of_channel(client, "crds").await
+}
+
+/// The Gateway API CRDs of the kit's experimental channel (HTTPRoute `retry`, session
+/// persistence) and Nodus's own.
+pub async fn install_experimental_crds(client: &Client) {
+    install_crds_of_channel(client, "crds-experimental").await
+}
+
+async fn install_crds_of_channel(client: &Client, channel: &str) {
     let kit = kit();
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let chart = workspace().join("charts/nodus/crds");
     let files = [
-        kit.join("crds/httproutes.yaml"),
-        kit.join("crds/grpcroutes.yaml"),
-        kit.join("crds/referencegrants.yaml"),
+        kit.join(channel).join("httproutes.yaml"),
+        kit.join(channel).join("grpcroutes.yaml"),
+        kit.join(channel).join("referencegrants.yaml"),
         chart.join("meshpolicies.yaml"),
         chart.join("authorizationpolicies.yaml"),
     ];

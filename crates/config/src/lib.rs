@@ -26,7 +26,7 @@ pub use route::{
     RedirectFilter, RetryPolicy, RouteParent, RouteTimeouts, StringMatch, UrlRewriteFilter,
 };
 pub use service::{AppProtocol, Endpoint, Service, ServicePort};
-pub use validate::{RouteValidator, ValidationError};
+pub use validate::{RouteValidator, ValidationError, MAX_RETRY_ATTEMPTS};
 pub use workload::{Workload, WorkloadRef};
 
 use serde::{Deserialize, Serialize};

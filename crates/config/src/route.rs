@@ -253,7 +253,7 @@ pub struct RouteTimeouts {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RetryPolicy {
-    /// Response codes that trigger a retry (5xx only per GEP-1731); connection errors always do.
+    /// Response codes that trigger a retry (400-599, as GEP-1731); connection errors always do.
     #[serde(default)]
     pub codes: Vec<u16>,
     /// Maximum number of retries after the first attempt.

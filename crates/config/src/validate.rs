@@ -287,8 +287,9 @@ impl<'s> RouteValidator<'s> {
                         retry.attempts
                     )));
                 }
-                if let Some(code) = retry.codes.iter().find(|c| !(500..=599).contains(*c)) {
-                    return Err(invalid(format!("retry code {code} is not a 5xx status")));
+                // GEP-1731's range: 4xx as well as 5xx may be retried.
+                if let Some(code) = retry.codes.iter().find(|c| !(400..=599).contains(*c)) {
+                    return Err(invalid(format!("retry code {code} is not a status from 400 to 599")));
                 }
             }
         }

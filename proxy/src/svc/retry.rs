@@ -49,9 +49,10 @@ pub fn is_retryable(result: &Result<ProxyResponse, ProxyError>, codes: &[u16]) -
 }
 
 fn backoff(base: Duration, retry: u32) -> Duration {
-    let exp = base.saturating_mul(1 << retry.min(10)).min(MAX_BACKOFF);
-    // Full jitter on the upper half avoids synchronised retry waves.
-    exp / 2 + exp.mul_f64(fastrand::f64() / 2.0)
+    let exp = base.saturating_mul(1 << retry.min(10)).min(MAX_BACKOFF.max(base));
+    // Never sooner than the configured backoff (GEP-1731 makes it a minimum); jitter of up to
+    // half again above it avoids synchronised retry waves.
+    exp + exp.mul_f64(fastrand::f64() / 2.0)
 }
 
 impl<S> Service<ProxyRequest> for Retry<S>
@@ -123,5 +124,25 @@ where
                 retries += 1;
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_retry_never_waits_less_than_the_configured_backoff() {
+        // GEP-1731: the backoff is a minimum; growth and jitter only add to it.
+        for retry in 0..12 {
+            for _ in 0..200 {
+                let base = Duration::from_millis(100);
+                let wait = backoff(base, retry);
+                let floor = base.saturating_mul(1 << retry.min(10)).min(MAX_BACKOFF);
+                assert!(wait >= floor && wait <= floor.mul_f64(1.5), "retry {retry}: {wait:?}");
+            }
+        }
+        // A configured backoff above the cap is still honoured.
+        assert!(backoff(Duration::from_secs(3), 0) >= Duration::from_secs(3));
     }
 }
