@@ -11,7 +11,7 @@ mod support;
 
 use nodus_harness::{metric_value, skip_unless_lab_supported, start_echo};
 use std::time::Duration;
-use support::controlled::{sibling, start_mesh, successes, write, MtlsMesh};
+use support::controlled::{sibling, start_mesh, start_mesh_on_nodes, successes, write, MtlsMesh};
 
 /// A namespace outside the mesh, with a pod on each node, Services for each (HTTP, gRPC and an
 /// opaque TCP port), and an opaque Service for the mesh pod on node-1 (the mesh's own
@@ -393,4 +393,87 @@ fn a_namespace_that_allows_only_mtls_calls_is_refused_destinations_outside_the_m
     };
     assert!(refused("http") >= 2.0, "{metrics}");
     assert!(refused("opaque") >= 2.0, "{metrics}");
+}
+
+/// A third node without a Nodus proxy, with a pod of the mesh namespace on it. The node proxies
+/// show themselves as pods labelled `nodus.dev/node-proxy=true` (the chart's DaemonSet does), on
+/// node-1 and node-2 only: node-3's pods are reached directly, never through a tunnel no proxy
+/// would answer.
+const NODE_WITHOUT_A_PROXY: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: { name: nodus-node-1, namespace: nodus-system, labels: { nodus.dev/node-proxy: "true" } }
+spec: { nodeName: node-1, hostNetwork: true, containers: [{ name: proxy, image: nodus-proxy }] }
+status: { phase: Running, hostIP: 10.100.0.11, podIP: 10.100.0.11 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: nodus-node-2, namespace: nodus-system, labels: { nodus.dev/node-proxy: "true" } }
+spec: { nodeName: node-2, hostNetwork: true, containers: [{ name: proxy, image: nodus-proxy }] }
+status: { phase: Running, hostIP: 10.100.0.12, podIP: 10.100.0.12 }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: far-0, namespace: demo }
+spec: { nodeName: node-3, containers: [{ name: echo, image: nodus-echo }] }
+status: { phase: Running, hostIP: 10.100.0.13, podIP: 10.244.3.2 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: far, namespace: demo }
+spec:
+  clusterIP: 10.96.1.3
+  ports:
+    - { name: http, port: 80, targetPort: 8080 }
+    - { name: grpc, port: 9090, targetPort: 9090, appProtocol: grpc }
+    - { name: tcp, port: 7000, targetPort: 8080, appProtocol: tcp }
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: { name: far-1, namespace: demo, labels: { kubernetes.io/service-name: far } }
+addressType: IPv4
+ports: [{ name: http, port: 8080 }, { name: grpc, port: 9090 }, { name: tcp, port: 8080 }]
+endpoints:
+  - { addresses: [10.244.3.2], nodeName: node-3, targetRef: { kind: Pod, namespace: demo, name: far-0 } }
+"#;
+
+#[test]
+fn pods_on_a_node_without_a_proxy_are_dialled_directly() {
+    skip_unless_lab_supported!();
+    // demo's MeshPolicy is strict, which concerns traffic *to* mesh pods behind a proxy; far-0
+    // has none, so its calls come in plaintext as from outside the mesh.
+    let mut mesh = start_mesh_on_nodes(3, &[], &[], &[]);
+    let far = mesh.lab.add_pod("node-3", "demo", "far-0").unwrap();
+    assert_eq!(far.ip.to_string(), "10.244.3.2");
+    let _echo = start_echo(&far, &sibling("nodus-echo"), &[8080, 9090]).unwrap();
+    let version = metric_value(&mesh.proxy1.admin_get("/metrics").unwrap().1, "nodus_config_version").unwrap();
+    write(&mesh.manifests.join("node-3.yaml"), NODE_WITHOUT_A_PROXY);
+    mesh.proxy1.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
+    let name = "node without a proxy, mesh namespace";
+    let cells = [
+        Cell { name, protocol: Protocol::Http1, target: "10.96.1.3:80", pod: "far-0", identity: None },
+        Cell { name, protocol: Protocol::Http2, target: "10.96.1.3:80", pod: "far-0", identity: None },
+        Cell { name, protocol: Protocol::Grpc, target: "10.96.1.3:9090", pod: "far-0", identity: None },
+        Cell { name, protocol: Protocol::Http1, target: "10.244.3.2:8080", pod: "far-0", identity: None },
+        Cell { name, protocol: Protocol::Grpc, target: "10.244.3.2:9090", pod: "far-0", identity: None },
+        Cell { name, protocol: Protocol::Tcp, target: "10.96.1.3:7000", pod: "far-0", identity: None },
+    ];
+    let failures: Vec<String> = cells
+        .iter()
+        .filter_map(|cell| check(&mesh, cell).err().map(|why| format!("{:?} / {}: {why}", cell.protocol, cell.target)))
+        .collect();
+    assert!(failures.is_empty(), "{} cells failed:\n{}", failures.len(), failures.join("\n"));
+    let (_, metrics) = mesh.proxy1.admin_get("/metrics").unwrap();
+    let far_requests = |tls: &str| {
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("nodus_requests_total{") && l.contains("dst_service=\"far\""))
+            .filter(|l| l.contains(&format!("tls=\"{tls}\"")))
+            .count()
+    };
+    assert!(far_requests("plaintext") > 0, "{metrics}");
+    assert_eq!(far_requests("mtls"), 0, "{metrics}");
+    // The mesh pods behind proxies are still reached over mTLS.
+    let (ok, text) = successes(&mesh.client, "10.96.0.11:80", 2);
+    assert_eq!(ok, 2, "{text}");
 }

@@ -66,7 +66,17 @@ pub fn start_mesh_with(controller_args: &[&str], proxy1_args: &[&str]) -> MtlsMe
 
 /// The mesh, with extra arguments for each node's proxy.
 pub fn start_mesh_with_proxies(controller_args: &[&str], proxy1_args: &[&str], proxy2_args: &[&str]) -> MtlsMesh {
-    let mut lab = Lab::new(LabSpec { nodes: 2 }).unwrap();
+    start_mesh_on_nodes(2, controller_args, proxy1_args, proxy2_args)
+}
+
+/// The mesh on `nodes` lab nodes, proxies on node-1 and node-2 only (a node-3 has none).
+pub fn start_mesh_on_nodes(
+    nodes: usize,
+    controller_args: &[&str],
+    proxy1_args: &[&str],
+    proxy2_args: &[&str],
+) -> MtlsMesh {
+    let mut lab = Lab::new(LabSpec { nodes }).unwrap();
     let client = lab.add_pod("node-1", "demo", "client").unwrap();
     let echo_v2 = lab.add_pod("node-1", "demo", "echo-v2-0").unwrap();
     let echo_v1 = lab.add_pod("node-2", "demo", "echo-v1-0").unwrap();
