@@ -122,7 +122,7 @@ fn invalid_snapshots_are_rejected_with_the_reason() {
         ),
         ("bad header name", http_rule("      - matches: [{ headers: [{ name: \"a b\", match: { type: Exact, value: v } }] }]"), "not a valid header name"),
         ("lower-case method", http_rule("      - matches: [{ method: get }]"), "not an upper-case HTTP method"),
-        ("retry on a 4xx", http_rule("      - retry: { codes: [404] }"), "retry code 404"),
+        ("retry on a 3xx", http_rule("      - retry: { codes: [302] }"), "retry code 302 is not a status from 400 to 599"),
         ("too many retries", http_rule("      - retry: { attempts: 50 }"), "exceed the maximum"),
         (
             "backend timeout above request timeout",
