@@ -320,3 +320,26 @@ pub fn run_enrollment(proxy: Arc<Proxy>, enrollment: Arc<Enrollment>, interval: 
         }
     });
 }
+
+impl Proxy {
+    /// What the certificate manager needs of this proxy.
+    pub fn certificate_inputs(&self) -> crate::identity::CertificateInputs {
+        crate::identity::CertificateInputs {
+            store: self.store.clone(),
+            metrics: self.metrics.clone(),
+            config_applied: self.config_applied.clone(),
+        }
+    }
+}
+
+impl crate::control::ConfigSink for Proxy {
+    fn applied_version(&self) -> u64 {
+        self.store.load().map_or(0, |state| state.version)
+    }
+    fn apply_snapshot(&self, snapshot: ConfigSnapshot) -> Result<u64, String> {
+        self.apply(snapshot).map_err(|e| e.to_string())
+    }
+    fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+}

@@ -5,7 +5,8 @@
 //! text. When the stream breaks it keeps serving its last good config and reconnects with
 //! backoff, resuming from what it holds so that only changes are sent again.
 
-use crate::app::Proxy;
+use crate::metrics::Metrics;
+use nodus_config::ConfigSnapshot;
 use nodus_wire::proto::config_discovery_client::ConfigDiscoveryClient;
 use nodus_wire::proto::{subscribe_request, Ack, ConfigPush, Hello, Nack, SubscribeRequest};
 use nodus_wire::ResourceSet;
@@ -40,22 +41,33 @@ pub fn authenticated<T>(message: T) -> Result<tonic::Request<T>, tonic::Status> 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
+/// Where the config client delivers what it receives. The composition root (`app::Proxy`)
+/// implements it, so that this layer depends on nothing above it.
+pub trait ConfigSink: Send + Sync + 'static {
+    /// The controller's version of the config in force (0: none yet).
+    fn applied_version(&self) -> u64;
+    /// Applies a snapshot whole or not at all; the error text is what the NACK carries.
+    fn apply_snapshot(&self, snapshot: ConfigSnapshot) -> Result<u64, String>;
+    /// The metrics the client reports its connection in.
+    fn metrics(&self) -> &Metrics;
+}
+
 /// Subscribes to the controller at `endpoint` (e.g. `http://10.0.0.1:15012`) for `node`, forever.
-pub fn subscribe(proxy: Arc<Proxy>, endpoint: String, node: String) -> tokio::task::JoinHandle<()> {
+pub fn subscribe<S: ConfigSink>(proxy: Arc<S>, endpoint: String, node: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut held = ResourceSet::default();
         let mut backoff = MIN_BACKOFF;
         loop {
             let span = tracing::info_span!("control_plane", %endpoint, %node);
-            match run_stream(&proxy, &endpoint, &node, &mut held, &span).await {
+            match run_stream(&*proxy, &endpoint, &node, &mut held, &span).await {
                 Ok(()) => tracing::warn!(parent: &span, "controller closed the stream; serving the last good config"),
                 Err(error) => {
                     tracing::warn!(parent: &span, %error, "controller unreachable; serving the last good config")
                 }
             }
             // A stream that got established resets the backoff; failures to connect double it.
-            let was_connected = proxy.metrics.control_plane_connected.get() == 1;
-            proxy.metrics.control_plane_connected.set(0);
+            let was_connected = proxy.metrics().control_plane_connected.get() == 1;
+            proxy.metrics().control_plane_connected.set(0);
             backoff = if was_connected { MIN_BACKOFF } else { (backoff * 2).min(MAX_BACKOFF) };
             let jitter = Duration::from_millis(fastrand::u64(0..=backoff.as_millis() as u64 / 2));
             tokio::time::sleep(backoff + jitter).await;
@@ -64,7 +76,7 @@ pub fn subscribe(proxy: Arc<Proxy>, endpoint: String, node: String) -> tokio::ta
 }
 
 async fn run_stream(
-    proxy: &Proxy,
+    proxy: &impl ConfigSink,
     endpoint: &str,
     node: &str,
     held: &mut ResourceSet,
@@ -80,7 +92,7 @@ async fn run_stream(
         .await
         .map_err(|e| tonic::Status::unavailable(e.to_string()))?;
     let (requests, receiver) = mpsc::channel(4);
-    let applied_version = proxy.store.load().map_or(0, |s| s.version);
+    let applied_version = proxy.applied_version();
     let hello = Hello { node: node.to_string(), known: held.versions().into_iter().collect(), applied_version };
     let send = |message| SubscribeRequest { message: Some(message) };
     requests
@@ -92,7 +104,7 @@ async fn run_stream(
         .await?
         .into_inner();
     tracing::info!(parent: span, resumed = !held.is_empty(), "subscribed to the controller");
-    proxy.metrics.control_plane_connected.set(1);
+    proxy.metrics().control_plane_connected.set(1);
     while let Some(push) = pushes.message().await? {
         let answer = match apply_push(proxy, held, &push) {
             Ok(()) => subscribe_request::Message::Ack(Ack { version: push.version, nonce: push.nonce.clone() }),
@@ -109,9 +121,9 @@ async fn run_stream(
 }
 
 /// Applies one push all or nothing; the error text is what the NACK carries.
-fn apply_push(proxy: &Proxy, held: &mut ResourceSet, push: &ConfigPush) -> Result<(), String> {
+fn apply_push(proxy: &impl ConfigSink, held: &mut ResourceSet, push: &ConfigPush) -> Result<(), String> {
     let (snapshot, next) = held.stage(push).map_err(|e| e.to_string())?;
-    proxy.apply(snapshot).map_err(|e| e.to_string())?;
+    proxy.apply_snapshot(snapshot)?;
     *held = next;
     Ok(())
 }

@@ -11,7 +11,7 @@
 //! trusted, then the new one signing, then the old one gone). When the signing root changes,
 //! every certificate from another root is re-issued at once, not at half-life.
 
-use crate::app::Proxy;
+use crate::metrics::Metrics;
 use crate::state::{ConfigStore, TrustRoots};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use nodus_identity::tls::{issued_by, server_config, IdentityResolver};
@@ -94,15 +94,14 @@ impl IdentityManager {
     }
 
     /// Whether a certificate is held for every identity this node needs now.
-    pub fn has_all(&self, proxy: &Proxy) -> bool {
+    pub fn has_all(&self, store: &ConfigStore) -> bool {
         let held = self.held.load();
-        self.wanted(proxy).iter().all(|identity| held.contains_key(identity))
+        self.wanted(store).iter().all(|identity| held.contains_key(identity))
     }
 
     /// The identities this node needs now: its mesh workloads' service accounts.
-    fn wanted(&self, proxy: &Proxy) -> BTreeSet<SpiffeId> {
-        proxy
-            .store
+    fn wanted(&self, store: &ConfigStore) -> BTreeSet<SpiffeId> {
+        store
             .load()
             .map(|state| {
                 state
@@ -141,8 +140,13 @@ impl IdentityManager {
     }
 
     /// One pass: issue missing certificates, renew those past half-life, drop unneeded ones.
-    pub async fn reconcile(&self, proxy: &Proxy, client: &mut CertificatesClient<tonic::transport::Channel>) {
-        let wanted = self.wanted(proxy);
+    pub async fn reconcile(
+        &self,
+        store: &ConfigStore,
+        metrics: &Metrics,
+        client: &mut CertificatesClient<tonic::transport::Channel>,
+    ) {
+        let wanted = self.wanted(store);
         let now = SystemTime::now();
         let signing = self.trust_roots().and_then(|roots| roots.signing.clone());
         let mut held: BTreeMap<SpiffeId, Arc<HeldCertificate>> = self
@@ -167,13 +171,13 @@ impl IdentityManager {
             match self.issue(client, identity).await {
                 Ok(certificate) => {
                     tracing::info!(%identity, renew_in_s = certificate.renew_at.duration_since(now).unwrap_or_default().as_secs(), "workload certificate issued");
-                    proxy.metrics.certificates_issued.inc();
+                    metrics.certificates_issued.inc();
                     held.insert(identity.clone(), Arc::new(certificate));
                 }
                 Err(error) => {
                     // The one held (if any) stays until it expires: renewal started at half-life.
                     tracing::warn!(%identity, %error, "workload certificate not issued; retrying");
-                    proxy.metrics.certificate_errors.inc();
+                    metrics.certificate_errors.inc();
                 }
             }
         }
@@ -181,8 +185,20 @@ impl IdentityManager {
     }
 }
 
+/// What the certificate manager reads and reports to: the config in force (which workloads this
+/// node runs), the metrics, and the signal that a config was applied.
+#[derive(Clone)]
+pub struct CertificateInputs {
+    /// The config in force.
+    pub store: Arc<ConfigStore>,
+    /// Where issued and failed certificates are counted.
+    pub metrics: Arc<Metrics>,
+    /// Woken whenever a config is applied.
+    pub config_applied: Arc<tokio::sync::Notify>,
+}
+
 /// Keeps the node's certificates current, forever: on every config change and every second.
-pub fn run(proxy: Arc<Proxy>, manager: Arc<IdentityManager>, endpoint: String) -> tokio::task::JoinHandle<()> {
+pub fn run(inputs: CertificateInputs, manager: Arc<IdentityManager>, endpoint: String) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut client = None;
         loop {
@@ -196,9 +212,9 @@ pub fn run(proxy: Arc<Proxy>, manager: Arc<IdentityManager>, endpoint: String) -
                 };
             }
             if let Some(client) = client.as_mut() {
-                manager.reconcile(&proxy, client).await;
+                manager.reconcile(&inputs.store, &inputs.metrics, client).await;
             }
-            let applied = proxy.config_applied.notified();
+            let applied = inputs.config_applied.notified();
             tokio::select! {
                 () = applied => {}
                 () = tokio::time::sleep(Duration::from_secs(1)) => {}

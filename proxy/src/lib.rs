@@ -11,6 +11,7 @@ pub mod app;
 pub mod authz;
 pub mod balance;
 pub mod body;
+pub mod clock;
 pub mod closing;
 pub mod control;
 pub mod detect;

@@ -211,7 +211,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ));
             // Tunnels between node proxies become mutual TLS with these certificates.
             nodus_proxy::tunnel::use_mtls(identities.clone());
-            drop(nodus_proxy::identity::run(proxy.clone(), identities.clone(), controller.clone()));
+            drop(nodus_proxy::identity::run(proxy.certificate_inputs(), identities.clone(), controller.clone()));
             identities_for_handoff = Some(identities);
         }
         (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),
@@ -232,7 +232,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             proxy.store.load().is_some()
                 && identities_for_handoff
                     .as_ref()
-                    .is_none_or(|manager: &Arc<nodus_proxy::identity::IdentityManager>| manager.has_all(&proxy))
+                    .is_none_or(|manager: &Arc<nodus_proxy::identity::IdentityManager>| manager.has_all(&proxy.store))
         };
         while !ready() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;

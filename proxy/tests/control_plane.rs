@@ -251,7 +251,7 @@ async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
     let node1 = node_proxy("node-1", addr);
     assert!(distributor.wait_for(WAIT, acked(v1, &["node-1"])).await);
     let manager = Arc::new(IdentityManager::new("cluster.local", "node-1", node1.store.clone()));
-    nodus_proxy::identity::run(node1.clone(), manager.clone(), format!("http://{addr}"));
+    nodus_proxy::identity::run(node1.certificate_inputs(), manager.clone(), format!("http://{addr}"));
 
     let client = SpiffeId::new("cluster.local", "demo", "default");
     let deadline = std::time::Instant::now() + WAIT;

@@ -13,7 +13,7 @@ pub use registry::BalancerRegistry;
 
 use arc_swap::ArcSwap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// When an endpoint is taken out of rotation, and for how long.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -33,16 +33,7 @@ impl Default for OutlierPolicy {
     }
 }
 
-/// Milliseconds since the process's first call, on the monotonic clock.
-pub(crate) fn now_ms() -> u64 {
-    ms_at(Instant::now())
-}
-
-/// `now_ms()` for an instant already read (a request's end is read once for all its uses).
-pub(crate) fn ms_at(instant: Instant) -> u64 {
-    static START: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    instant.saturating_duration_since(*START.get_or_init(Instant::now)).as_millis() as u64
-}
+pub(crate) use crate::clock::{ms_at, now_ms};
 
 /// The endpoints of one Service port and the policy that picks among them.
 #[derive(Debug)]
