@@ -21,22 +21,12 @@ use nodus_controller::reconcile::Reconciler;
 use nodus_controller::translate::TranslateOptions;
 use serde_json::Value;
 use std::time::Duration;
-use support::{from_yaml, install_crds, start_kapi, wait_until};
+use support::{from_yaml, install_crds, our_conditions, start_kapi, wait_until};
 
-/// `(type, status, reason, message)` of our conditions on the route's first parent.
+/// `(type, status, reason, message)` of our conditions on the route's parents.
 async fn conditions(routes: &Api<HttpRoute>, name: &str) -> Vec<(String, String, String, String)> {
     let Ok(route) = routes.get(name).await else { return Vec::new() };
-    let value = serde_json::to_value(route.status).unwrap();
-    let parents = value.get("parents").and_then(Value::as_array).cloned().unwrap_or_default();
-    parents
-        .iter()
-        .filter(|p| p["controllerName"] == "nodus.dev/mesh-controller")
-        .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
-        .map(|c| {
-            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
-            (text("type"), text("status"), text("reason"), text("message"))
-        })
-        .collect()
+    our_conditions(serde_json::to_value(route.status).unwrap())
 }
 
 fn has(conditions: &[(String, String, String, String)], kind: &str, status: &str, reason: &str) -> bool {

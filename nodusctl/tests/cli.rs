@@ -103,13 +103,25 @@ fn editing_a_route_manifest_while_the_demo_runs_moves_the_split() {
     let routes = dir.join("routes.yaml");
     let example = include_str!("../../examples/local-mesh/routes.yaml");
     std::fs::write(&routes, example).unwrap();
-    let child = nodusctl()
-        .args(["demo", "--duration", "6s", "--interval", "1s", "--rate", "80", "--manifests"])
+    let mut child = nodusctl()
+        .args(["demo", "--duration", "8s", "--interval", "1s", "--rate", "80", "--manifests"])
         .arg(&dir)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(3000));
+    // The edit lands once the demo has reported traffic under the first split: a fixed wait
+    // raced the demo's start-up on a loaded machine.
+    let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut text = String::new();
+    loop {
+        let mut line = String::new();
+        let read = std::io::BufRead::read_line(&mut stdout, &mut line).unwrap();
+        assert!(read > 0, "the demo ended before reporting traffic: {text}");
+        text.push_str(&line);
+        if line.trim_start().starts_with("HTTP/1.1 echo") {
+            break;
+        }
+    }
     let shifted = example
         .replace("port: 80, weight: 80 }", "port: 80, weight: 0 }")
         .replace("port: 80, weight: 20 }", "port: 80, weight: 100 }");
@@ -117,9 +129,9 @@ fn editing_a_route_manifest_while_the_demo_runs_moves_the_split() {
     let temporary = routes.with_extension("tmp");
     std::fs::write(&temporary, shifted).unwrap();
     std::fs::rename(&temporary, &routes).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{text}");
+    std::io::Read::read_to_string(&mut stdout, &mut text).unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0), "{text}");
     let http_rows: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("HTTP/1.1 echo")).collect();
     assert!(http_rows.first().unwrap().contains("echo-v1-0"), "before the edit v1 takes most: {http_rows:?}");
     assert!(http_rows.last().unwrap().contains("echo-v2-0 100%"), "after the edit v2 takes all: {http_rows:?}");

@@ -12,14 +12,8 @@
 #[path = "support/loopback.rs"]
 mod loopback;
 
-use loopback::VIP;
-use nodus_config::ConfigSnapshot;
-use nodus_proxy::app::Proxy;
-use nodus_proxy::balance::OutlierPolicy;
 use nodus_proxy::limits::ConnectionLimits;
-use nodus_proxy::metrics::Metrics;
 use std::path::PathBuf;
-use std::sync::Arc;
 
 fn h2spec_binary() -> Option<PathBuf> {
     let path = std::env::var_os("NODUS_H2SPEC_BIN")
@@ -50,13 +44,7 @@ fn summary(output: &str) -> Option<(u32, u32, u32, u32)> {
 async fn the_http2_listener_passes_every_h2spec_case() {
     let Some(h2spec) = h2spec_binary() else { return };
     let backend_port = loopback::start_echo().await;
-    let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
-    let config: ConfigSnapshot = serde_norway::from_str(&format!(
-        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {backend_port}, appProtocol: http2 }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
-    ))
-    .unwrap();
-    proxy.apply(config).unwrap();
-    let listening = loopback::start_on_loopback(&proxy, 80, ConnectionLimits::default()).await;
+    let listening = loopback::start_proxy_in_front_of(backend_port, "http2", ConnectionLimits::default()).await;
     let port = listening.outbound.port().to_string();
     let output =
         tokio::process::Command::new(&h2spec).args(["-h", "127.0.0.1", "-p", &port, "-o", "3"]).output().await.unwrap();

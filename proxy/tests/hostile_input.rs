@@ -8,15 +8,9 @@
 #[path = "support/loopback.rs"]
 mod loopback;
 
-use loopback::VIP;
-use nodus_config::ConfigSnapshot;
 use nodus_harness::h2_frames::{continuation_flood_start, continuation_frame, has_goaway, rapid_reset};
-use nodus_proxy::app::Proxy;
-use nodus_proxy::balance::OutlierPolicy;
 use nodus_proxy::limits::ConnectionLimits;
-use nodus_proxy::metrics::Metrics;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -24,13 +18,7 @@ use tokio::net::TcpStream;
 /// An echo backend and a proxy in front of it whose Service port speaks `app_protocol`.
 async fn start(app_protocol: &str, limits: ConnectionLimits) -> SocketAddr {
     let echo_port = loopback::start_echo().await;
-    let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
-    let config: ConfigSnapshot = serde_norway::from_str(&format!(
-        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {echo_port}, appProtocol: {app_protocol} }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
-    ))
-    .unwrap();
-    proxy.apply(config).unwrap();
-    loopback::start_on_loopback(&proxy, 80, limits).await.outbound
+    loopback::start_proxy_in_front_of(echo_port, app_protocol, limits).await.outbound
 }
 
 /// Reads until the peer closes or `timeout` passes; returns what arrived and whether it closed.

@@ -9,27 +9,16 @@
 #[path = "support/loopback.rs"]
 mod loopback;
 
-use loopback::VIP;
-use nodus_config::ConfigSnapshot;
-use nodus_proxy::app::{Listening, Proxy};
-use nodus_proxy::balance::OutlierPolicy;
+use nodus_proxy::app::Listening;
 use nodus_proxy::limits::ConnectionLimits;
-use nodus_proxy::metrics::Metrics;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A proxy in front of a backend on `backend_port`, its Service port declared HTTP.
 async fn start_with(backend_port: u16) -> Listening {
-    let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
-    let config: ConfigSnapshot = serde_norway::from_str(&format!(
-        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {backend_port}, appProtocol: http }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
-    ))
-    .unwrap();
-    proxy.apply(config).unwrap();
-    loopback::start_on_loopback(&proxy, 80, ConnectionLimits::default()).await
+    loopback::start_proxy_in_front_of(backend_port, "http", ConnectionLimits::default()).await
 }
 
 async fn start() -> SocketAddr {
@@ -290,13 +279,7 @@ async fn a_later_http_1_minor_version_is_served_as_http_1_1() {
 async fn an_invalid_preface_on_a_port_declared_http2_gets_a_goaway() {
     // RFC 9113 §3.4: an invalid connection preface is a connection error of type PROTOCOL_ERROR.
     let backend_port = loopback::start_echo().await;
-    let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
-    let config: ConfigSnapshot = serde_norway::from_str(&format!(
-        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {backend_port}, appProtocol: http2 }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
-    ))
-    .unwrap();
-    proxy.apply(config).unwrap();
-    let listening = loopback::start_on_loopback(&proxy, 80, ConnectionLimits::default()).await;
+    let listening = loopback::start_proxy_in_front_of(backend_port, "http2", ConnectionLimits::default()).await;
     let mut stream = TcpStream::connect(listening.outbound).await.unwrap();
     stream.write_all(b"INVALID CONNECTION PREFACE\r\n\r\n").await.unwrap();
     let mut received = Vec::new();

@@ -144,3 +144,18 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// `(type, status, reason, message)` of Nodus's conditions on a route's parents, from the
+/// route's `status` (either channel's type serializes the same).
+pub fn our_conditions(status: serde_json::Value) -> Vec<(String, String, String, String)> {
+    let parents = status.get("parents").and_then(serde_json::Value::as_array).cloned().unwrap_or_default();
+    parents
+        .iter()
+        .filter(|p| p["controllerName"] == "nodus.dev/mesh-controller")
+        .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            let text = |k: &str| c[k].as_str().unwrap_or_default().to_string();
+            (text("type"), text("status"), text("reason"), text("message"))
+        })
+        .collect()
+}

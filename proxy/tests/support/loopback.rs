@@ -39,3 +39,21 @@ pub async fn start_on_loopback(proxy: &Arc<Proxy>, service_port: u16, limits: Co
     let original = SocketAddr::new(VIP.parse().unwrap(), service_port);
     app::start(proxy, &settings, Arc::new(FixedOriginalDst(original))).await.unwrap()
 }
+
+/// A proxy in front of a backend on `backend_port`, its Service `demo/echo` at `VIP:80`, the port
+/// declared `app_protocol`; returns its listeners.
+#[allow(dead_code)] // not every test file that includes this module uses it
+pub async fn start_proxy_in_front_of(
+    backend_port: u16,
+    app_protocol: &str,
+    limits: ConnectionLimits,
+) -> app::Listening {
+    let proxy =
+        Arc::new(Proxy::new(nodus_proxy::balance::OutlierPolicy::default(), nodus_proxy::metrics::Metrics::new()));
+    let config: nodus_config::ConfigSnapshot = serde_norway::from_str(&format!(
+        "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {backend_port}, appProtocol: {app_protocol} }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
+    ))
+    .unwrap();
+    proxy.apply(config).unwrap();
+    start_on_loopback(&proxy, 80, limits).await
+}
