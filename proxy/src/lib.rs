@@ -34,5 +34,6 @@ pub mod rewind;
 pub mod routes;
 pub mod state;
 pub mod svc;
+pub mod transport;
 pub mod tunnel;
 pub mod upstream;

@@ -10,7 +10,7 @@
 
 use crate::identity::{HeldCertificate, IdentityManager};
 use crate::state::TrustRoots;
-use crate::upstream::{connect_tcp, SharedHttp2, UpstreamError};
+use crate::transport::{connect_tcp, SharedHttp2, UpstreamError};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};

@@ -3,26 +3,24 @@
 //! when it closes.
 
 use crate::body::{BoxError, ProxyBody, ReplayBody, MAX_KEPT_BODY};
-use arc_swap::ArcSwapOption;
+pub(crate) use crate::transport::connect_tcp;
+pub use crate::transport::UpstreamError;
+use crate::transport::{with_causes, SharedHttp2};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper::client::conn::http1;
+use hyper_util::rt::TokioIo;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
-use thiserror::Error;
 use tokio::net::TcpStream;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_HTTP1: usize = 64;
-/// How long a connection attempt may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which protocol to speak to the endpoint (the proxy keeps the client's).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,52 +29,6 @@ pub enum UpstreamProtocol {
     Http1,
     /// HTTP/2 with prior knowledge.
     Http2,
-}
-
-/// Why a request could not be sent or answered.
-#[derive(Debug, Error)]
-pub enum UpstreamError {
-    /// TCP connect failed or timed out.
-    #[error("connecting to {addr}: {reason}")]
-    Connect {
-        /// Endpoint.
-        addr: SocketAddr,
-        /// Cause.
-        reason: String,
-    },
-    /// The HTTP exchange failed (reset, protocol error, closed connection).
-    #[error("request to {addr} failed: {}", with_causes(source))]
-    Http {
-        /// Endpoint.
-        addr: SocketAddr,
-        /// Cause.
-        #[source]
-        source: hyper::Error,
-    },
-    /// The endpoint answered with a transfer coding other than chunked: hyper removes only the
-    /// chunked framing, so the answer cannot be passed on intact (RFC 9112 §6.1).
-    #[error("{addr} answered with a transfer coding other than chunked")]
-    TransferCoding {
-        /// Endpoint.
-        addr: SocketAddr,
-    },
-    /// The destination's node proxy refused by authorization policy.
-    #[error("denied by authorization policy at {addr}")]
-    Denied {
-        /// Endpoint.
-        addr: SocketAddr,
-    },
-}
-
-impl UpstreamError {
-    /// Whether the exchange failed because the client's request body did (bad framing, cut
-    /// short): the client's fault, not the endpoint's.
-    pub fn is_client_body(&self) -> bool {
-        match self {
-            UpstreamError::Http { source, .. } => crate::body::ClientBodyError::is_cause_of(source),
-            _ => false,
-        }
-    }
 }
 
 /// What it takes to send an HTTP/2 request again: its head, and its body through a
@@ -141,90 +93,6 @@ fn refused_unprocessed(error: &hyper::Error) -> bool {
     h2.is_remote()
         && ((h2.is_go_away() && reason == Some(h2::Reason::NO_ERROR))
             || (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
-}
-
-/// An error and its causes, `: `-separated: hyper's own message alone ("http2 error") does not
-/// say what went wrong (a reset stream and its reason, a GOAWAY, a closed connection).
-fn with_causes(error: &hyper::Error) -> String {
-    let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
-    while let Some(error) = cause {
-        text.push_str(": ");
-        text.push_str(&error.to_string());
-        cause = error.source();
-    }
-    text
-}
-
-/// Connects to `addr` within the connect timeout, with Nagle's algorithm off. The error is the
-/// reason, for the caller to wrap.
-pub(crate) async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, String> {
-    match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
-        Ok(Ok(stream)) => {
-            let _ = stream.set_nodelay(true);
-            Ok(stream)
-        }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
-    }
-}
-
-/// One multiplexed HTTP/2 client connection shared by every caller: re-established when it
-/// closes, by one caller while the others wait for it. Endpoint pools and node-to-node tunnels
-/// both hold one.
-#[derive(Debug)]
-pub(crate) struct SharedHttp2<B> {
-    sender: ArcSwapOption<http2::SendRequest<B>>,
-    connecting: tokio::sync::Mutex<()>,
-}
-
-impl<B> SharedHttp2<B>
-where
-    B: Body + Unpin + Send + 'static,
-    B::Data: Send,
-    B::Error: Into<BoxError>,
-{
-    pub(crate) fn new() -> Self {
-        Self { sender: ArcSwapOption::empty(), connecting: tokio::sync::Mutex::new(()) }
-    }
-
-    fn live(&self) -> Option<http2::SendRequest<B>> {
-        self.sender.load().as_ref().filter(|s| !s.is_closed()).map(|s| (**s).clone())
-    }
-
-    /// Sends no new request over the current connection: the next [`Self::get`] makes a new
-    /// one. Requests in flight on the old connection finish; it closes when they have.
-    pub(crate) fn retire(&self) {
-        self.sender.store(None);
-    }
-
-    /// The live connection, or a new one made over the IO `connect` opens.
-    pub(crate) async fn get<T, E, F>(
-        &self,
-        connect: impl FnOnce() -> F,
-        handshake_failed: impl FnOnce(hyper::Error) -> E,
-    ) -> Result<http2::SendRequest<B>, E>
-    where
-        F: std::future::Future<Output = Result<T, E>>,
-        T: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
-    {
-        if let Some(sender) = self.live() {
-            return Ok(sender);
-        }
-        let _connecting = self.connecting.lock().await;
-        if let Some(sender) = self.live() {
-            return Ok(sender);
-        }
-        let io = connect().await?;
-        let (sender, connection) = http2::Builder::new(TokioExecutor::new())
-            .adaptive_window(true)
-            .handshake(io)
-            .await
-            .map_err(handshake_failed)?;
-        tokio::spawn(connection);
-        self.sender.store(Some(Arc::new(sender.clone())));
-        Ok(sender)
-    }
 }
 
 /// The connections to one endpoint.
