@@ -104,7 +104,12 @@ async fn run(args: Args) -> Result<()> {
     for n in 1..=args.proxies {
         let node = format!("node-{n}");
         let proxy = Arc::new(Proxy::for_node(OutlierPolicy::default(), Metrics::new(), &node));
-        nodus_proxy::control::subscribe(proxy.clone(), format!("http://{addr}"), node);
+        nodus_proxy::control::subscribe(
+            proxy.clone(),
+            format!("http://{addr}"),
+            node,
+            nodus_proxy::control::NodeCredentials::none(),
+        );
         proxies.push(proxy);
     }
     let version = distributor.current().version;

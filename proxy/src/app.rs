@@ -321,7 +321,27 @@ pub fn run_enrollment(proxy: Arc<Proxy>, enrollment: Arc<Enrollment>, interval: 
     });
 }
 
+/// Makes `proxy`'s tunnels mutual TLS with certificates for `node`'s workloads in
+/// `trust_domain`, signed by `signer` and kept current from now on; returns the certificate
+/// manager. Called once, before the proxy serves.
+pub fn use_mutual_tls(
+    proxy: &Proxy,
+    trust_domain: &str,
+    node: &str,
+    signer: Arc<dyn crate::identity::CertificateSigner>,
+) -> Result<Arc<crate::identity::IdentityManager>, crate::tunnel::AlreadyMutualTls> {
+    let manager = Arc::new(crate::identity::IdentityManager::new(trust_domain, node, proxy.store.clone()));
+    proxy.tunnels().use_mutual_tls(manager.clone())?;
+    drop(crate::identity::run(proxy.certificate_inputs(), manager.clone(), signer));
+    Ok(manager)
+}
+
 impl Proxy {
+    /// This proxy's tunnel client.
+    pub fn tunnels(&self) -> &Arc<crate::tunnel::Tunnels> {
+        self.store.tunnels()
+    }
+
     /// What the certificate manager needs of this proxy.
     pub fn certificate_inputs(&self) -> crate::identity::CertificateInputs {
         crate::identity::CertificateInputs {

@@ -91,10 +91,14 @@ fn rule_matches(rule: &AuthorizationRule, stream: Stream<'_>, deny: bool) -> boo
     l7_ok && identity_ok && namespace_ok && port_ok
 }
 
-/// Decides a stream to `target` under `policies`.
-pub fn authorize(policies: &[AuthorizationPolicy], target: &Workload, stream: Stream<'_>) -> Decision {
-    let selecting: Vec<&AuthorizationPolicy> =
-        policies.iter().filter(|p| p.selects(&target.id.namespace, &target.labels)).collect();
+/// The policies of `policies` that select `target`: computed once per config for each pod
+/// ([`crate::state::WorkloadInfo::policies`]).
+pub fn selecting(policies: &[AuthorizationPolicy], target: &Workload) -> Vec<AuthorizationPolicy> {
+    policies.iter().filter(|p| p.selects(&target.id.namespace, &target.labels)).cloned().collect()
+}
+
+/// Decides a stream to a pod under the policies that select it ([`selecting`]).
+pub fn authorize(selecting: &[AuthorizationPolicy], stream: Stream<'_>) -> Decision {
     for policy in selecting.iter().filter(|p| p.action == AuthorizationAction::Deny) {
         if policy.rules.iter().any(|r| rule_matches(r, stream, true)) {
             return Decision::Deny(policy.id.to_string());
@@ -153,7 +157,7 @@ mod tests {
         ];
         for (case, yaml, identity, port, allow) in cases {
             let stream = Stream { identity: *identity, port: *port, request: RequestView::Opaque };
-            let decision = authorize(&policies(yaml), &target(), stream);
+            let decision = authorize(&selecting(&policies(yaml), &target()), stream);
             assert_eq!(decision == Decision::Allow, *allow, "{case}: {decision:?}");
         }
     }
@@ -178,7 +182,7 @@ mod tests {
             ("deny rule: opaque stream fails closed", &deny_admin, RequestView::Opaque, false),
         ];
         for (case, policies, request, allow) in cases {
-            assert_eq!(authorize(policies, &target(), at(request)) == Decision::Allow, allow, "{case}");
+            assert_eq!(authorize(&selecting(policies, &target()), at(request)) == Decision::Allow, allow, "{case}");
         }
     }
 }

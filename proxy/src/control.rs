@@ -15,27 +15,37 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
-/// Where this proxy's node token is (`--node-token-file`), if the controller requires one.
-static NODE_TOKEN_FILE: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
-
-/// Sends the node token in `path` with every control-plane call from now on. Read at each call,
-/// so a token replaced on disk is used from the next call on.
-pub fn use_node_token(path: std::path::PathBuf) {
-    let _ = NODE_TOKEN_FILE.set(path);
+/// How this proxy proves its node to the controller: the node token (`--node-token-file`), when
+/// the controller requires one. Passed to every control-plane client of the proxy.
+#[derive(Clone, Debug, Default)]
+pub struct NodeCredentials {
+    token_file: Option<std::path::PathBuf>,
 }
 
-/// `message` as a call carrying the node token, if one is configured.
-pub fn authenticated<T>(message: T) -> Result<tonic::Request<T>, tonic::Status> {
-    let mut request = tonic::Request::new(message);
-    if let Some(path) = NODE_TOKEN_FILE.get() {
+impl NodeCredentials {
+    /// No token: for a controller that does not require one.
+    pub fn none() -> Self {
+        Self::default()
+    }
+
+    /// The node token in `path`, read at each call, so that a token replaced on disk is used
+    /// from the next call on.
+    pub fn token_file(path: std::path::PathBuf) -> Self {
+        Self { token_file: Some(path) }
+    }
+
+    /// `message` as a call carrying the node token, if one is configured.
+    pub fn authenticated<T>(&self, message: T) -> Result<tonic::Request<T>, tonic::Status> {
+        let mut request = tonic::Request::new(message);
+        let Some(path) = &self.token_file else { return Ok(request) };
         let token = std::fs::read_to_string(path)
             .map_err(|e| tonic::Status::unauthenticated(format!("reading the node token {}: {e}", path.display())))?;
         let value = format!("Bearer {}", token.trim())
             .parse()
             .map_err(|_| tonic::Status::unauthenticated("the node token is not valid metadata"))?;
         request.metadata_mut().insert(nodus_identity::node_token::TOKEN_METADATA, value);
+        Ok(request)
     }
-    Ok(request)
 }
 
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -52,14 +62,20 @@ pub trait ConfigSink: Send + Sync + 'static {
     fn metrics(&self) -> &Metrics;
 }
 
-/// Subscribes to the controller at `endpoint` (e.g. `http://10.0.0.1:15012`) for `node`, forever.
-pub fn subscribe<S: ConfigSink>(proxy: Arc<S>, endpoint: String, node: String) -> tokio::task::JoinHandle<()> {
+/// Subscribes to the controller at `endpoint` (e.g. `http://10.0.0.1:15012`) for `node`, forever,
+/// proving the node with `credentials`.
+pub fn subscribe<S: ConfigSink>(
+    proxy: Arc<S>,
+    endpoint: String,
+    node: String,
+    credentials: NodeCredentials,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut held = ResourceSet::default();
         let mut backoff = MIN_BACKOFF;
         loop {
             let span = tracing::info_span!("control_plane", %endpoint, %node);
-            match run_stream(&*proxy, &endpoint, &node, &mut held, &span).await {
+            match run_stream(&*proxy, &endpoint, &node, &credentials, &mut held, &span).await {
                 Ok(()) => tracing::warn!(parent: &span, "controller closed the stream; serving the last good config"),
                 Err(error) => {
                     tracing::warn!(parent: &span, %error, "controller unreachable; serving the last good config")
@@ -79,6 +95,7 @@ async fn run_stream(
     proxy: &impl ConfigSink,
     endpoint: &str,
     node: &str,
+    credentials: &NodeCredentials,
     held: &mut ResourceSet,
     span: &tracing::Span,
 ) -> Result<(), tonic::Status> {
@@ -100,7 +117,7 @@ async fn run_stream(
         .await
         .map_err(|_| tonic::Status::internal("request stream closed"))?;
     let mut pushes = ConfigDiscoveryClient::new(channel)
-        .subscribe(authenticated(ReceiverStream::new(receiver))?)
+        .subscribe(credentials.authenticated(ReceiverStream::new(receiver))?)
         .await?
         .into_inner();
     tracing::info!(parent: span, resumed = !held.is_empty(), "subscribed to the controller");

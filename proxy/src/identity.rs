@@ -13,14 +13,68 @@
 
 use crate::metrics::Metrics;
 use crate::state::{ConfigStore, TrustRoots};
+use crate::tunnel::{TunnelCredentials, TunnelError};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use nodus_identity::tls::{issued_by, server_config, IdentityResolver};
 use nodus_identity::{SignedCertificate, SpiffeId, WorkloadCertificate, WorkloadKey};
 use nodus_wire::proto::certificates_client::CertificatesClient;
-use nodus_wire::proto::CertificateRequest;
+use nodus_wire::proto::{CertificateRequest, CertificateResponse};
 use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// Who signs the node's certificate requests: the controller's CA over gRPC
+/// ([`ControllerSigner`]) in a running mesh; a test may sign in process with a CA of its own.
+pub trait CertificateSigner: Send + Sync + 'static {
+    /// Signs one workload's certificate request.
+    fn sign(
+        &self,
+        request: CertificateRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<CertificateResponse, tonic::Status>> + Send + '_>>;
+}
+
+/// The controller's CA, called over gRPC with the node's credentials.
+#[derive(Clone, Debug)]
+pub struct ControllerSigner {
+    client: CertificatesClient<tonic::transport::Channel>,
+    credentials: crate::control::NodeCredentials,
+}
+
+impl ControllerSigner {
+    /// A client of the controller at `endpoint` (connected on first use, reconnected as
+    /// needed), proving the node with `credentials`.
+    pub fn new(endpoint: &str, credentials: crate::control::NodeCredentials) -> Result<Self, tonic::transport::Error> {
+        let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?.connect_lazy();
+        Ok(Self { client: CertificatesClient::new(channel), credentials })
+    }
+}
+
+impl CertificateSigner for ControllerSigner {
+    fn sign(
+        &self,
+        request: CertificateRequest,
+    ) -> Pin<Box<dyn Future<Output = Result<CertificateResponse, tonic::Status>> + Send + '_>> {
+        Box::pin(async move {
+            let request = self.credentials.authenticated(request)?;
+            // A clone shares the channel; the generated client wants `&mut` only to sequence calls.
+            Ok(self.client.clone().sign(request).await?.into_inner())
+        })
+    }
+}
+
+/// Why a workload certificate was not issued.
+#[derive(Debug, thiserror::Error)]
+pub enum IssueError {
+    /// The key pair or the certificate request could not be made, or the signed certificate
+    /// does not fit the key.
+    #[error("workload key or certificate")]
+    Certificate(#[from] nodus_identity::IdentityError),
+    /// The CA refused or could not be reached.
+    #[error("the CA answered {}: {}", .0.code(), .0.message())]
+    Signing(#[from] tonic::Status),
+}
 
 /// A certificate in use and when to renew it.
 #[derive(Debug)]
@@ -78,12 +132,12 @@ impl IdentityManager {
     }
 
     /// The TLS config of the inbound listener for the roots in force, cached until they change.
-    pub fn server_config(&self) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, String> {
-        let roots = self.trust_roots().ok_or("no trust roots in the config yet")?;
+    pub fn server_config(&self) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, TunnelError> {
+        let roots = self.trust_roots().ok_or(TunnelError::NoTrustRoots)?;
         if let Some(cached) = self.server.load().as_ref().filter(|c| Arc::ptr_eq(&c.0, &roots)) {
             return Ok(cached.1.clone());
         }
-        let config = Arc::new(server_config(self.resolver.clone(), &roots.bundle).map_err(|e| e.to_string())?);
+        let config = Arc::new(server_config(self.resolver.clone(), &roots.bundle)?);
         self.server.store(Some(Arc::new((roots, config.clone()))));
         Ok(config)
     }
@@ -105,47 +159,34 @@ impl IdentityManager {
             .load()
             .map(|state| {
                 state
-                    .snapshot
-                    .workloads
-                    .iter()
-                    .filter(|w| w.node == self.node && w.mesh_enabled)
-                    .map(|w| SpiffeId::new(&self.trust_domain, &w.id.namespace, &w.service_account))
+                    .local_pods()
+                    .filter(|pod| pod.mesh)
+                    .map(|pod| SpiffeId::new(&self.trust_domain, &pod.namespace, &pod.service_account))
                     .collect()
             })
             .unwrap_or_default()
     }
 
-    async fn issue(
-        &self,
-        client: &mut CertificatesClient<tonic::transport::Channel>,
-        identity: &SpiffeId,
-    ) -> Result<HeldCertificate, String> {
-        let key = WorkloadKey::generate(identity.clone()).map_err(|e| e.to_string())?;
+    async fn issue(&self, signer: &dyn CertificateSigner, identity: &SpiffeId) -> Result<HeldCertificate, IssueError> {
+        let key = WorkloadKey::generate(identity.clone())?;
         let request = CertificateRequest {
             node: self.node.clone(),
             namespace: identity.namespace.clone(),
             service_account: identity.service_account.clone(),
-            csr_pem: key.csr_pem().map_err(|e| e.to_string())?,
+            csr_pem: key.csr_pem()?,
         };
-        let request = crate::control::authenticated(request).map_err(|status| status.message().to_string())?;
-        let response = client.sign(request).await.map_err(|status| status.message().to_string())?.into_inner();
+        let response = signer.sign(request).await?;
         let issued = SystemTime::now();
         let not_after = UNIX_EPOCH + Duration::from_secs(response.not_after_unix);
-        let certificate = key
-            .with_certificate(&SignedCertificate { certificate_pem: response.certificate_pem, not_after })
-            .map_err(|e| e.to_string())?;
-        self.resolver.insert(&certificate).map_err(|e| e.to_string())?;
+        let certificate =
+            key.with_certificate(&SignedCertificate { certificate_pem: response.certificate_pem, not_after })?;
+        self.resolver.insert(&certificate)?;
         let lifetime = not_after.duration_since(issued).unwrap_or_default();
         Ok(HeldCertificate { certificate: Arc::new(certificate), renew_at: issued + lifetime / 2 })
     }
 
     /// One pass: issue missing certificates, renew those past half-life, drop unneeded ones.
-    pub async fn reconcile(
-        &self,
-        store: &ConfigStore,
-        metrics: &Metrics,
-        client: &mut CertificatesClient<tonic::transport::Channel>,
-    ) {
+    pub async fn reconcile(&self, store: &ConfigStore, metrics: &Metrics, signer: &dyn CertificateSigner) {
         let wanted = self.wanted(store);
         let now = SystemTime::now();
         let signing = self.trust_roots().and_then(|roots| roots.signing.clone());
@@ -168,7 +209,7 @@ impl IdentityManager {
             if !due {
                 continue;
             }
-            match self.issue(client, identity).await {
+            match self.issue(signer, identity).await {
                 Ok(certificate) => {
                     tracing::info!(%identity, renew_in_s = certificate.renew_at.duration_since(now).unwrap_or_default().as_secs(), "workload certificate issued");
                     metrics.certificates_issued.inc();
@@ -176,12 +217,28 @@ impl IdentityManager {
                 }
                 Err(error) => {
                     // The one held (if any) stays until it expires: renewal started at half-life.
+                    let error = crate::transport::with_causes(&error);
                     tracing::warn!(%identity, %error, "workload certificate not issued; retrying");
                     metrics.certificate_errors.inc();
                 }
             }
         }
         self.held.store(Arc::new(held));
+    }
+}
+
+impl TunnelCredentials for IdentityManager {
+    fn trust_domain(&self) -> &str {
+        IdentityManager::trust_domain(self)
+    }
+    fn certificate(&self, identity: &SpiffeId) -> Option<Arc<HeldCertificate>> {
+        IdentityManager::certificate(self, identity)
+    }
+    fn trust_roots(&self) -> Option<Arc<TrustRoots>> {
+        IdentityManager::trust_roots(self)
+    }
+    fn server_config(&self) -> Result<Arc<tokio_rustls::rustls::ServerConfig>, TunnelError> {
+        IdentityManager::server_config(self)
     }
 }
 
@@ -197,23 +254,16 @@ pub struct CertificateInputs {
     pub config_applied: Arc<tokio::sync::Notify>,
 }
 
-/// Keeps the node's certificates current, forever: on every config change and every second.
-pub fn run(inputs: CertificateInputs, manager: Arc<IdentityManager>, endpoint: String) -> tokio::task::JoinHandle<()> {
+/// Keeps the node's certificates current, forever, signed by `signer`: on every config change
+/// and every second.
+pub fn run(
+    inputs: CertificateInputs,
+    manager: Arc<IdentityManager>,
+    signer: Arc<dyn CertificateSigner>,
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        let mut client = None;
         loop {
-            if client.is_none() {
-                client = match tonic::transport::Endpoint::from_shared(endpoint.clone()) {
-                    Ok(e) => Some(CertificatesClient::new(e.connect_lazy())),
-                    Err(error) => {
-                        tracing::error!(%error, %endpoint, "bad controller address; no certificates");
-                        return;
-                    }
-                };
-            }
-            if let Some(client) = client.as_mut() {
-                manager.reconcile(&inputs.store, &inputs.metrics, client).await;
-            }
+            manager.reconcile(&inputs.store, &inputs.metrics, &*signer).await;
             let applied = inputs.config_applied.notified();
             tokio::select! {
                 () = applied => {}

@@ -16,14 +16,13 @@ use crate::metrics::{InboundLabels, Metrics, TcpLabels};
 use crate::response::ResponseBody;
 use crate::rewind::Rewind;
 use crate::state::ConfigStore;
-use crate::state::{ProxyState, WorkloadInfo};
+use crate::state::WorkloadInfo;
 use crate::upstream::{ConnectionPool, UpstreamError, UpstreamProtocol};
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
-use nodus_config::MtlsMode;
 use nodus_identity::tls::peer_identity;
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -76,20 +75,19 @@ enum Refusal {
     Denied(String),
 }
 
-/// Whether the current config refuses a stream from `identity` to `target`.
+/// Whether the config in force refuses a stream from `identity` to port `port` of `pod` (one of
+/// this node's, from the compiled state).
 fn refusal(
-    state: &ProxyState,
+    pod: &WorkloadInfo,
     identity: Option<&str>,
-    target: SocketAddr,
+    port: u16,
     request: crate::authz::RequestView<'_>,
 ) -> Option<Refusal> {
-    let pod = state.snapshot.workloads.iter().find(|w| w.ips.contains(&target.ip()))?;
-    let strict = state.snapshot.mtls.iter().any(|m| m.namespace == pod.id.namespace && m.mode == MtlsMode::Strict);
-    if identity.is_none() && strict {
+    if identity.is_none() && pod.mtls_strict {
         return Some(Refusal::PlaintextToStrict);
     }
-    let stream = crate::authz::Stream { identity, port: target.port(), request };
-    match crate::authz::authorize(&state.snapshot.authorization_policies, pod, stream) {
+    let stream = crate::authz::Stream { identity, port, request };
+    match crate::authz::authorize(&pod.policies, stream) {
         crate::authz::Decision::Allow => None,
         crate::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
     }
@@ -148,7 +146,11 @@ impl Inbound {
     pub fn reevaluate(&self) {
         let Some(state) = self.store.load() else { return };
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        active.retain(|_, stream| match refusal(&state, stream.identity.as_deref(), stream.target, stream.view()) {
+        let refused = |stream: &ActiveStream| {
+            let pod = state.local_pod(stream.target.ip())?;
+            refusal(pod, stream.identity.as_deref(), stream.target.port(), stream.view())
+        };
+        active.retain(|_, stream| match refused(stream) {
             None => true,
             Some(refusal) => {
                 tracing::info!(target = %stream.target, caller = stream.identity.as_deref().unwrap_or("(plaintext)"), ?refusal, "open stream no longer allowed: closed");
@@ -175,7 +177,7 @@ impl Inbound {
             let inbound = self.clone();
             tokio::spawn(async move {
                 let _open = inbound.drain.track();
-                match crate::tunnel::mtls() {
+                match inbound.store.tunnels().mutual_tls() {
                     Some(manager) if starts_with_tls(&stream).await => {
                         let config = match manager.server_config() {
                             Ok(config) => config,
@@ -228,8 +230,7 @@ impl Inbound {
         let Some(state) = self.store.load() else {
             return Ok(answer(StatusCode::SERVICE_UNAVAILABLE));
         };
-        let local = self.store.node();
-        let Some(workload) = state.workload(target.ip()).filter(|w| Some(&*w.node) == local).cloned() else {
+        let Some(workload) = state.local_pod(target.ip()).cloned() else {
             tracing::info!(%peer, %target, "tunnel to an address that is not a pod of this node: refused");
             return Ok(answer(StatusCode::FORBIDDEN));
         };
@@ -239,7 +240,7 @@ impl Inbound {
             _ => None,
         };
         let view = if http.is_some() { RequestView::HttpStream } else { RequestView::Opaque };
-        let refusal = refusal(&state, identity.as_deref(), target, view);
+        let refusal = refusal(&workload, identity.as_deref(), target.port(), view);
         self.metrics
             .inbound_tunnels
             .get_or_create(&InboundLabels {
@@ -354,8 +355,7 @@ impl Inbound {
         let _ = stream.set_nodelay(true);
         // Fail closed: without a config the namespace's mode and policies are unknown.
         let Some(state) = self.store.load() else { return reset(stream) };
-        let local = self.store.node();
-        let Some(workload) = state.workload(target.ip()).filter(|w| Some(&*w.node) == local).cloned() else {
+        let Some(workload) = state.local_pod(target.ip()).cloned() else {
             tracing::info!(%peer, %target, "captured connection to an address that is not a pod of this node: reset");
             return reset(stream);
         };
@@ -380,7 +380,7 @@ impl Inbound {
             Protocol::Opaque => None,
         };
         let view = if http.is_some() { RequestView::HttpStream } else { RequestView::Opaque };
-        match refusal(&state, None, target, view) {
+        match refusal(&workload, None, target.port(), view) {
             Some(Refusal::PlaintextToStrict) => {
                 count("plaintext_to_strict");
                 tracing::info!(%peer, %target, "plaintext connection to a pod of a strict namespace: reset");
@@ -493,11 +493,12 @@ impl Inbound {
         }
         if let Some(state) = self.store.load() {
             let view = RequestView::Http { method: request.method().as_str(), path: request.uri().path() };
-            if let Some(Refusal::Denied(policy)) = refusal(&state, identity, target, view) {
-                if let Some(workload) = state.workload(target.ip()) {
-                    tracing::info!(%target, caller = identity.unwrap_or("(plaintext)"), %policy, method = %request.method(), path = request.uri().path(), "request denied by authorization policy");
-                    self.count_denial(identity, workload, policy);
-                }
+            let pod = state.local_pod(target.ip());
+            if let Some((pod, Refusal::Denied(policy))) =
+                pod.and_then(|pod| Some((pod, refusal(pod, identity, target.port(), view)?)))
+            {
+                tracing::info!(%target, caller = identity.unwrap_or("(plaintext)"), %policy, method = %request.method(), path = request.uri().path(), "request denied by authorization policy");
+                self.count_denial(identity, pod, policy);
                 return ProxyError::Upstream(UpstreamError::Denied { addr: target }).into_response(grpc);
             }
         }

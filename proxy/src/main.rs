@@ -200,18 +200,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut identities_for_handoff = None;
     match (&args.controller, &args.config_file) {
         (Some(controller), _) => {
-            if let Some(path) = &args.node_token_file {
-                nodus_proxy::control::use_node_token(path.clone());
-            }
-            drop(nodus_proxy::control::subscribe(proxy.clone(), controller.clone(), args.node.clone()));
-            let identities = Arc::new(nodus_proxy::identity::IdentityManager::new(
-                &args.trust_domain,
-                &args.node,
-                proxy.store.clone(),
+            let credentials = match &args.node_token_file {
+                Some(path) => nodus_proxy::control::NodeCredentials::token_file(path.clone()),
+                None => nodus_proxy::control::NodeCredentials::none(),
+            };
+            drop(nodus_proxy::control::subscribe(
+                proxy.clone(),
+                controller.clone(),
+                args.node.clone(),
+                credentials.clone(),
             ));
-            // Tunnels between node proxies become mutual TLS with these certificates.
-            nodus_proxy::tunnel::use_mtls(identities.clone());
-            drop(nodus_proxy::identity::run(proxy.certificate_inputs(), identities.clone(), controller.clone()));
+            let signer = nodus_proxy::identity::ControllerSigner::new(controller, credentials)
+                .with_context(|| format!("the controller address {controller}"))?;
+            // Tunnels between node proxies become mutual TLS with the node's workload certificates.
+            let identities = app::use_mutual_tls(&proxy, &args.trust_domain, &args.node, Arc::new(signer))
+                .context("turning mutual TLS on")?;
             identities_for_handoff = Some(identities);
         }
         (None, Some(file)) => app::watch_config_file(proxy.clone(), file.clone(), Duration::from_millis(250)),

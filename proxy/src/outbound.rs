@@ -55,6 +55,8 @@ pub struct Outbound {
     settings: OutboundSettings,
     sources: Arc<crate::fairness::SourceGate>,
     drain: crate::drain::Drain,
+    /// This proxy's tunnel client (the store's): opaque connections to other nodes use it.
+    tunnels: Arc<crate::tunnel::Tunnels>,
 }
 
 impl Outbound {
@@ -66,7 +68,8 @@ impl Outbound {
         settings: OutboundSettings,
     ) -> Self {
         let sources = crate::fairness::SourceGate::new(settings.sources);
-        Self { store, metrics, original_dst, settings, sources, drain: crate::drain::Drain::default() }
+        let tunnels = store.tunnels().clone();
+        Self { store, metrics, original_dst, settings, sources, drain: crate::drain::Drain::default(), tunnels }
     }
 
     /// Drains on `drain` (see [`crate::drain`]).
@@ -245,6 +248,7 @@ impl Outbound {
                 Some(endpoint) => {
                     let meta = endpoint.meta();
                     let identities = tunnel_identities(
+                        &self.tunnels,
                         source.as_deref(),
                         meta.namespace.as_deref(),
                         meta.service_account.as_deref(),
@@ -259,8 +263,12 @@ impl Outbound {
             None => match state.and_then(|s| s.remote_pod(original_dst.ip())) {
                 // A pod on another node, dialled by its address: through the tunnel.
                 Some(pod) => {
-                    let identities =
-                        tunnel_identities(source.as_deref(), pod.namespace.as_deref(), pod.service_account.as_deref());
+                    let identities = tunnel_identities(
+                        &self.tunnels,
+                        source.as_deref(),
+                        pod.namespace.as_deref(),
+                        pod.service_account.as_deref(),
+                    );
                     (original_dst, Some(pod.tunnel), "passthrough".to_owned(), identities, true)
                 }
                 // A mesh pod whose node is not known: refused, never reached in plaintext.
@@ -296,7 +304,7 @@ impl Outbound {
         self.metrics.tcp_connections.get_or_create(&target.label).inc();
         let addr = target.addr;
         match target.via {
-            Some(peer) => match crate::tunnel::open(peer, addr, target.identities.as_ref(), None).await {
+            Some(peer) => match self.tunnels.open(peer, addr, target.identities.as_ref(), None).await {
                 Ok(tunnel) => Some(Box::new(TokioIo::new(tunnel))),
                 Err(error) => {
                     tracing::info!(target = %addr, %error, "opaque connection: tunnel failed");
@@ -332,7 +340,7 @@ impl Outbound {
         let stack = Observe::new(
             Validate::new(ResolveContext::new(
                 Route::new(Filters::new(Mirror::new(RequestTimeout::new(Retry::new(
-                    Backend::new(metrics.clone()),
+                    Backend::new(metrics.clone(), self.tunnels.clone()),
                     metrics.clone(),
                 ))))),
                 self.store.clone(),
@@ -416,15 +424,14 @@ type ServerIo = Box<dyn ServerStream>;
 /// The identities of a tunnel from `source` to `endpoint`, when mutual TLS is in use and both
 /// ends are mesh workloads with known service accounts.
 fn tunnel_identities(
+    tunnels: &crate::tunnel::Tunnels,
     source: Option<&crate::state::WorkloadInfo>,
     destination_namespace: Option<&str>,
     destination_service_account: Option<&str>,
 ) -> Option<crate::tunnel::TunnelIdentities> {
-    let manager = crate::tunnel::mtls()?;
     let source = source?;
-    let domain = manager.trust_domain();
-    Some(crate::tunnel::TunnelIdentities {
-        source: nodus_identity::SpiffeId::new(domain, &source.namespace, &source.service_account),
-        destination: nodus_identity::SpiffeId::new(domain, destination_namespace?, destination_service_account?),
-    })
+    tunnels.identities(
+        (&source.namespace, &source.service_account),
+        (destination_namespace?, destination_service_account?),
+    )
 }

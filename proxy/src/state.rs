@@ -53,6 +53,13 @@ pub struct WorkloadInfo {
     /// Its namespace's MeshPolicy allows it only calls that go over mutual TLS (or to a mesh
     /// pod of its own node): a destination outside the mesh is refused.
     pub mtls_only_outbound: bool,
+    /// Whether it is in the mesh (its namespace labelled).
+    pub mesh: bool,
+    /// Its namespace's MeshPolicy refuses plaintext to it (mode `Strict`).
+    pub mtls_strict: bool,
+    /// The authorization policies that select it, decided once per config rather than per
+    /// stream and request.
+    pub policies: Arc<[nodus_config::AuthorizationPolicy]>,
 }
 
 /// A pod on another node that backs a Service, as its endpoints describe it. Connections
@@ -79,6 +86,8 @@ pub struct ProxyState {
     // are lookups of addresses, never inserted from traffic, so flooding is no concern).
     destinations: foldhash::HashMap<SocketAddr, Arc<Destination>>,
     workloads: foldhash::HashMap<IpAddr, Arc<WorkloadInfo>>,
+    /// The pods of this proxy's node, which its inbound side serves.
+    local_pods: foldhash::HashMap<IpAddr, Arc<WorkloadInfo>>,
     remote_pods: foldhash::HashMap<IpAddr, RemotePod>,
     balancers: HashMap<(String, String, u16), Arc<Balancer>>,
     /// All routes.
@@ -122,6 +131,16 @@ impl ProxyState {
         self.workloads.get(&ip)
     }
 
+    /// The pod of this proxy's node at `ip`: what tunnels and captured connections may reach.
+    pub fn local_pod(&self, ip: IpAddr) -> Option<&Arc<WorkloadInfo>> {
+        self.local_pods.get(&ip)
+    }
+
+    /// The pods of this proxy's node (a pod with several addresses appears once per address).
+    pub fn local_pods(&self) -> impl Iterator<Item = &Arc<WorkloadInfo>> {
+        self.local_pods.values()
+    }
+
     /// A pod on another node reached through its node's proxy, by its address.
     pub fn remote_pod(&self, ip: IpAddr) -> Option<&RemotePod> {
         self.remote_pods.get(&ip)
@@ -149,19 +168,25 @@ impl ProxyState {
         let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
             snapshot.workloads.iter().map(|w| ((w.id.namespace.as_str(), w.id.name.as_str()), w)).collect();
         let mut workloads = foldhash::HashMap::default();
+        let mut local_pods = foldhash::HashMap::default();
         for w in &snapshot.workloads {
+            let namespace_mtls = snapshot.mtls.iter().find(|m| m.namespace == w.id.namespace);
             let info = Arc::new(WorkloadInfo {
                 namespace: Arc::from(w.id.namespace.as_str()),
                 workload: Arc::from(w.owner.as_deref().unwrap_or(&w.id.name)),
                 service_account: Arc::from(w.service_account.as_str()),
                 node: Arc::from(w.node.as_str()),
-                mtls_only_outbound: snapshot
-                    .mtls
-                    .iter()
-                    .any(|m| m.namespace == w.id.namespace && m.outbound == nodus_config::MtlsMode::Strict),
+                mtls_only_outbound: namespace_mtls.is_some_and(|m| m.outbound == nodus_config::MtlsMode::Strict),
+                mesh: w.mesh_enabled,
+                mtls_strict: namespace_mtls.is_some_and(|m| m.mode == nodus_config::MtlsMode::Strict),
+                policies: crate::authz::selecting(&snapshot.authorization_policies, w).into(),
             });
+            let local = local_node == Some(w.node.as_str());
             for ip in &w.ips {
                 workloads.insert(*ip, info.clone());
+                if local {
+                    local_pods.insert(*ip, info.clone());
+                }
             }
         }
 
@@ -251,6 +276,7 @@ impl ProxyState {
             snapshot: Arc::new(snapshot),
             destinations,
             workloads,
+            local_pods,
             remote_pods,
             balancers,
             routes,
@@ -282,9 +308,16 @@ pub struct ConfigStore {
 
 impl ConfigStore {
     /// An empty store: until a snapshot is applied the proxy refuses traffic it would have to
-    /// route (fail closed).
+    /// route (fail closed). Its endpoints have a tunnel client of their own (plaintext until
+    /// [`crate::tunnel::Tunnels::use_mutual_tls`]).
     pub fn new(policy: OutlierPolicy) -> Self {
-        Self { current: ArcSwapOption::empty(), registry: BalancerRegistry::new(policy), node: None }
+        let registry = BalancerRegistry::new(policy, Arc::new(crate::tunnel::Tunnels::new()));
+        Self { current: ArcSwapOption::empty(), registry, node: None }
+    }
+
+    /// The tunnel client of its endpoints on other nodes.
+    pub fn tunnels(&self) -> &Arc<crate::tunnel::Tunnels> {
+        self.registry.tunnels()
     }
 
     /// A store for the proxy of `node`: endpoints on other nodes with a known proxy are reached
@@ -336,6 +369,37 @@ nodes:
   - { name: node-2, tunnelAddress: "10.100.0.12:15008" }
   - { name: node-3 }
 "#;
+
+    #[test]
+    fn the_pods_of_this_node_are_indexed_with_their_strictness_and_policies() {
+        let store = ConfigStore::for_node(OutlierPolicy::default(), "node-1");
+        let config = r#"
+workloads:
+  - { id: { namespace: demo, name: web-0 }, node: node-1, ips: [10.244.1.2, "fd00::2"], serviceAccount: web, labels: { app: web }, meshEnabled: true }
+  - { id: { namespace: demo, name: db-0 }, node: node-1, ips: [10.244.1.3], labels: { app: db }, meshEnabled: true }
+  - { id: { namespace: demo, name: web-1 }, node: node-2, ips: [10.244.2.2], labels: { app: web }, meshEnabled: true }
+  - { id: { namespace: plain, name: job-0 }, node: node-1, ips: [10.244.1.4] }
+mtls: [{ namespace: demo, mode: Strict }]
+authorizationPolicies:
+  - { id: { namespace: demo, name: web-only }, selector: { app: web }, rules: [{ namespaces: [demo] }] }
+  - { id: { namespace: plain, name: all }, rules: [{}] }
+"#;
+        store.apply(serde_norway::from_str(config).unwrap()).unwrap();
+        let state = store.load().unwrap();
+        let pod = |ip: &str| state.local_pod(ip.parse().unwrap());
+        let web = pod("10.244.1.2").expect("a pod of node-1");
+        assert!(Arc::ptr_eq(web, pod("fd00::2").unwrap()), "one pod, by each of its addresses");
+        assert!(web.mtls_strict && web.mesh);
+        assert_eq!(web.policies.iter().map(|p| p.id.name.as_str()).collect::<Vec<_>>(), ["web-only"]);
+        let db = pod("10.244.1.3").unwrap();
+        assert!(db.mtls_strict && db.policies.is_empty(), "the selector picks web pods only");
+        let job = pod("10.244.1.4").unwrap();
+        assert!(!job.mtls_strict && !job.mesh);
+        assert_eq!(job.policies.len(), 1, "a policy without selector selects its whole namespace");
+        assert!(pod("10.244.2.2").is_none(), "a pod of node-2 is not this node's");
+        assert!(state.workload("10.244.2.2".parse().unwrap()).is_some(), "though known as a workload");
+        assert_eq!(state.local_pods().count(), 4, "three pods, one with two addresses");
+    }
 
     #[test]
     fn endpoints_are_tunnelled_dialled_or_left_out_by_mesh_membership_and_node() {

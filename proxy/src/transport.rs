@@ -64,9 +64,9 @@ impl UpstreamError {
 
 /// An error and its causes, `: `-separated: hyper's own message alone ("http2 error") does not
 /// say what went wrong (a reset stream and its reason, a GOAWAY, a closed connection).
-pub(crate) fn with_causes(error: &hyper::Error) -> String {
+pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
-    let mut cause = std::error::Error::source(error);
+    let mut cause = error.source();
     while let Some(error) = cause {
         text.push_str(": ");
         text.push_str(&error.to_string());

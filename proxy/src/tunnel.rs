@@ -2,13 +2,13 @@
 //! through that node's proxy, as HTTP/2 CONNECT streams (in the spirit of Istio's HBONE),
 //! multiplexed over one connection per peer node and identity pair.
 //!
-//! With workload identities in use ([`use_mtls`], set when the proxy has a controller), the
-//! connection is mutual TLS 1.3: the source proxy presents the source workload's certificate and
+//! With workload identities in use ([`Tunnels::use_mutual_tls`], set when the proxy has a
+//! controller), the connection is mutual TLS 1.3: the source proxy presents the source workload's certificate and
 //! accepts only a peer proving the destination workload's identity; one connection per (peer,
 //! source identity, destination identity), since a TLS connection proves exactly one identity
 //! on each side. Without identities (a config file, tests of the plain data path) it is plaintext.
 
-use crate::identity::{HeldCertificate, IdentityManager};
+use crate::identity::HeldCertificate;
 use crate::state::TrustRoots;
 use crate::transport::{connect_tcp, SharedHttp2, UpstreamError};
 use arc_swap::ArcSwapOption;
@@ -21,6 +21,7 @@ use nodus_identity::SpiffeId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
+use tokio_rustls::rustls::ServerConfig;
 
 /// Who a tunnel connection authenticates as, and whom it must reach.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -31,17 +32,93 @@ pub struct TunnelIdentities {
     pub destination: SpiffeId,
 }
 
-static IDENTITIES: OnceLock<Arc<IdentityManager>> = OnceLock::new();
-
-/// Makes every tunnel with known identities mutual TLS, with certificates from `manager`.
-pub fn use_mtls(manager: Arc<IdentityManager>) {
-    let _ = IDENTITIES.set(manager);
+/// What mutual TLS tunnels are made with, in both directions. The certificate manager
+/// ([`crate::identity::IdentityManager`]) implements it; a test may bring its own.
+pub trait TunnelCredentials: Send + Sync + std::fmt::Debug + 'static {
+    /// The trust domain of the mesh's identities.
+    fn trust_domain(&self) -> &str;
+    /// The certificate of a workload identity of this node, if held.
+    fn certificate(&self, identity: &SpiffeId) -> Option<Arc<HeldCertificate>>;
+    /// The roots peers are verified against (those of the config in force).
+    fn trust_roots(&self) -> Option<Arc<TrustRoots>>;
+    /// The TLS config of the inbound tunnel listener: certificates by SNI, client certificates
+    /// required and verified against the roots in force.
+    fn server_config(&self) -> Result<Arc<ServerConfig>, TunnelError>;
 }
 
-/// The identity manager, when tunnels use mutual TLS.
-pub fn mtls() -> Option<&'static Arc<IdentityManager>> {
-    IDENTITIES.get()
+/// Why a tunnel could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    /// No workload certificate is held for the source identity.
+    #[error("no workload certificate for {0} yet")]
+    NoCertificate(SpiffeId),
+    /// The config in force carries no trust roots.
+    #[error("no trust roots in the config yet")]
+    NoTrustRoots,
+    /// The TLS configuration could not be built from the credentials.
+    #[error("mTLS configuration")]
+    Tls(#[from] nodus_identity::IdentityError),
 }
+
+type Peers = HashMap<(SocketAddr, Option<TunnelIdentities>), Arc<Peer>>;
+
+/// The client side of the tunnels of one proxy: its credentials (once mutual TLS is in use)
+/// and its connections to peer node proxies, shared by every endpoint pool of that proxy.
+/// One per proxy, passed to what opens tunnels, so that proxies in one process (tests) each
+/// have their own.
+#[derive(Debug, Default)]
+pub struct Tunnels {
+    credentials: OnceLock<Arc<dyn TunnelCredentials>>,
+    peers: Mutex<Peers>,
+}
+
+impl Tunnels {
+    /// Plaintext tunnels until [`Tunnels::use_mutual_tls`] is called.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Makes every tunnel between known identities mutual TLS with `credentials`, from now on.
+    /// Set once, when the proxy is assembled and before it serves: a second call is refused,
+    /// so that no tunnel ever changes from mutual TLS back to plaintext.
+    pub fn use_mutual_tls(&self, credentials: Arc<dyn TunnelCredentials>) -> Result<(), AlreadyMutualTls> {
+        self.credentials.set(credentials).map_err(|_| AlreadyMutualTls)
+    }
+
+    /// The credentials, when tunnels use mutual TLS.
+    pub fn mutual_tls(&self) -> Option<&Arc<dyn TunnelCredentials>> {
+        self.credentials.get()
+    }
+
+    /// The identities of a tunnel from the workload `source` (namespace, service account) to
+    /// the workload `destination`, when mutual TLS is in use.
+    pub fn identities(&self, source: (&str, &str), destination: (&str, &str)) -> Option<TunnelIdentities> {
+        let domain = self.mutual_tls()?.trust_domain();
+        Some(TunnelIdentities {
+            source: SpiffeId::new(domain, source.0, source.1),
+            destination: SpiffeId::new(domain, destination.0, destination.1),
+        })
+    }
+
+    /// The SPIFFE ID of a workload (namespace, service account), when mutual TLS is in use.
+    pub fn spiffe_id(&self, namespace: &str, service_account: &str) -> Option<SpiffeId> {
+        Some(SpiffeId::new(self.mutual_tls()?.trust_domain(), namespace, service_account))
+    }
+
+    /// The peer connection for a tunnel address and identities.
+    fn peer(&self, addr: SocketAddr, identities: Option<&TunnelIdentities>) -> Arc<Peer> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        peers
+            .entry((addr, identities.cloned()))
+            .or_insert_with(|| Arc::new(Peer { connection: SharedHttp2::new(), established: ArcSwapOption::empty() }))
+            .clone()
+    }
+}
+
+/// [`Tunnels::use_mutual_tls`] was called twice.
+#[derive(Debug, thiserror::Error)]
+#[error("tunnels already use mutual TLS")]
+pub struct AlreadyMutualTls;
 
 /// What a mutual TLS connection was established with: the certificate presented and the
 /// roots the peer was verified against.
@@ -52,12 +129,11 @@ struct Credentials {
 }
 
 impl Credentials {
-    fn current(identities: &TunnelIdentities) -> Result<Self, String> {
-        let manager = mtls().ok_or("mutual TLS is not in use")?;
-        let certificate = manager
+    fn current(credentials: &dyn TunnelCredentials, identities: &TunnelIdentities) -> Result<Self, TunnelError> {
+        let certificate = credentials
             .certificate(&identities.source)
-            .ok_or_else(|| format!("no workload certificate for {} yet", identities.source))?;
-        let roots = manager.trust_roots().ok_or("no trust roots in the config yet")?;
+            .ok_or_else(|| TunnelError::NoCertificate(identities.source.clone()))?;
+        let roots = credentials.trust_roots().ok_or(TunnelError::NoTrustRoots)?;
         Ok(Self { certificate, roots })
     }
 
@@ -76,17 +152,6 @@ struct Peer {
     established: ArcSwapOption<Credentials>,
 }
 
-/// Peers by tunnel address and identities, shared by every endpoint pool of the process.
-fn peer(addr: SocketAddr, identities: Option<&TunnelIdentities>) -> Arc<Peer> {
-    type Peers = HashMap<(SocketAddr, Option<TunnelIdentities>), Arc<Peer>>;
-    static PEERS: OnceLock<Mutex<Peers>> = OnceLock::new();
-    let mut peers = PEERS.get_or_init(Mutex::default).lock().unwrap_or_else(|p| p.into_inner());
-    peers
-        .entry((addr, identities.cloned()))
-        .or_insert_with(|| Arc::new(Peer { connection: SharedHttp2::new(), established: ArcSwapOption::empty() }))
-        .clone()
-}
-
 /// Connects to the peer with mutual TLS as `identities.source`, requiring `identities.destination`.
 async fn connect_mtls(
     peer_addr: SocketAddr,
@@ -95,9 +160,10 @@ async fn connect_mtls(
 ) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let config =
         client_config(&credentials.certificate.certificate, &credentials.roots.bundle, identities.destination.clone())
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| crate::transport::with_causes(&TunnelError::from(e)))?;
     let tcp = connect_tcp(peer_addr).await?;
-    let name = server_name_for(&identities.destination).map_err(|e| e.to_string())?;
+    let name =
+        server_name_for(&identities.destination).map_err(|e| crate::transport::with_causes(&TunnelError::from(e)))?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
@@ -135,13 +201,14 @@ pub const PROTOCOL_HEADER: &str = "x-nodus-protocol";
 async fn pooled_sender(
     peer: &Peer,
     peer_addr: SocketAddr,
-    identities: Option<&TunnelIdentities>,
+    mutual_tls: Option<(&dyn TunnelCredentials, &TunnelIdentities)>,
     failed: &impl Fn(String) -> UpstreamError,
 ) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, UpstreamError> {
     let connection = &peer.connection;
-    match identities {
-        Some(identities) => {
-            let credentials = Arc::new(Credentials::current(identities).map_err(failed)?);
+    match mutual_tls {
+        Some((credentials, identities)) => {
+            let credentials =
+                Arc::new(Credentials::current(credentials, identities).map_err(|e| failed(e.to_string()))?);
             if peer.established.load().as_ref().is_some_and(|established| !established.same_as(&credentials)) {
                 connection.retire();
             }
@@ -159,54 +226,68 @@ async fn pooled_sender(
     }
 }
 
-/// Opens a stream to `target` through the node proxy at `peer`; mutual TLS when `identities`
-/// are given; `protocol` says which HTTP the stream carries, if any.
-pub async fn open(
-    peer_addr: SocketAddr,
-    target: SocketAddr,
-    identities: Option<&TunnelIdentities>,
-    protocol: Option<crate::upstream::UpstreamProtocol>,
-) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
-    let failed =
-        |reason: String| UpstreamError::Connect { addr: target, reason: format!("tunnel via {peer_addr}: {reason}") };
-    let peer = peer(peer_addr, identities);
-    let mut request = Request::builder().method(Method::CONNECT).uri(target.to_string());
-    if let Some(protocol) = protocol {
-        let name = match protocol {
-            crate::upstream::UpstreamProtocol::Http1 => "http1",
-            crate::upstream::UpstreamProtocol::Http2 => "http2",
+impl Tunnels {
+    /// Opens a stream to `target` through the node proxy at `peer`; mutual TLS when `identities`
+    /// are given (refused if this proxy has no credentials: never plaintext instead); `protocol`
+    /// says which HTTP the stream carries, if any.
+    pub async fn open(
+        &self,
+        peer_addr: SocketAddr,
+        target: SocketAddr,
+        identities: Option<&TunnelIdentities>,
+        protocol: Option<crate::upstream::UpstreamProtocol>,
+    ) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
+        let failed = |reason: String| UpstreamError::Connect {
+            addr: target,
+            reason: format!("tunnel via {peer_addr}: {reason}"),
         };
-        request = request.header(PROTOCOL_HEADER, name);
-    }
-    let request = request.body(Empty::new()).map_err(|e| failed(e.to_string()))?;
-    // Two tries: a pooled connection may be going away (the peer drains after an upgrade and
-    // sent GOAWAY, or it died). Nothing has reached the pod before the CONNECT is answered, so
-    // asking again on a new connection — to whoever accepts on the peer's port now — is safe.
-    let mut attempt = 0;
-    let response = loop {
-        attempt += 1;
-        let outcome = async {
-            let mut sender = pooled_sender(&peer, peer_addr, identities, &failed).await?;
-            sender.ready().await.map_err(|e| failed(e.to_string()))?;
-            sender.send_request(request.clone()).await.map_err(|e| failed(e.to_string()))
-        }
-        .await;
-        match outcome {
-            Ok(response) => break response,
-            Err(error) if attempt == 1 => {
-                tracing::debug!(%error, %peer_addr, "tunnel connection unusable; retrying on a new one");
-                peer.connection.retire();
+        let mutual_tls = match identities {
+            Some(identities) => {
+                let credentials = self.mutual_tls().ok_or_else(|| failed("mutual TLS is not in use".to_string()))?;
+                Some((&**credentials, identities))
             }
-            Err(error) => return Err(error),
+            None => None,
+        };
+        let peer = self.peer(peer_addr, identities);
+        let mut request = Request::builder().method(Method::CONNECT).uri(target.to_string());
+        if let Some(protocol) = protocol {
+            let name = match protocol {
+                crate::upstream::UpstreamProtocol::Http1 => "http1",
+                crate::upstream::UpstreamProtocol::Http2 => "http2",
+            };
+            request = request.header(PROTOCOL_HEADER, name);
         }
-    };
-    if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::headers::DENIED_HEADER) {
-        return Err(UpstreamError::Denied { addr: target });
+        let request = request.body(Empty::new()).map_err(|e| failed(e.to_string()))?;
+        // Two tries: a pooled connection may be going away (the peer drains after an upgrade and
+        // sent GOAWAY, or it died). Nothing has reached the pod before the CONNECT is answered, so
+        // asking again on a new connection — to whoever accepts on the peer's port now — is safe.
+        let mut attempt = 0;
+        let response = loop {
+            attempt += 1;
+            let outcome = async {
+                let mut sender = pooled_sender(&peer, peer_addr, mutual_tls, &failed).await?;
+                sender.ready().await.map_err(|e| failed(e.to_string()))?;
+                sender.send_request(request.clone()).await.map_err(|e| failed(e.to_string()))
+            }
+            .await;
+            match outcome {
+                Ok(response) => break response,
+                Err(error) if attempt == 1 => {
+                    tracing::debug!(%error, %peer_addr, "tunnel connection unusable; retrying on a new one");
+                    peer.connection.retire();
+                }
+                Err(error) => return Err(error),
+            }
+        };
+        if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::headers::DENIED_HEADER)
+        {
+            return Err(UpstreamError::Denied { addr: target });
+        }
+        if response.status() != StatusCode::OK {
+            return Err(failed(format!("peer answered {}", response.status())));
+        }
+        hyper::upgrade::on(response).await.map_err(|e| failed(e.to_string()))
     }
-    if response.status() != StatusCode::OK {
-        return Err(failed(format!("peer answered {}", response.status())));
-    }
-    hyper::upgrade::on(response).await.map_err(|e| failed(e.to_string()))
 }
 
 #[cfg(test)]

@@ -95,11 +95,21 @@ fn refused_unprocessed(error: &hyper::Error) -> bool {
             || (h2.is_reset() && reason == Some(h2::Reason::REFUSED_STREAM)))
 }
 
+/// How an endpoint on another node is reached: through its node's proxy, with this proxy's
+/// tunnels.
+#[derive(Clone, Debug)]
+pub struct Via {
+    /// The peer node proxy's tunnel address.
+    pub peer: SocketAddr,
+    /// This proxy's tunnel client.
+    pub tunnels: Arc<crate::tunnel::Tunnels>,
+}
+
 /// The connections to one endpoint.
 #[derive(Debug)]
 pub struct ConnectionPool {
     addr: SocketAddr,
-    via: Option<SocketAddr>,
+    via: Option<Via>,
     idle_http1: ArrayQueue<http1::SendRequest<ProxyBody>>,
     http2: SharedHttp2<ProxyBody>,
     /// With `via`: the identities its tunnel connections prove and require (mutual TLS).
@@ -108,12 +118,12 @@ pub struct ConnectionPool {
 
 impl ConnectionPool {
     /// An empty pool for `addr`, reached directly or, with `via`, through a peer node proxy.
-    pub fn new(addr: SocketAddr, via: Option<SocketAddr>) -> Self {
+    pub fn new(addr: SocketAddr, via: Option<Via>) -> Self {
         Self { addr, via, idle_http1: ArrayQueue::new(MAX_IDLE_HTTP1), http2: SharedHttp2::new(), identities: None }
     }
 
     /// A pool for `addr` through the peer node proxy `via`, over mutual TLS as `identities`.
-    pub fn with_identities(addr: SocketAddr, via: SocketAddr, identities: crate::tunnel::TunnelIdentities) -> Self {
+    pub fn with_identities(addr: SocketAddr, via: Via, identities: crate::tunnel::TunnelIdentities) -> Self {
         Self { identities: Some(identities), ..Self::new(addr, Some(via)) }
     }
 
@@ -123,8 +133,10 @@ impl ConnectionPool {
     }
 
     async fn connect(&self, protocol: UpstreamProtocol) -> Result<UpstreamIo, UpstreamError> {
-        if let Some(peer) = self.via {
-            return crate::tunnel::open(peer, self.addr, self.identities.as_ref(), Some(protocol))
+        if let Some(via) = &self.via {
+            return via
+                .tunnels
+                .open(via.peer, self.addr, self.identities.as_ref(), Some(protocol))
                 .await
                 .map(UpstreamIo::Tunnel);
         }

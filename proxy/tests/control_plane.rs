@@ -35,7 +35,12 @@ async fn serve(distributor: &Distributor, addr: SocketAddr) -> (SocketAddr, toki
 
 fn node_proxy(node: &str, controller: SocketAddr) -> Arc<Proxy> {
     let proxy = Arc::new(Proxy::for_node(OutlierPolicy::default(), Metrics::new(), node));
-    nodus_proxy::control::subscribe(proxy.clone(), format!("http://{controller}"), node.to_string());
+    nodus_proxy::control::subscribe(
+        proxy.clone(),
+        format!("http://{controller}"),
+        node.to_string(),
+        nodus_proxy::control::NodeCredentials::none(),
+    );
     proxy
 }
 
@@ -251,7 +256,12 @@ async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
     let node1 = node_proxy("node-1", addr);
     assert!(distributor.wait_for(WAIT, acked(v1, &["node-1"])).await);
     let manager = Arc::new(IdentityManager::new("cluster.local", "node-1", node1.store.clone()));
-    nodus_proxy::identity::run(node1.certificate_inputs(), manager.clone(), format!("http://{addr}"));
+    let signer = nodus_proxy::identity::ControllerSigner::new(
+        &format!("http://{addr}"),
+        nodus_proxy::control::NodeCredentials::none(),
+    )
+    .unwrap();
+    nodus_proxy::identity::run(node1.certificate_inputs(), manager.clone(), Arc::new(signer));
 
     let client = SpiffeId::new("cluster.local", "demo", "default");
     let deadline = std::time::Instant::now() + WAIT;

@@ -1,7 +1,8 @@
 //! One endpoint: its address, what metrics say about it, and its health as seen by traffic.
 
 use super::{ms_at, now_ms, OutlierPolicy};
-use crate::upstream::ConnectionPool;
+use crate::tunnel::Tunnels;
+use crate::upstream::{ConnectionPool, Via};
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -42,6 +43,11 @@ pub struct EndpointMeta {
     pub service_account: Option<Arc<str>>,
 }
 
+/// How the endpoint of `meta` is reached when it is on another node.
+fn via(meta: &EndpointMeta, tunnels: &Arc<Tunnels>) -> Option<Via> {
+    meta.via.map(|peer| Via { peer, tunnels: tunnels.clone() })
+}
+
 /// The result of one request, as the balancer learns from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -65,6 +71,8 @@ pub struct Endpoint {
     /// Over mutual TLS tunnels, connections per source identity (namespace, service account):
     /// a tunnel proves one identity, so requests of different sources never share one.
     remote_pools: ArcSwap<PoolsBySource>,
+    /// This proxy's tunnel client, which the pools of an endpoint on another node use.
+    tunnels: Arc<Tunnels>,
     /// Peak-EWMA latency in nanoseconds, as f64 bits.
     ewma_ns: AtomicU64,
     /// When `ewma_ns` was last updated (ms, process clock).
@@ -76,18 +84,20 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// A fresh endpoint, assumed as fast as the default estimate.
-    pub fn new(meta: EndpointMeta) -> Self {
-        Self::with_estimate(meta, DEFAULT_RTT)
+    /// A fresh endpoint, assumed as fast as the default estimate; `tunnels` reach it when it
+    /// is on another node.
+    pub fn new(meta: EndpointMeta, tunnels: Arc<Tunnels>) -> Self {
+        Self::with_estimate(meta, DEFAULT_RTT, tunnels)
     }
 
     /// A fresh endpoint with a starting latency estimate (its peers' mean, so that it is neither
     /// starved nor flooded before its first answer).
-    pub fn with_estimate(meta: EndpointMeta, estimate: Duration) -> Self {
+    pub fn with_estimate(meta: EndpointMeta, estimate: Duration, tunnels: Arc<Tunnels>) -> Self {
         Self {
             addr: meta.addr,
-            pool: Arc::new(ConnectionPool::new(meta.addr, meta.via)),
+            pool: Arc::new(ConnectionPool::new(meta.addr, via(&meta, &tunnels))),
             remote_pools: ArcSwap::default(),
+            tunnels,
             meta,
             ewma_ns: AtomicU64::new((estimate.as_nanos() as f64).to_bits()),
             ewma_at_ms: AtomicU64::new(now_ms()),
@@ -107,12 +117,13 @@ impl Endpoint {
         let (pool, remote_pools) = if same_route {
             (self.pool.clone(), ArcSwap::new(self.remote_pools.load_full()))
         } else {
-            (Arc::new(ConnectionPool::new(meta.addr, meta.via)), ArcSwap::default())
+            (Arc::new(ConnectionPool::new(meta.addr, via(&meta, &self.tunnels))), ArcSwap::default())
         };
         Self {
             addr: meta.addr,
             pool,
             remote_pools,
+            tunnels: self.tunnels.clone(),
             meta,
             ewma_ns: copy(&self.ewma_ns),
             ewma_at_ms: copy(&self.ewma_at_ms),
@@ -126,12 +137,8 @@ impl Endpoint {
     /// The pool for a request from `source` (namespace, service account): per source identity
     /// over mutual TLS tunnels, the shared pool otherwise. Lock-free once the pool exists.
     pub fn pool_for(&self, source: Option<(&Arc<str>, &Arc<str>)>) -> Arc<ConnectionPool> {
-        let (Some(via), Some((namespace, account)), Some(manager)) = (self.meta.via, source, crate::tunnel::mtls())
-        else {
-            return self.pool.clone();
-        };
-        let (Some(destination_namespace), Some(destination_account)) =
-            (&self.meta.namespace, &self.meta.service_account)
+        let (Some(via), Some((namespace, account)), Some(destination_namespace), Some(destination_account)) =
+            (via(&self.meta, &self.tunnels), source, &self.meta.namespace, &self.meta.service_account)
         else {
             return self.pool.clone();
         };
@@ -139,10 +146,10 @@ impl Endpoint {
         if let Some(pool) = self.remote_pools.load().get(&key) {
             return pool.clone();
         }
-        let domain = manager.trust_domain();
-        let identities = crate::tunnel::TunnelIdentities {
-            source: nodus_identity::SpiffeId::new(domain, namespace, account),
-            destination: nodus_identity::SpiffeId::new(domain, destination_namespace, destination_account),
+        let Some(identities) =
+            self.tunnels.identities((namespace, account), (destination_namespace, destination_account))
+        else {
+            return self.pool.clone();
         };
         let created = Arc::new(ConnectionPool::with_identities(self.addr, via, identities));
         self.remote_pools.rcu(|pools| {

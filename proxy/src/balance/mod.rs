@@ -42,12 +42,13 @@ pub struct Balancer {
     pub label: Arc<str>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     policy: OutlierPolicy,
+    tunnels: Arc<crate::tunnel::Tunnels>,
 }
 
 impl Balancer {
-    /// An empty balancer.
-    pub fn new(label: impl Into<Arc<str>>, policy: OutlierPolicy) -> Self {
-        Self { label: label.into(), endpoints: ArcSwap::from_pointee(Vec::new()), policy }
+    /// An empty balancer; its endpoints on other nodes are reached with `tunnels`.
+    pub fn new(label: impl Into<Arc<str>>, policy: OutlierPolicy, tunnels: Arc<crate::tunnel::Tunnels>) -> Self {
+        Self { label: label.into(), endpoints: ArcSwap::from_pointee(Vec::new()), policy, tunnels }
     }
 
     /// The outlier policy.
@@ -69,8 +70,8 @@ impl Balancer {
                 Some(existing) if existing.meta() == &meta => existing.clone(),
                 Some(existing) => Arc::new(existing.with_meta(meta)),
                 None => Arc::new(match mean {
-                    Some(estimate) => Endpoint::with_estimate(meta, estimate),
-                    None => Endpoint::new(meta),
+                    Some(estimate) => Endpoint::with_estimate(meta, estimate, self.tunnels.clone()),
+                    None => Endpoint::new(meta, self.tunnels.clone()),
                 }),
             })
             .collect();

@@ -14,7 +14,7 @@ fn meta(port: u16) -> EndpointMeta {
 }
 
 fn balancer(ports: &[u16], policy: OutlierPolicy) -> Balancer {
-    let balancer = Balancer::new("demo/web:80", policy);
+    let balancer = Balancer::new("demo/web:80", policy, Default::default());
     balancer.update(ports.iter().map(|p| meta(*p)).collect());
     balancer
 }

@@ -23,12 +23,13 @@ use tower::Service;
 #[derive(Clone, Debug)]
 pub struct Backend {
     metrics: Arc<Metrics>,
+    tunnels: Arc<crate::tunnel::Tunnels>,
 }
 
 impl Backend {
-    /// The leaf service.
-    pub fn new(metrics: Arc<Metrics>) -> Self {
-        Self { metrics }
+    /// The leaf service; `tunnels` say whether callers have mesh identities (mutual TLS).
+    pub fn new(metrics: Arc<Metrics>, tunnels: Arc<crate::tunnel::Tunnels>) -> Self {
+        Self { metrics, tunnels }
     }
 }
 
@@ -60,6 +61,7 @@ impl Service<ProxyRequest> for Backend {
 
     fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
         let metrics = self.metrics.clone();
+        let tunnels = self.tunnels.clone();
         Box::pin(async move {
             let mut context = request.extensions_mut().remove::<RequestContext>().ok_or(ProxyError::NoConfig)?;
             let decision = context.route.take().ok_or(ProxyError::NoConfig)?;
@@ -97,11 +99,8 @@ impl Service<ProxyRequest> for Backend {
             let headers = request.headers_mut();
             crate::headers::remove_client_identity(headers);
             let meta = endpoint.meta();
-            if let (true, None, Some(manager), Some(source)) =
-                (meta.mesh, meta.via, crate::tunnel::mtls(), context.source.as_deref())
-            {
-                let id =
-                    nodus_identity::SpiffeId::new(manager.trust_domain(), &source.namespace, &source.service_account);
+            let caller = context.source.as_deref().filter(|_| meta.mesh && meta.via.is_none());
+            if let Some(id) = caller.and_then(|source| tunnels.spiffe_id(&source.namespace, &source.service_account)) {
                 if let Ok(value) = http::HeaderValue::from_str(&id.to_string()) {
                     headers.insert(crate::headers::CLIENT_IDENTITY_HEADER, value);
                 }
