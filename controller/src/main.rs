@@ -66,7 +66,7 @@ struct Args {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     certificate_lifetime: Duration,
     /// Port node proxies accept tunnels on.
-    #[arg(long, default_value_t = 15008)]
+    #[arg(long, default_value_t = nodus_config::TUNNEL_PORT)]
     tunnel_port: u16,
 }
 

@@ -48,7 +48,7 @@ pub enum ProxyError {
     Upstream(UpstreamError),
     /// The request body could not be read.
     #[error("reading the request body: {0}")]
-    RequestBody(String),
+    RequestBody(#[source] crate::body::BoxError),
     /// The destination cannot be reached over mutual TLS and the caller's namespace allows only
     /// that (its MeshPolicy's `mtls.outbound: Strict`).
     #[error("destination {destination} is not in the mesh (no mTLS to it), and the MeshPolicy of namespace {namespace} allows its workloads only mTLS calls")]
@@ -69,7 +69,7 @@ impl From<UpstreamError> for ProxyError {
     /// is the client's fault: `RequestBody` (400, not counted against the endpoint).
     fn from(error: UpstreamError) -> Self {
         if error.is_client_body() {
-            ProxyError::RequestBody(error.to_string())
+            ProxyError::RequestBody(Box::new(error))
         } else {
             ProxyError::Upstream(error)
         }
@@ -96,17 +96,20 @@ impl ProxyError {
         }
     }
 
-    /// The gRPC status code this error answers with.
-    pub fn grpc_status(&self) -> u16 {
+    /// The gRPC status code this error answers with (as Envoy and Linkerd map proxy errors:
+    /// gRPC's HTTP-to-gRPC table for what has an HTTP status, UNAVAILABLE for the rest).
+    pub fn grpc_status(&self) -> tonic::Code {
+        use tonic::Code;
         match self {
-            ProxyError::Timeout { .. } => 4,         // DEADLINE_EXCEEDED
-            ProxyError::NoRoute { .. } => 12,        // UNIMPLEMENTED
-            ProxyError::InvalidBackend { .. } => 13, // INTERNAL
-            ProxyError::RequestBody(_) => 13,        // INTERNAL
-            ProxyError::Malformed(m) if m.status() == StatusCode::BAD_REQUEST => 13, // INTERNAL
-            ProxyError::Malformed(_) => 12,          // UNIMPLEMENTED
-            ProxyError::Upstream(UpstreamError::Denied { .. }) | ProxyError::MtlsRequired { .. } => 7, // PERMISSION_DENIED
-            _ => 14,                                                                                   // UNAVAILABLE
+            ProxyError::Timeout { .. } => Code::DeadlineExceeded,
+            ProxyError::NoRoute { .. } => Code::Unimplemented,
+            ProxyError::InvalidBackend { .. } | ProxyError::RequestBody(_) => Code::Internal,
+            ProxyError::Malformed(m) if m.status() == StatusCode::BAD_REQUEST => Code::Internal,
+            ProxyError::Malformed(_) => Code::Unimplemented,
+            ProxyError::Upstream(UpstreamError::Denied { .. }) | ProxyError::MtlsRequired { .. } => {
+                Code::PermissionDenied
+            }
+            _ => Code::Unavailable,
         }
     }
 
@@ -119,7 +122,7 @@ impl ProxyError {
             let mut response = Response::new(ResponseBody::local(ProxyBody::Empty));
             let headers = response.headers_mut();
             headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
-            headers.insert("grpc-status", HeaderValue::from(self.grpc_status()));
+            headers.insert("grpc-status", HeaderValue::from(self.grpc_status() as i32));
             if let Ok(value) = HeaderValue::from_str(&percent_encode_grpc(&message)) {
                 headers.insert("grpc-message", value);
             }
@@ -165,7 +168,9 @@ mod tests {
 
     #[test]
     fn errors_map_to_http_and_grpc_statuses() {
-        let cases: Vec<(ProxyError, u16, u16)> = vec![
+        // The numbers are gRPC's (doc/statuscodes.md), spelled out so that the test does not
+        // repeat the code under test.
+        let cases: Vec<(ProxyError, u16, i32)> = vec![
             (ProxyError::NoConfig, 503, 14),
             (ProxyError::NoRoute { destination: "d".into(), method: "GET".into(), path: "/".into() }, 404, 12),
             (ProxyError::NoEndpoints { backend: "b".into() }, 503, 14),
@@ -174,7 +179,7 @@ mod tests {
         ];
         for (error, http, grpc) in cases {
             assert_eq!(error.status().as_u16(), http, "{error}");
-            assert_eq!(error.grpc_status(), grpc, "{error}");
+            assert_eq!(error.grpc_status() as i32, grpc, "{error}");
             let response = error.into_response(true);
             assert_eq!(response.status(), 200, "gRPC errors are trailers-only answers");
             assert_eq!(response.headers()["grpc-status"], grpc.to_string().as_str());

@@ -309,12 +309,7 @@ impl Inbound {
                     metrics.tcp_connections.get_or_create(&labels).inc();
                     metrics.tcp_open.get_or_create(&labels).inc();
                     let mut pod = pod;
-                    if let Ok((from_peer, from_pod)) =
-                        tokio::io::copy_bidirectional(&mut TokioIo::new(upgraded), &mut pod).await
-                    {
-                        metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_peer);
-                        metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_pod);
-                    }
+                    crate::transport::relay(&mut TokioIo::new(upgraded), &mut pod, Some((&metrics, &labels))).await;
                     metrics.tcp_open.get_or_create(&labels).dec();
                     inbound.active.lock().unwrap_or_else(|p| p.into_inner()).remove(&id);
                 })
@@ -420,10 +415,7 @@ impl Inbound {
                 let mut client = Rewind::new(prefix.freeze(), stream);
                 tokio::spawn(async move {
                     let mut pod = pod;
-                    if let Ok((from_client, from_pod)) = tokio::io::copy_bidirectional(&mut client, &mut pod).await {
-                        metrics.tcp_received_bytes.get_or_create(&labels).inc_by(from_client);
-                        metrics.tcp_sent_bytes.get_or_create(&labels).inc_by(from_pod);
-                    }
+                    crate::transport::relay(&mut client, &mut pod, Some((&metrics, &labels))).await;
                 })
             }
         };
@@ -513,13 +505,7 @@ impl Inbound {
         match pool.send(request.map(ProxyBody::Incoming), protocol).await {
             Ok(mut response) => {
                 if let Some(downstream) = downstream.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
-                    let upstream = hyper::upgrade::on(&mut response);
-                    tokio::spawn(async move {
-                        if let (Ok(client), Ok(server)) = (downstream.await, upstream.await) {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
-                                .await;
-                        }
-                    });
+                    crate::transport::relay_upgrade(downstream, hyper::upgrade::on(&mut response));
                 } else {
                     crate::headers::strip_hop_by_hop(response.headers_mut(), false);
                 }

@@ -30,7 +30,7 @@ struct Args {
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=64))]
     outbound_ports: u16,
     /// Inbound listener: tunnels from other nodes' proxies to this node's pods.
-    #[arg(long, default_value = "0.0.0.0:15008")]
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], nodus_config::TUNNEL_PORT)))]
     inbound_addr: SocketAddr,
     /// Inbound capture listener (transparent): with the eBPF redirect, connections from outside
     /// the mesh to this node's mesh pods arrive here, so that strict mTLS and authorization

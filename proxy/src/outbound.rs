@@ -390,20 +390,16 @@ impl Outbound {
     /// server's greeting read while waiting for the first speaker).
     async fn relay(
         &self,
-        mut client: TcpStream,
-        mut server: ServerIo,
+        client: TcpStream,
+        server: ServerIo,
         to_server: bytes::Bytes,
         to_client: bytes::Bytes,
         labels: &TcpLabels,
     ) {
         let metrics = &self.metrics;
         metrics.tcp_open.get_or_create(labels).inc();
-        if server.write_all(&to_server).await.is_ok() && client.write_all(&to_client).await.is_ok() {
-            if let Ok((from_client, from_server)) = tokio::io::copy_bidirectional(&mut client, &mut server).await {
-                metrics.tcp_received_bytes.get_or_create(labels).inc_by(from_client + to_server.len() as u64);
-                metrics.tcp_sent_bytes.get_or_create(labels).inc_by(from_server + to_client.len() as u64);
-            }
-        }
+        let (mut client, mut server) = (Rewind::new(to_server, client), Rewind::new(to_client, server));
+        crate::transport::relay(&mut client, &mut server, Some((metrics, labels))).await;
         metrics.tcp_open.get_or_create(labels).dec();
     }
 }

@@ -114,7 +114,7 @@ impl TrustRoots {
             return Ok(None);
         }
         let pem: String = roots.iter().map(|r| r.certificate_pem.as_str()).collect::<Vec<_>>().join("\n");
-        let bundle = TrustBundle::from_pem(&pem).map_err(|e| ApplyError::Compile(format!("trust roots: {e}")))?;
+        let bundle = TrustBundle::from_pem(&pem).map_err(ApplyError::TrustRoots)?;
         let signing = roots.iter().position(|r| r.signing).and_then(|i| bundle.roots().get(i).cloned());
         Ok(Some(Arc::new(Self { bundle, signing })))
     }
@@ -244,7 +244,7 @@ impl ProxyState {
         let resolve = |service: &ObjectRef, port: u16| {
             balancers.get(&(service.namespace.clone(), service.name.clone(), port)).cloned()
         };
-        let routes = RouteTable::compile(&snapshot, &resolve).map_err(|e| ApplyError::Compile(e.to_string()))?;
+        let routes = RouteTable::compile(&snapshot, &resolve).map_err(ApplyError::RoutePattern)?;
         for (balancer, endpoints) in endpoint_updates {
             balancer.update(endpoints);
         }
@@ -293,9 +293,13 @@ pub enum ApplyError {
     /// The snapshot failed validation.
     #[error("invalid config: {0}")]
     Invalid(#[from] ValidationError),
-    /// A route could not be compiled.
-    #[error("config does not compile: {0}")]
-    Compile(String),
+    /// The trust roots are not valid PEM certificates.
+    #[error("config does not compile: trust roots: {0}")]
+    TrustRoots(#[source] nodus_identity::IdentityError),
+    /// A route's regular expression does not compile (validation checks them; this is the
+    /// compiler's own word, should the two ever disagree).
+    #[error("config does not compile: route pattern: {0}")]
+    RoutePattern(#[source] regex::Error),
 }
 
 /// Holds the state in force and swaps in new snapshots.

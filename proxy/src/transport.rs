@@ -145,3 +145,66 @@ where
         Ok(sender)
     }
 }
+
+/// Relays bytes both ways until both directions have ended, counting them under `counted`
+/// (received: from the client; sent: to it). Bytes read before the relay (protocol detection,
+/// a server's greeting) go first when the sides are wrapped in [`crate::rewind::Rewind`], and
+/// are counted like the rest. An error ends the relay; what was relayed until then is lost to
+/// the counters, as `copy_bidirectional` does not say.
+pub(crate) async fn relay<C, S>(
+    client: &mut C,
+    server: &mut S,
+    counted: Option<(&crate::metrics::Metrics, &crate::metrics::TcpLabels)>,
+) where
+    C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
+{
+    let relayed = tokio::io::copy_bidirectional(client, server).await;
+    if let (Ok((from_client, from_server)), Some((metrics, labels))) = (relayed, counted) {
+        metrics.tcp_received_bytes.get_or_create(labels).inc_by(from_client);
+        metrics.tcp_sent_bytes.get_or_create(labels).inc_by(from_server);
+    }
+}
+
+/// Relays an upgraded exchange (101 Switching Protocols: WebSocket and the like) once both the
+/// client's and the server's side have been handed over by hyper; nothing if either fails.
+pub(crate) fn relay_upgrade(client: hyper::upgrade::OnUpgrade, server: hyper::upgrade::OnUpgrade) {
+    tokio::spawn(async move {
+        if let (Ok(client), Ok(server)) = (client.await, server.await) {
+            use hyper_util::rt::TokioIo;
+            relay(&mut TokioIo::new(client), &mut TokioIo::new(server), None).await;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn a_relay_passes_replayed_bytes_first_and_counts_them_with_the_rest() {
+        let metrics = crate::metrics::Metrics::new();
+        let labels = crate::metrics::TcpLabels { direction: "outbound", protocol: "opaque", destination: "x".into() };
+        let (mut app, proxy_client) = tokio::io::duplex(64);
+        let (proxy_server, mut backend) = tokio::io::duplex(64);
+        let mut client = crate::rewind::Rewind::new(bytes::Bytes::from_static(b"hel"), proxy_client);
+        let mut server = crate::rewind::Rewind::new(bytes::Bytes::from_static(b"220 "), proxy_server);
+        let relaying = async { relay(&mut client, &mut server, Some((&metrics, &labels))).await };
+        let peers = async {
+            app.write_all(b"lo").await.unwrap();
+            app.shutdown().await.unwrap();
+            backend.write_all(b"ready").await.unwrap();
+            backend.shutdown().await.unwrap();
+            let (mut at_backend, mut at_app) = (Vec::new(), Vec::new());
+            backend.read_to_end(&mut at_backend).await.unwrap();
+            app.read_to_end(&mut at_app).await.unwrap();
+            (at_backend, at_app)
+        };
+        let ((), (at_backend, at_app)) = tokio::join!(relaying, peers);
+        assert_eq!(at_backend, b"hello");
+        assert_eq!(at_app, b"220 ready");
+        assert_eq!(metrics.tcp_received_bytes.get_or_create(&labels).get(), 5);
+        assert_eq!(metrics.tcp_sent_bytes.get_or_create(&labels).get(), 9);
+    }
+}

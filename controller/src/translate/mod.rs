@@ -29,7 +29,7 @@ pub struct TranslateOptions {
 
 impl Default for TranslateOptions {
     fn default() -> Self {
-        Self { tunnel_port: 15008 }
+        Self { tunnel_port: nodus_config::TUNNEL_PORT }
     }
 }
 

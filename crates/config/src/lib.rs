@@ -32,6 +32,11 @@ pub use workload::{Workload, WorkloadRef};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// The port node proxies accept tunnels on by default (the same on every node; the controller
+/// writes it into each node's `tunnelAddress`). Istio's HBONE port, so firewall rules written for
+/// ambient meshes fit.
+pub const TUNNEL_PORT: u16 = 15008;
+
 /// A namespaced Kubernetes object name, `namespace/name`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]

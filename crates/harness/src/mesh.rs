@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 /// The first outbound listener port of node proxies in a lab (the proxy's default; it listens on
 /// 16 consecutive ports from it).
 pub const PROXY_OUTBOUND_PORT: u16 = 15100;
-/// The inbound (tunnel) port of node proxies in a lab.
+/// The inbound (tunnel) port of node proxies in a lab: the proxy's default
+/// (`nodus_config::TUNNEL_PORT`, which this crate does not depend on).
 pub const PROXY_INBOUND_PORT: u16 = 15008;
 /// The admin port of node proxies in a lab.
 pub const PROXY_ADMIN_PORT: u16 = 15020;

@@ -13,7 +13,6 @@ use crate::routes::RuleBackend;
 use crate::svc::filters::modify_headers;
 use crate::upstream::{UpstreamError, UpstreamProtocol};
 use http::StatusCode;
-use hyper_util::rt::TokioIo;
 use nodus_config::HttpFilter;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -157,13 +156,7 @@ impl Service<ProxyRequest> for Backend {
             let mut response = result?;
             if let Some(downstream) = downstream_upgrade {
                 if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-                    let upstream = hyper::upgrade::on(&mut response);
-                    tokio::spawn(async move {
-                        if let (Ok(client), Ok(server)) = (downstream.await, upstream.await) {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(client), &mut TokioIo::new(server))
-                                .await;
-                        }
-                    });
+                    crate::transport::relay_upgrade(downstream, hyper::upgrade::on(&mut response));
                 }
             } else {
                 strip_hop_by_hop(response.headers_mut(), false);

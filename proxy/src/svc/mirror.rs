@@ -59,8 +59,7 @@ where
         Box::pin(async move {
             let (parts, body) = request.into_parts();
             let context = parts.extensions.get::<RequestContext>().cloned();
-            let snapshot =
-                buffer_up_to(body, MAX_MIRRORED_BODY).await.map_err(|e| ProxyError::RequestBody(e.to_string()))?;
+            let snapshot = buffer_up_to(body, MAX_MIRRORED_BODY).await.map_err(ProxyError::RequestBody)?;
             let body = match snapshot {
                 Ok(snapshot) => {
                     if let Some(context) = context {

@@ -85,7 +85,7 @@ where
             let snapshot = match buffer_up_to(body, MAX_KEPT_BODY).await {
                 Ok(Ok(snapshot)) => snapshot,
                 Ok(Err(body)) => return inner.call(Request::from_parts(parts, body)).await,
-                Err(error) => return Err(ProxyError::RequestBody(error.to_string())),
+                Err(error) => return Err(ProxyError::RequestBody(error)),
             };
             let context = parts.extensions.get::<RequestContext>().cloned();
             let tried = TriedEndpoints::default();
