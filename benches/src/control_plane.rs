@@ -14,7 +14,7 @@ use nodus_controller::manifests::parse_objects;
 use nodus_controller::translate::{translate, LastAccepted, TranslateOptions};
 use nodus_proxy::app::Proxy;
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::metrics::Metrics;
+use nodus_proxy::core::metrics::Metrics;
 use std::fmt::Write as _;
 use std::path::Path;
 use std::sync::Arc;
@@ -104,11 +104,11 @@ async fn run(args: Args) -> Result<()> {
     for n in 1..=args.proxies {
         let node = format!("node-{n}");
         let proxy = Arc::new(Proxy::for_node(OutlierPolicy::default(), Metrics::new(), &node));
-        nodus_proxy::control::subscribe(
+        nodus_proxy::control::config_client::subscribe(
             proxy.clone(),
             format!("http://{addr}"),
             node,
-            nodus_proxy::control::NodeCredentials::none(),
+            nodus_proxy::control::config_client::NodeCredentials::none(),
         );
         proxies.push(proxy);
     }

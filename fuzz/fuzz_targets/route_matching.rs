@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use nodus_config::ConfigSnapshot;
 use nodus_fuzz::FuzzRequest;
-use nodus_proxy::routes::{PortRoutes, RouteTable};
+use nodus_proxy::policy::routes::{PortRoutes, RouteTable};
 use std::sync::{Arc, OnceLock};
 
 const CONFIG: &str = r#"

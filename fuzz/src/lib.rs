@@ -46,8 +46,8 @@ impl FuzzRequest {
     }
 
     /// The view the route table matches on.
-    pub fn view(&self) -> nodus_proxy::routes::RequestView<'_> {
-        nodus_proxy::routes::RequestView {
+    pub fn view(&self) -> nodus_proxy::policy::routes::RequestView<'_> {
+        nodus_proxy::policy::routes::RequestView {
             method: &self.method,
             path: &self.path,
             query: self.query.as_deref(),
@@ -66,7 +66,7 @@ impl FuzzRequest {
         if let Some(host) = &self.host {
             request = request.header(http::header::HOST, host.as_str());
         }
-        let mut request = request.body(nodus_proxy::body::ProxyBody::Empty).ok()?;
+        let mut request = request.body(nodus_proxy::core::body::ProxyBody::Empty).ok()?;
         request.headers_mut().extend(self.headers.clone());
         Some(request)
     }

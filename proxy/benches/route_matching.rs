@@ -6,7 +6,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use nodus_config::{ConfigSnapshot, HeaderModifier, NameValue};
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::routes::{RequestView, RouteTable};
+use nodus_proxy::policy::routes::{RequestView, RouteTable};
 use nodus_proxy::state::ConfigStore;
 use std::hint::black_box;
 

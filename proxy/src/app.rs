@@ -2,10 +2,10 @@
 //! The binary and the in-process tests both start the proxy through here.
 
 use crate::balance::OutlierPolicy;
-use crate::enrollment::Enrollment;
-use crate::metrics::{ConfigLabels, Metrics};
-use crate::original_dst::OriginalDst;
-use crate::outbound::{Outbound, OutboundSettings};
+use crate::control::enrollment::Enrollment;
+use crate::core::metrics::{ConfigLabels, Metrics};
+use crate::servers::original_dst::OriginalDst;
+use crate::servers::outbound::{Outbound, OutboundSettings};
 use crate::state::{ApplyError, ConfigStore};
 use nodus_config::ConfigSnapshot;
 use std::net::SocketAddr;
@@ -44,8 +44,8 @@ pub struct Proxy {
     pub metrics: Arc<Metrics>,
     /// Woken whenever a config is applied (enrolment listens).
     pub config_applied: Arc<Notify>,
-    /// Set when the proxy hands over to a successor or stops: see [`crate::drain`].
-    pub drain: crate::drain::Drain,
+    /// Set when the proxy hands over to a successor or stops: see [`crate::core::drain`].
+    pub drain: crate::core::drain::Drain,
 }
 
 impl Proxy {
@@ -64,7 +64,7 @@ impl Proxy {
             store: Arc::new(store),
             metrics: Arc::new(metrics),
             config_applied: Arc::new(Notify::new()),
-            drain: crate::drain::Drain::default(),
+            drain: crate::core::drain::Drain::default(),
         }
     }
 
@@ -94,7 +94,7 @@ impl Proxy {
     fn report_unplaced(&self, state: &crate::state::ProxyState) {
         for reason in [nodus_config::Unplaced::NodeUnknown, nodus_config::Unplaced::NoNode] {
             let count = state.unplaced.iter().filter(|u| u.reason == reason).count();
-            let labels = crate::metrics::UnplacedLabels { reason: reason.as_str() };
+            let labels = crate::core::metrics::UnplacedLabels { reason: reason.as_str() };
             self.metrics.unplaced_endpoints.get_or_create(&labels).set(count as i64);
         }
         for endpoint in &state.unplaced {
@@ -120,7 +120,7 @@ pub struct Listening {
     /// The node-local debug listener.
     pub debug: Option<SocketAddr>,
     /// The listening sockets, for a hand-over to a successor; valid until draining starts.
-    pub fds: Vec<(crate::handoff::ListenerRole, std::os::fd::RawFd)>,
+    pub fds: Vec<(crate::servers::handoff::ListenerRole, std::os::fd::RawFd)>,
 }
 
 /// Binds a transparent listener: it may accept connections addressed to other hosts (pods),
@@ -165,12 +165,12 @@ pub async fn start(
 }
 
 /// Like [`start`], accepting on listeners taken over from a predecessor when given
-/// ([`crate::handoff`]) instead of binding new ones.
+/// ([`crate::servers::handoff`]) instead of binding new ones.
 pub async fn start_with(
     proxy: &Arc<Proxy>,
     settings: &ProxySettings,
     original_dst: Arc<dyn OriginalDst>,
-    inherited: Option<crate::handoff::Inherited>,
+    inherited: Option<crate::servers::handoff::Inherited>,
 ) -> std::io::Result<Listening> {
     let (outbound_listeners, admin_listener, inbound_listener, capture_listener, inherited_debug) = match inherited {
         Some(inherited) => (
@@ -197,7 +197,7 @@ pub async fn start_with(
         (None, Some(addr)) => Some(TcpListener::bind(addr).await?),
         (None, None) => None,
     };
-    use crate::handoff::ListenerRole;
+    use crate::servers::handoff::ListenerRole;
     use std::os::fd::AsRawFd;
     let mut fds: Vec<_> = outbound_listeners.iter().map(|l| (ListenerRole::Outbound, l.as_raw_fd())).collect();
     fds.push((ListenerRole::Admin, admin_listener.as_raw_fd()));
@@ -218,7 +218,7 @@ pub async fn start_with(
     };
     if inbound_listener.is_some() || capture_listener.is_some() {
         let inbound = Arc::new(
-            crate::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone(), settings.outbound.limits)
+            crate::servers::inbound::Inbound::new(proxy.store.clone(), proxy.metrics.clone(), settings.outbound.limits)
                 .with_detect_timeout(settings.outbound.detect_timeout)
                 .with_drain(proxy.drain.clone()),
         );
@@ -258,9 +258,11 @@ pub async fn start_with(
             }
         });
     }
-    let admin = Arc::new(crate::admin::Admin::new(proxy.store.clone(), proxy.metrics.clone()));
-    let listeners =
-        [(Some(admin_listener), crate::admin::Scope::Public), (debug_listener, crate::admin::Scope::NodeLocal)];
+    let admin = Arc::new(crate::servers::admin::Admin::new(proxy.store.clone(), proxy.metrics.clone()));
+    let listeners = [
+        (Some(admin_listener), crate::servers::admin::Scope::Public),
+        (debug_listener, crate::servers::admin::Scope::NodeLocal),
+    ];
     for (listener, scope) in listeners {
         let Some(listener) = listener else { continue };
         let (admin, drain) = (admin.clone(), proxy.drain.clone());
@@ -328,23 +330,23 @@ pub fn use_mutual_tls(
     proxy: &Proxy,
     trust_domain: &str,
     node: &str,
-    signer: Arc<dyn crate::identity::CertificateSigner>,
-) -> Result<Arc<crate::identity::IdentityManager>, crate::tunnel::AlreadyMutualTls> {
-    let manager = Arc::new(crate::identity::IdentityManager::new(trust_domain, node, proxy.store.clone()));
+    signer: Arc<dyn crate::control::identity::CertificateSigner>,
+) -> Result<Arc<crate::control::identity::IdentityManager>, crate::transport::tunnel::AlreadyMutualTls> {
+    let manager = Arc::new(crate::control::identity::IdentityManager::new(trust_domain, node, proxy.store.clone()));
     proxy.tunnels().use_mutual_tls(manager.clone())?;
-    drop(crate::identity::run(proxy.certificate_inputs(), manager.clone(), signer));
+    drop(crate::control::identity::run(proxy.certificate_inputs(), manager.clone(), signer));
     Ok(manager)
 }
 
 impl Proxy {
     /// This proxy's tunnel client.
-    pub fn tunnels(&self) -> &Arc<crate::tunnel::Tunnels> {
+    pub fn tunnels(&self) -> &Arc<crate::transport::tunnel::Tunnels> {
         self.store.tunnels()
     }
 
     /// What the certificate manager needs of this proxy.
-    pub fn certificate_inputs(&self) -> crate::identity::CertificateInputs {
-        crate::identity::CertificateInputs {
+    pub fn certificate_inputs(&self) -> crate::control::identity::CertificateInputs {
+        crate::control::identity::CertificateInputs {
             store: self.store.clone(),
             metrics: self.metrics.clone(),
             config_applied: self.config_applied.clone(),
@@ -352,7 +354,7 @@ impl Proxy {
     }
 }
 
-impl crate::control::ConfigSink for Proxy {
+impl crate::control::config_client::ConfigSink for Proxy {
     fn applied_version(&self) -> u64 {
         self.store.load().map_or(0, |state| state.version)
     }

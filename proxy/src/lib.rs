@@ -6,34 +6,30 @@
 //! services (metrics, routing, filters, timeouts, retries, load balancing) configured by an
 //! immutable, atomically swapped config snapshot.
 
-pub mod admin;
+//!
+//! The modules are layers, each importing only those below it (the composition root, `app`,
+//! at the top):
+//!
+//! ```text
+//!  app          the composition root: assembles store, metrics, tunnels, servers, control
+//!  control      config client, certificate manager, enrolment (take the store, not the proxy)
+//!  servers      outbound, inbound, capture, admin, hand-over, fairness
+//!  svc          the request stack's tower layers, the errors they answer with
+//!  state        the compiled config snapshot and the store that swaps it
+//!  policy       routes (Gateway API matching) and authorization, pure functions of the config
+//!  balance      per-Service-port balancers, endpoints, the retry budget
+//!  transport    TCP connect and relay, shared HTTP/2, the endpoint pool, the tunnel client
+//!  core         bodies, detection, drain, limits, clock, header rules, metrics
+//! ```
+//!
+//! `proxy/tests/layering.rs` fails when a `use` points upwards.
+
 pub mod app;
-pub mod authz;
 pub mod balance;
-pub mod body;
-pub mod clock;
-pub mod closing;
 pub mod control;
-pub mod detect;
-pub mod drain;
-pub mod enrollment;
-pub mod errors;
-pub mod fairness;
-pub mod handoff;
-pub mod headers;
-pub mod identity;
-pub mod inbound;
-pub mod limits;
-pub mod metrics;
-pub mod original_dst;
-pub mod outbound;
-pub mod request_check;
-pub mod response;
-pub mod retry_budget;
-pub mod rewind;
-pub mod routes;
+pub mod core;
+pub mod policy;
+pub mod servers;
 pub mod state;
 pub mod svc;
 pub mod transport;
-pub mod tunnel;
-pub mod upstream;

@@ -4,10 +4,10 @@ use anyhow::{bail, Context};
 use clap::Parser;
 use nodus_proxy::app::{self, Proxy, ProxySettings};
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::enrollment::{Enrollment, NetnsDiscovery, RedirectCollector};
-use nodus_proxy::metrics::Metrics;
-use nodus_proxy::original_dst::{FixedOriginalDst, OriginalDst};
-use nodus_proxy::outbound::OutboundSettings;
+use nodus_proxy::control::enrollment::{Enrollment, NetnsDiscovery, RedirectCollector};
+use nodus_proxy::core::metrics::Metrics;
+use nodus_proxy::servers::original_dst::{FixedOriginalDst, OriginalDst};
+use nodus_proxy::servers::outbound::OutboundSettings;
 use nodus_redirect::{Redirect, RedirectSpec};
 use std::net::{SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -159,13 +159,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
         capture_addr: inbound_capture.then_some(args.capture_addr),
         outbound: OutboundSettings {
             detect_timeout: Duration::from_millis(args.detect_timeout_ms),
-            limits: nodus_proxy::limits::ConnectionLimits {
+            limits: nodus_proxy::core::limits::ConnectionLimits {
                 max_header_bytes: args.max_header_bytes,
                 header_read_timeout: Duration::from_secs(args.header_read_timeout_secs),
                 max_concurrent_streams: args.max_concurrent_streams,
                 max_pending_reset_streams: args.max_pending_reset_streams,
             },
-            sources: nodus_proxy::fairness::SourceLimits {
+            sources: nodus_proxy::servers::fairness::SourceLimits {
                 max_connections: args.max_connections_per_source,
                 max_requests: args.max_requests_per_source,
             },
@@ -201,16 +201,16 @@ async fn run(args: Args) -> anyhow::Result<()> {
     match (&args.controller, &args.config_file) {
         (Some(controller), _) => {
             let credentials = match &args.node_token_file {
-                Some(path) => nodus_proxy::control::NodeCredentials::token_file(path.clone()),
-                None => nodus_proxy::control::NodeCredentials::none(),
+                Some(path) => nodus_proxy::control::config_client::NodeCredentials::token_file(path.clone()),
+                None => nodus_proxy::control::config_client::NodeCredentials::none(),
             };
-            drop(nodus_proxy::control::subscribe(
+            drop(nodus_proxy::control::config_client::subscribe(
                 proxy.clone(),
                 controller.clone(),
                 args.node.clone(),
                 credentials.clone(),
             ));
-            let signer = nodus_proxy::identity::ControllerSigner::new(controller, credentials)
+            let signer = nodus_proxy::control::identity::ControllerSigner::new(controller, credentials)
                 .with_context(|| format!("the controller address {controller}"))?;
             // Tunnels between node proxies become mutual TLS with the node's workload certificates.
             let identities = app::use_mutual_tls(&proxy, &args.trust_domain, &args.node, Arc::new(signer))
@@ -233,9 +233,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
         let ready = || {
             proxy.store.load().is_some()
-                && identities_for_handoff
-                    .as_ref()
-                    .is_none_or(|manager: &Arc<nodus_proxy::identity::IdentityManager>| manager.has_all(&proxy.store))
+                && identities_for_handoff.as_ref().is_none_or(
+                    |manager: &Arc<nodus_proxy::control::identity::IdentityManager>| manager.has_all(&proxy.store),
+                )
         };
         while !ready() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -245,14 +245,15 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     }
     let inherited = match &args.handoff_socket {
-        Some(path) => nodus_proxy::handoff::take_over(path)
+        Some(path) => nodus_proxy::servers::handoff::take_over(path)
             .with_context(|| format!("taking the listeners over at {}", path.display()))?,
         None => None,
     };
     let upgrading = inherited.is_some();
     let listening = app::start_with(&proxy, &settings, original_dst, inherited).await.context("binding listeners")?;
     // Connections captured on their way in to pods are handed to this listener from now on.
-    let capture_fd = listening.fds.iter().find(|(role, _)| *role == nodus_proxy::handoff::ListenerRole::Capture);
+    let capture_fd =
+        listening.fds.iter().find(|(role, _)| *role == nodus_proxy::servers::handoff::ListenerRole::Capture);
     if let (Some(redirect), Some((_, fd))) = (&redirect_for_capture, capture_fd) {
         redirect
             .lock()
@@ -264,7 +265,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::info!("took the listeners over from the previous proxy, which now drains");
     }
     let handed_over = match args.handoff_socket.clone() {
-        Some(path) => tokio::spawn(nodus_proxy::handoff::offer(path, listening.fds.clone())),
+        Some(path) => tokio::spawn(nodus_proxy::servers::handoff::offer(path, listening.fds.clone())),
         None => tokio::spawn(std::future::pending()),
     };
     // Harnesses wait for this line.

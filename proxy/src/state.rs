@@ -6,15 +6,14 @@
 //! snapshot never waits for requests.
 
 use crate::balance::{Balancer, BalancerRegistry, EndpointMeta, OutlierPolicy};
-use crate::routes::{CompiledRule, PortRoutes, RouteTable};
+use crate::policy::routes::{CompiledRule, PortRoutes, RouteTable};
+use crate::transport::credentials::TrustRoots;
 use arc_swap::ArcSwapOption;
 use nodus_config::{reach, AppProtocol, ConfigSnapshot, ObjectRef, Reach, UnplacedEndpoint, ValidationError};
-use nodus_identity::tls::TrustBundle;
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use thiserror::Error;
-use tokio_rustls::rustls::pki_types::CertificateDer;
 
 /// A Service port clients dial, as the request path needs it.
 #[derive(Debug)]
@@ -99,27 +98,6 @@ pub struct ProxyState {
     unplaced_pods: foldhash::HashSet<IpAddr>,
 }
 
-/// The trust roots of a config, parsed once per config.
-#[derive(Debug)]
-pub struct TrustRoots {
-    /// Every root trusted now (old and new during a trust-anchor rotation).
-    pub bundle: TrustBundle,
-    /// The root the CA signs with now: certificates from another root are re-issued.
-    pub signing: Option<CertificateDer<'static>>,
-}
-
-impl TrustRoots {
-    fn compile(roots: &[nodus_config::TrustRoot]) -> Result<Option<Arc<Self>>, ApplyError> {
-        if roots.is_empty() {
-            return Ok(None);
-        }
-        let pem: String = roots.iter().map(|r| r.certificate_pem.as_str()).collect::<Vec<_>>().join("\n");
-        let bundle = TrustBundle::from_pem(&pem).map_err(ApplyError::TrustRoots)?;
-        let signing = roots.iter().position(|r| r.signing).and_then(|i| bundle.roots().get(i).cloned());
-        Ok(Some(Arc::new(Self { bundle, signing })))
-    }
-}
-
 impl ProxyState {
     /// The Service port behind a cluster IP and port.
     pub fn destination(&self, addr: SocketAddr) -> Option<&Arc<Destination>> {
@@ -163,7 +141,7 @@ impl ProxyState {
         registry: &BalancerRegistry,
         local_node: Option<&str>,
     ) -> Result<Self, ApplyError> {
-        let trust = TrustRoots::compile(&snapshot.trust_roots)?;
+        let trust = TrustRoots::from_config(&snapshot.trust_roots).map_err(ApplyError::TrustRoots)?;
         let node_proxies = snapshot.node_proxies();
         let workload_by_pod: HashMap<(&str, &str), &nodus_config::Workload> =
             snapshot.workloads.iter().map(|w| ((w.id.namespace.as_str(), w.id.name.as_str()), w)).collect();
@@ -179,7 +157,7 @@ impl ProxyState {
                 mtls_only_outbound: namespace_mtls.is_some_and(|m| m.outbound == nodus_config::MtlsMode::Strict),
                 mesh: w.mesh_enabled,
                 mtls_strict: namespace_mtls.is_some_and(|m| m.mode == nodus_config::MtlsMode::Strict),
-                policies: crate::authz::selecting(&snapshot.authorization_policies, w).into(),
+                policies: crate::policy::authz::selecting(&snapshot.authorization_policies, w).into(),
             });
             let local = local_node == Some(w.node.as_str());
             for ip in &w.ips {
@@ -313,14 +291,14 @@ pub struct ConfigStore {
 impl ConfigStore {
     /// An empty store: until a snapshot is applied the proxy refuses traffic it would have to
     /// route (fail closed). Its endpoints have a tunnel client of their own (plaintext until
-    /// [`crate::tunnel::Tunnels::use_mutual_tls`]).
+    /// [`crate::transport::tunnel::Tunnels::use_mutual_tls`]).
     pub fn new(policy: OutlierPolicy) -> Self {
-        let registry = BalancerRegistry::new(policy, Arc::new(crate::tunnel::Tunnels::new()));
+        let registry = BalancerRegistry::new(policy, Arc::new(crate::transport::tunnel::Tunnels::new()));
         Self { current: ArcSwapOption::empty(), registry, node: None }
     }
 
     /// The tunnel client of its endpoints on other nodes.
-    pub fn tunnels(&self) -> &Arc<crate::tunnel::Tunnels> {
+    pub fn tunnels(&self) -> &Arc<crate::transport::tunnel::Tunnels> {
         self.registry.tunnels()
     }
 

@@ -10,7 +10,7 @@ use nodus_controller::standalone::{self, StandaloneSettings};
 use nodus_controller::translate::TranslateOptions;
 use nodus_proxy::app::Proxy;
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::metrics::Metrics;
+use nodus_proxy::core::metrics::Metrics;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -35,11 +35,11 @@ async fn serve(distributor: &Distributor, addr: SocketAddr) -> (SocketAddr, toki
 
 fn node_proxy(node: &str, controller: SocketAddr) -> Arc<Proxy> {
     let proxy = Arc::new(Proxy::for_node(OutlierPolicy::default(), Metrics::new(), node));
-    nodus_proxy::control::subscribe(
+    nodus_proxy::control::config_client::subscribe(
         proxy.clone(),
         format!("http://{controller}"),
         node.to_string(),
-        nodus_proxy::control::NodeCredentials::none(),
+        nodus_proxy::control::config_client::NodeCredentials::none(),
     );
     proxy
 }
@@ -235,7 +235,7 @@ async fn standalone_mode_picks_up_changed_manifests() {
 async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
     use nodus_controller::certificates::CertificateService;
     use nodus_identity::{tls::identity_of, CertificateAuthority, SpiffeId};
-    use nodus_proxy::identity::IdentityManager;
+    use nodus_proxy::control::identity::IdentityManager;
 
     let distributor = Distributor::new();
     let v1 = distributor.publish(snapshot(8080, ""));
@@ -256,12 +256,12 @@ async fn node_proxies_obtain_and_rotate_certificates_for_their_own_workloads() {
     let node1 = node_proxy("node-1", addr);
     assert!(distributor.wait_for(WAIT, acked(v1, &["node-1"])).await);
     let manager = Arc::new(IdentityManager::new("cluster.local", "node-1", node1.store.clone()));
-    let signer = nodus_proxy::identity::ControllerSigner::new(
+    let signer = nodus_proxy::control::identity::ControllerSigner::new(
         &format!("http://{addr}"),
-        nodus_proxy::control::NodeCredentials::none(),
+        nodus_proxy::control::config_client::NodeCredentials::none(),
     )
     .unwrap();
-    nodus_proxy::identity::run(node1.certificate_inputs(), manager.clone(), Arc::new(signer));
+    nodus_proxy::control::identity::run(node1.certificate_inputs(), manager.clone(), Arc::new(signer));
 
     let client = SpiffeId::new("cluster.local", "demo", "default");
     let deadline = std::time::Instant::now() + WAIT;

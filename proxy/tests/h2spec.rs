@@ -12,7 +12,7 @@
 #[path = "support/loopback.rs"]
 mod loopback;
 
-use nodus_proxy::limits::ConnectionLimits;
+use nodus_proxy::core::limits::ConnectionLimits;
 use std::path::PathBuf;
 
 fn h2spec_binary() -> Option<PathBuf> {

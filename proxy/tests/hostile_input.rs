@@ -9,7 +9,7 @@
 mod loopback;
 
 use nodus_harness::h2_frames::{continuation_flood_start, continuation_frame, has_goaway, rapid_reset};
-use nodus_proxy::limits::ConnectionLimits;
+use nodus_proxy::core::limits::ConnectionLimits;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

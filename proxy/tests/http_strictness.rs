@@ -10,7 +10,7 @@
 mod loopback;
 
 use nodus_proxy::app::Listening;
-use nodus_proxy::limits::ConnectionLimits;
+use nodus_proxy::core::limits::ConnectionLimits;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

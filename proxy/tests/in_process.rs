@@ -9,19 +9,19 @@ use loopback::{start_echo, VIP};
 use nodus_config::ConfigSnapshot;
 use nodus_proxy::app::{self, Proxy};
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::metrics::Metrics;
+use nodus_proxy::core::metrics::Metrics;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 async fn start_proxy(service_port: u16) -> (Arc<Proxy>, app::Listening) {
-    start_proxy_with(service_port, nodus_proxy::limits::ConnectionLimits::default()).await
+    start_proxy_with(service_port, nodus_proxy::core::limits::ConnectionLimits::default()).await
 }
 
 async fn start_proxy_with(
     service_port: u16,
-    limits: nodus_proxy::limits::ConnectionLimits,
+    limits: nodus_proxy::core::limits::ConnectionLimits,
 ) -> (Arc<Proxy>, app::Listening) {
     let proxy = Arc::new(Proxy::new(OutlierPolicy::default(), Metrics::new()));
     let listening = loopback::start_on_loopback(&proxy, service_port, limits).await;

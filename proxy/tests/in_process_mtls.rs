@@ -15,10 +15,10 @@ use nodus_controller::distribute::Distributor;
 use nodus_identity::CertificateAuthority;
 use nodus_proxy::app::{self, Proxy, ProxySettings};
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::identity::CertificateSigner;
-use nodus_proxy::metrics::Metrics;
-use nodus_proxy::original_dst::FixedOriginalDst;
-use nodus_proxy::outbound::OutboundSettings;
+use nodus_proxy::control::identity::CertificateSigner;
+use nodus_proxy::core::metrics::Metrics;
+use nodus_proxy::servers::original_dst::FixedOriginalDst;
+use nodus_proxy::servers::outbound::OutboundSettings;
 use nodus_wire::proto::{CertificateRequest, CertificateResponse};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -99,8 +99,8 @@ struct Mesh {
     node1: Arc<Proxy>,
     node1_outbound: SocketAddr,
     node2: Arc<Proxy>,
-    node2_manager: Arc<nodus_proxy::identity::IdentityManager>,
-    node1_manager: Arc<nodus_proxy::identity::IdentityManager>,
+    node2_manager: Arc<nodus_proxy::control::identity::IdentityManager>,
+    node1_manager: Arc<nodus_proxy::control::identity::IdentityManager>,
     config: ConfigSnapshot,
 }
 

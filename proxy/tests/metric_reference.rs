@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 
 #[test]
 fn the_metric_reference_lists_exactly_the_proxys_metrics() {
-    let metrics = nodus_proxy::metrics::Metrics::new();
+    let metrics = nodus_proxy::core::metrics::Metrics::new();
     let registered: BTreeSet<String> = metrics.names().iter().map(|n| format!("nodus_{n}")).collect();
     assert!(registered.len() > 10, "{registered:?}");
     let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/observability.md")).unwrap();
@@ -23,7 +23,7 @@ fn the_metric_reference_lists_exactly_the_proxys_metrics() {
     assert!(missing.is_empty(), "not in docs/observability.md: {missing:?}");
     // The redirect's counters come from BPF maps through a collector registered at start-up.
     let redirect: BTreeSet<String> =
-        nodus_proxy::enrollment::REDIRECT_METRICS.iter().map(|(name, _, _)| format!("nodus_{name}")).collect();
+        nodus_proxy::control::enrollment::REDIRECT_METRICS.iter().map(|(name, _, _)| format!("nodus_{name}")).collect();
     let undocumented: Vec<_> = redirect.difference(&documented).collect();
     assert!(undocumented.is_empty(), "not in docs/observability.md: {undocumented:?}");
     let stale: Vec<_> = documented.iter().filter(|d| !registered_base.contains(*d) && !redirect.contains(*d)).collect();

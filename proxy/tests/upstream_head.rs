@@ -7,8 +7,9 @@
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use nodus_proxy::body::ProxyBody;
-use nodus_proxy::upstream::{ConnectionPool, UpstreamProtocol};
+use nodus_proxy::core::body::ProxyBody;
+use nodus_proxy::transport::pool::ConnectionPool;
+use nodus_proxy::transport::UpstreamProtocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;

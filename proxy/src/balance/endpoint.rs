@@ -1,8 +1,8 @@
 //! One endpoint: its address, what metrics say about it, and its health as seen by traffic.
 
 use super::{ms_at, now_ms, OutlierPolicy};
-use crate::tunnel::Tunnels;
-use crate::upstream::{ConnectionPool, Via};
+use crate::transport::pool::{ConnectionPool, Via};
+use crate::transport::tunnel::Tunnels;
 use arc_swap::ArcSwap;
 use std::collections::HashMap;
 use std::net::SocketAddr;

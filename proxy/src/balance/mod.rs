@@ -7,6 +7,7 @@
 
 mod endpoint;
 mod registry;
+pub mod retry_budget;
 
 pub use endpoint::{Endpoint, EndpointMeta, Outcome, RequestGuard};
 pub use registry::BalancerRegistry;
@@ -33,7 +34,7 @@ impl Default for OutlierPolicy {
     }
 }
 
-pub(crate) use crate::clock::{ms_at, now_ms};
+pub(crate) use crate::core::clock::{ms_at, now_ms};
 
 /// The endpoints of one Service port and the policy that picks among them.
 #[derive(Debug)]
@@ -42,12 +43,16 @@ pub struct Balancer {
     pub label: Arc<str>,
     endpoints: ArcSwap<Vec<Arc<Endpoint>>>,
     policy: OutlierPolicy,
-    tunnels: Arc<crate::tunnel::Tunnels>,
+    tunnels: Arc<crate::transport::tunnel::Tunnels>,
 }
 
 impl Balancer {
     /// An empty balancer; its endpoints on other nodes are reached with `tunnels`.
-    pub fn new(label: impl Into<Arc<str>>, policy: OutlierPolicy, tunnels: Arc<crate::tunnel::Tunnels>) -> Self {
+    pub fn new(
+        label: impl Into<Arc<str>>,
+        policy: OutlierPolicy,
+        tunnels: Arc<crate::transport::tunnel::Tunnels>,
+    ) -> Self {
         Self { label: label.into(), endpoints: ArcSwap::from_pointee(Vec::new()), policy, tunnels }
     }
 

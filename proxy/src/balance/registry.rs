@@ -8,19 +8,19 @@ use std::sync::{Arc, Mutex};
 #[derive(Debug, Default)]
 pub struct BalancerRegistry {
     policy: OutlierPolicy,
-    tunnels: Arc<crate::tunnel::Tunnels>,
+    tunnels: Arc<crate::transport::tunnel::Tunnels>,
     balancers: Mutex<HashMap<String, Arc<Balancer>>>,
 }
 
 impl BalancerRegistry {
     /// A registry whose balancers eject by `policy` and reach endpoints on other nodes with
     /// `tunnels`.
-    pub fn new(policy: OutlierPolicy, tunnels: Arc<crate::tunnel::Tunnels>) -> Self {
+    pub fn new(policy: OutlierPolicy, tunnels: Arc<crate::transport::tunnel::Tunnels>) -> Self {
         Self { policy, tunnels, balancers: Mutex::default() }
     }
 
     /// The tunnel client its endpoints use.
-    pub fn tunnels(&self) -> &Arc<crate::tunnel::Tunnels> {
+    pub fn tunnels(&self) -> &Arc<crate::transport::tunnel::Tunnels> {
         &self.tunnels
     }
 

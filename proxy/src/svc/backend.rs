@@ -5,13 +5,14 @@
 
 use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, TriedEndpoints};
 use crate::balance::Outcome;
-use crate::errors::ProxyError;
-use crate::headers::strip_hop_by_hop;
-use crate::metrics::{BackendLabels, Metrics, MtlsRequiredLabels};
-use crate::response::ResponseBody;
-use crate::routes::RuleBackend;
+use crate::core::headers::strip_hop_by_hop;
+use crate::core::metrics::{BackendLabels, Metrics, MtlsRequiredLabels};
+use crate::policy::routes::RuleBackend;
+use crate::svc::errors::ProxyError;
 use crate::svc::filters::modify_headers;
-use crate::upstream::{UpstreamError, UpstreamProtocol};
+use crate::svc::response::ResponseBody;
+use crate::transport::pool::UpstreamError;
+use crate::transport::UpstreamProtocol;
 use http::StatusCode;
 use nodus_config::HttpFilter;
 use std::sync::Arc;
@@ -22,12 +23,12 @@ use tower::Service;
 #[derive(Clone, Debug)]
 pub struct Backend {
     metrics: Arc<Metrics>,
-    tunnels: Arc<crate::tunnel::Tunnels>,
+    tunnels: Arc<crate::transport::tunnel::Tunnels>,
 }
 
 impl Backend {
     /// The leaf service; `tunnels` say whether callers have mesh identities (mutual TLS).
-    pub fn new(metrics: Arc<Metrics>, tunnels: Arc<crate::tunnel::Tunnels>) -> Self {
+    pub fn new(metrics: Arc<Metrics>, tunnels: Arc<crate::transport::tunnel::Tunnels>) -> Self {
         Self { metrics, tunnels }
     }
 }
@@ -96,12 +97,12 @@ impl Service<ProxyRequest> for Backend {
             // whose caller this proxy captured itself. A pod outside the mesh is never told: no
             // proxy of its own vouches for what reaches it.
             let headers = request.headers_mut();
-            crate::headers::remove_client_identity(headers);
+            crate::core::headers::remove_client_identity(headers);
             let meta = endpoint.meta();
             let caller = context.source.as_deref().filter(|_| meta.mesh && meta.via.is_none());
             if let Some(id) = caller.and_then(|source| tunnels.spiffe_id(&source.namespace, &source.service_account)) {
                 if let Ok(value) = http::HeaderValue::from_str(&id.to_string()) {
-                    headers.insert(crate::headers::CLIENT_IDENTITY_HEADER, value);
+                    headers.insert(crate::core::headers::CLIENT_IDENTITY_HEADER, value);
                 }
             }
             let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));

@@ -1,9 +1,9 @@
 //! Loads the config snapshot in force for this request and resolves who is calling what.
 
 use super::{is_grpc, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService};
-use crate::errors::ProxyError;
 use crate::state::ConfigStore;
-use crate::upstream::UpstreamProtocol;
+use crate::svc::errors::ProxyError;
+use crate::transport::UpstreamProtocol;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::task::{Context, Poll};

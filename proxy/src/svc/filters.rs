@@ -2,9 +2,9 @@
 //! URLRewrite. The edits are pure functions over request/response parts, tested below.
 
 use super::{route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService};
-use crate::body::ProxyBody;
-use crate::errors::ProxyError;
-use crate::response::ResponseBody;
+use crate::core::body::ProxyBody;
+use crate::svc::errors::ProxyError;
+use crate::svc::response::ResponseBody;
 use http::{HeaderMap, HeaderName, HeaderValue, Response, StatusCode, Uri};
 use nodus_config::{HeaderModifier, HttpFilter, PathModifier, RedirectFilter, UrlRewriteFilter};
 use std::task::{Context, Poll};

@@ -2,8 +2,8 @@
 //! is ignored and can never delay or fail the real request.
 
 use super::{route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService};
-use crate::body::buffer_up_to;
-use crate::errors::ProxyError;
+use crate::core::body::buffer_up_to;
+use crate::svc::errors::ProxyError;
 use http::Request;
 use nodus_config::HttpFilter;
 use std::task::{Context, Poll};

@@ -17,20 +17,22 @@
 
 pub mod backend;
 pub mod context;
+pub mod errors;
 pub mod filters;
 pub mod mirror;
 pub mod observe;
+pub mod response;
 pub mod retry;
 pub mod route;
 pub mod timeout;
 pub mod validate;
 
-use crate::body::ProxyBody;
-use crate::errors::ProxyError;
-use crate::response::ResponseBody;
-use crate::routes::CompiledRule;
+use crate::core::body::ProxyBody;
+use crate::policy::routes::CompiledRule;
 use crate::state::{Destination, ProxyState, WorkloadInfo};
-use crate::upstream::UpstreamProtocol;
+use crate::svc::errors::ProxyError;
+use crate::svc::response::ResponseBody;
+use crate::transport::UpstreamProtocol;
 use http::{Request, Response};
 use std::future::Future;
 use std::pin::Pin;
@@ -113,7 +115,7 @@ pub struct BackendLabel {
 
 /// Route labels reported back to the metrics layer in response extensions.
 #[derive(Clone, Debug)]
-pub struct RouteLabelsExt(pub crate::metrics::RouteLabels);
+pub struct RouteLabelsExt(pub crate::core::metrics::RouteLabels);
 
 /// Whether a request is a gRPC call.
 pub fn is_grpc<B>(request: &Request<B>) -> bool {

@@ -2,7 +2,7 @@
 //! answer ends.
 
 use super::{is_grpc, BackendLabel, ProxyRequest, ProxyResponse, RouteLabelsExt, StackService};
-use crate::metrics::{method_label, Metrics, ResponseObserver};
+use crate::core::metrics::{method_label, Metrics, ResponseObserver};
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
@@ -57,7 +57,7 @@ where
             labels.direction = direction;
             if let Some(chosen) = response.extensions_mut().remove::<BackendLabel>() {
                 labels.backend = chosen.backend;
-                labels.dst_workload = chosen.workload.unwrap_or_else(crate::metrics::unknown_label);
+                labels.dst_workload = chosen.workload.unwrap_or_else(crate::core::metrics::unknown_label);
                 labels.tls = chosen.tls;
             }
             let status = response.status().as_u16();

@@ -1,16 +1,16 @@
 //! Retries (GEP-1731): a failed attempt is sent again when its status is one of the rule's
 //! retry codes, or when the endpoint could not be reached at all. Each retry must be paid for
-//! from the rule's [`RetryBudget`](crate::retry_budget::RetryBudget), so retries cannot multiply
+//! from the rule's [`RetryBudget`](crate::balance::retry_budget::RetryBudget), so retries cannot multiply
 //! load in an outage. Bodies up to [`MAX_KEPT_BODY`] are buffered to be sent again; larger
 //! requests get one attempt.
 
 use super::{
     route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService, TriedEndpoints,
 };
-use crate::body::{buffer_up_to, ProxyBody, MAX_KEPT_BODY};
-use crate::errors::ProxyError;
-use crate::metrics::{Metrics, RetryLabels};
-use crate::upstream::UpstreamError;
+use crate::core::body::{buffer_up_to, ProxyBody, MAX_KEPT_BODY};
+use crate::core::metrics::{Metrics, RetryLabels};
+use crate::svc::errors::ProxyError;
+use crate::transport::pool::UpstreamError;
 use http::Request;
 use std::sync::Arc;
 use std::task::{Context, Poll};

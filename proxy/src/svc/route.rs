@@ -1,9 +1,9 @@
 //! Picks the rule that handles a request, and reports route labels for metrics.
 
 use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, RouteLabelsExt, StackService};
-use crate::errors::ProxyError;
-use crate::metrics::{unknown_label, RouteLabels};
-use crate::routes::{RequestView, RouteKind};
+use crate::core::metrics::{unknown_label, RouteLabels};
+use crate::policy::routes::{RequestView, RouteKind};
+use crate::svc::errors::ProxyError;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;

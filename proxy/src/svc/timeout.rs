@@ -2,7 +2,7 @@
 //! answer's headers arrive. Streaming bodies after that are not cut.
 
 use super::{route_decision, ProxyRequest, ProxyResponse, ResponseFuture, StackService};
-use crate::errors::ProxyError;
+use crate::svc::errors::ProxyError;
 use std::task::{Context, Poll};
 use tower::Service;
 

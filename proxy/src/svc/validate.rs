@@ -1,8 +1,8 @@
 //! Refuses malformed and ambiguous requests before anything reads them, and puts the rest in
-//! the one form routes, policies and the application all see (see [`crate::request_check`]).
+//! the one form routes, policies and the application all see (see [`crate::core::request_check`]).
 
 use super::{ProxyRequest, ProxyResponse, ResponseFuture, StackService};
-use crate::errors::ProxyError;
+use crate::svc::errors::ProxyError;
 use std::task::{Context, Poll};
 use tower::Service;
 
@@ -32,7 +32,7 @@ where
     }
 
     fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
-        match crate::request_check::check(&mut request) {
+        match crate::core::request_check::check(&mut request) {
             Ok(()) => self.inner.call(request),
             Err(malformed) => {
                 tracing::debug!(method = %request.method(), target = %request.uri(), %malformed, "malformed request refused");
@@ -46,8 +46,8 @@ where
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::body::ProxyBody;
-    use crate::response::ResponseBody;
+    use crate::core::body::ProxyBody;
+    use crate::svc::response::ResponseBody;
 
     /// Answers with the target and Host it was given.
     #[derive(Clone)]

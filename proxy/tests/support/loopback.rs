@@ -4,9 +4,9 @@
 //! its own end-to-end tests (`mesh_*.rs`) — it lets these cases run without root.
 
 use nodus_proxy::app::{self, Proxy, ProxySettings};
-use nodus_proxy::limits::ConnectionLimits;
-use nodus_proxy::original_dst::FixedOriginalDst;
-use nodus_proxy::outbound::OutboundSettings;
+use nodus_proxy::core::limits::ConnectionLimits;
+use nodus_proxy::servers::original_dst::FixedOriginalDst;
+use nodus_proxy::servers::outbound::OutboundSettings;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,8 +48,10 @@ pub async fn start_proxy_in_front_of(
     app_protocol: &str,
     limits: ConnectionLimits,
 ) -> app::Listening {
-    let proxy =
-        Arc::new(Proxy::new(nodus_proxy::balance::OutlierPolicy::default(), nodus_proxy::metrics::Metrics::new()));
+    let proxy = Arc::new(Proxy::new(
+        nodus_proxy::balance::OutlierPolicy::default(),
+        nodus_proxy::core::metrics::Metrics::new(),
+    ));
     let config: nodus_config::ConfigSnapshot = serde_norway::from_str(&format!(
         "version: 1\nservices:\n  - id: {{ namespace: demo, name: echo }}\n    clusterIps: [{VIP}]\n    ports: [{{ port: 80, targetPort: {backend_port}, appProtocol: {app_protocol} }}]\n    endpoints: [{{ address: 127.0.0.1 }}]\n"
     ))

@@ -8,8 +8,7 @@
 //! source identity, destination identity), since a TLS connection proves exactly one identity
 //! on each side. Without identities (a config file, tests of the plain data path) it is plaintext.
 
-use crate::identity::HeldCertificate;
-use crate::state::TrustRoots;
+use crate::transport::credentials::{HeldCertificate, TrustRoots, TunnelCredentials, TunnelError};
 use crate::transport::{connect_tcp, SharedHttp2, UpstreamError};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
@@ -21,7 +20,6 @@ use nodus_identity::SpiffeId;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, OnceLock};
-use tokio_rustls::rustls::ServerConfig;
 
 /// Who a tunnel connection authenticates as, and whom it must reach.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -30,34 +28,6 @@ pub struct TunnelIdentities {
     pub source: SpiffeId,
     /// The destination workload's identity (required of the peer).
     pub destination: SpiffeId,
-}
-
-/// What mutual TLS tunnels are made with, in both directions. The certificate manager
-/// ([`crate::identity::IdentityManager`]) implements it; a test may bring its own.
-pub trait TunnelCredentials: Send + Sync + std::fmt::Debug + 'static {
-    /// The trust domain of the mesh's identities.
-    fn trust_domain(&self) -> &str;
-    /// The certificate of a workload identity of this node, if held.
-    fn certificate(&self, identity: &SpiffeId) -> Option<Arc<HeldCertificate>>;
-    /// The roots peers are verified against (those of the config in force).
-    fn trust_roots(&self) -> Option<Arc<TrustRoots>>;
-    /// The TLS config of the inbound tunnel listener: certificates by SNI, client certificates
-    /// required and verified against the roots in force.
-    fn server_config(&self) -> Result<Arc<ServerConfig>, TunnelError>;
-}
-
-/// Why a tunnel could not be set up.
-#[derive(Debug, thiserror::Error)]
-pub enum TunnelError {
-    /// No workload certificate is held for the source identity.
-    #[error("no workload certificate for {0} yet")]
-    NoCertificate(SpiffeId),
-    /// The config in force carries no trust roots.
-    #[error("no trust roots in the config yet")]
-    NoTrustRoots,
-    /// The TLS configuration could not be built from the credentials.
-    #[error("mTLS configuration")]
-    Tls(#[from] nodus_identity::IdentityError),
 }
 
 type Peers = HashMap<(SocketAddr, Option<TunnelIdentities>), Arc<Peer>>;
@@ -235,7 +205,7 @@ impl Tunnels {
         peer_addr: SocketAddr,
         target: SocketAddr,
         identities: Option<&TunnelIdentities>,
-        protocol: Option<crate::upstream::UpstreamProtocol>,
+        protocol: Option<crate::transport::UpstreamProtocol>,
     ) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
         let failed = |reason: String| UpstreamError::Connect {
             addr: target,
@@ -252,8 +222,8 @@ impl Tunnels {
         let mut request = Request::builder().method(Method::CONNECT).uri(target.to_string());
         if let Some(protocol) = protocol {
             let name = match protocol {
-                crate::upstream::UpstreamProtocol::Http1 => "http1",
-                crate::upstream::UpstreamProtocol::Http2 => "http2",
+                crate::transport::UpstreamProtocol::Http1 => "http1",
+                crate::transport::UpstreamProtocol::Http2 => "http2",
             };
             request = request.header(PROTOCOL_HEADER, name);
         }
@@ -279,7 +249,8 @@ impl Tunnels {
                 Err(error) => return Err(error),
             }
         };
-        if response.status() == StatusCode::FORBIDDEN && response.headers().contains_key(crate::headers::DENIED_HEADER)
+        if response.status() == StatusCode::FORBIDDEN
+            && response.headers().contains_key(crate::core::headers::DENIED_HEADER)
         {
             return Err(UpstreamError::Denied { addr: target });
         }

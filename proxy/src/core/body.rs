@@ -122,7 +122,7 @@ impl ProxyBodySnapshot {
 }
 
 /// Largest request body kept to be sent again: buffered for a retry
-/// ([`crate::svc::retry`]), or kept by a [`ReplayBody`] while it streams; larger bodies get one
+/// (the retry layer), or kept by a [`ReplayBody`] while it streams; larger bodies get one
 /// attempt.
 pub const MAX_KEPT_BODY: usize = 64 * 1024;
 

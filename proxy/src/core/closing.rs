@@ -7,7 +7,7 @@
 //! Writing the answer and then shutting the socket down is not enough on its own: the client
 //! reads the answer as soon as its last bytes arrive and may close in the few microseconds before
 //! the proxy's FIN leaves (measured in the lab: 11 of 300 connections). So when the last answer's
-//! final bytes are produced ([`crate::response::ResponseBody::ends_connection`] marks the
+//! final bytes are produced (the stack's response body, `ResponseBody::ends_connection`, marks the
 //! [`LastAnswer`]), the socket is corked (`TCP_CORK`) before they are written: they wait in the
 //! send queue, and the shutdown that follows puts the FIN on their segment. The client then sees
 //! the close with the end of the answer and closes after it, as the passive side. Only the final

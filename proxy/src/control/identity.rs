@@ -6,17 +6,17 @@
 //! and drops identities whose last pod has left the node. The server side of tunnels picks a
 //! certificate by SNI from [`IdentityManager::resolver`].
 //!
-//! The roots to trust come with the config ([`crate::state::TrustRoots`]), not with
+//! The roots to trust come with the config ([`TrustRoots`]), not with
 //! certificates: a trust-anchor rotation is a config push to every node (old and new roots
 //! trusted, then the new one signing, then the old one gone). When the signing root changes,
 //! every certificate from another root is re-issued at once, not at half-life.
 
-use crate::metrics::Metrics;
-use crate::state::{ConfigStore, TrustRoots};
-use crate::tunnel::{TunnelCredentials, TunnelError};
+use crate::core::metrics::Metrics;
+use crate::state::ConfigStore;
+use crate::transport::credentials::{HeldCertificate, TrustRoots, TunnelCredentials, TunnelError};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use nodus_identity::tls::{issued_by, server_config, IdentityResolver};
-use nodus_identity::{SignedCertificate, SpiffeId, WorkloadCertificate, WorkloadKey};
+use nodus_identity::{SignedCertificate, SpiffeId, WorkloadKey};
 use nodus_wire::proto::certificates_client::CertificatesClient;
 use nodus_wire::proto::{CertificateRequest, CertificateResponse};
 use std::collections::{BTreeMap, BTreeSet};
@@ -39,13 +39,16 @@ pub trait CertificateSigner: Send + Sync + 'static {
 #[derive(Clone, Debug)]
 pub struct ControllerSigner {
     client: CertificatesClient<tonic::transport::Channel>,
-    credentials: crate::control::NodeCredentials,
+    credentials: crate::control::config_client::NodeCredentials,
 }
 
 impl ControllerSigner {
     /// A client of the controller at `endpoint` (connected on first use, reconnected as
     /// needed), proving the node with `credentials`.
-    pub fn new(endpoint: &str, credentials: crate::control::NodeCredentials) -> Result<Self, tonic::transport::Error> {
+    pub fn new(
+        endpoint: &str,
+        credentials: crate::control::config_client::NodeCredentials,
+    ) -> Result<Self, tonic::transport::Error> {
         let channel = tonic::transport::Endpoint::from_shared(endpoint.to_string())?.connect_lazy();
         Ok(Self { client: CertificatesClient::new(channel), credentials })
     }
@@ -74,15 +77,6 @@ pub enum IssueError {
     /// The CA refused or could not be reached.
     #[error("the CA answered {}: {}", .0.code(), .0.message())]
     Signing(#[from] tonic::Status),
-}
-
-/// A certificate in use and when to renew it.
-#[derive(Debug)]
-pub struct HeldCertificate {
-    /// Chain and key.
-    pub certificate: Arc<WorkloadCertificate>,
-    /// Half of the lifetime.
-    pub renew_at: SystemTime,
 }
 
 /// The certificates this node's proxy holds.

@@ -1,10 +1,10 @@
 //! The body of an answer to a client: made by the proxy or streamed from an endpoint, observed
 //! by metrics until its end.
 
-use crate::body::{BoxError, ProxyBody};
-use crate::closing::LastAnswer;
-use crate::metrics::ResponseObserver;
-use crate::upstream::UpstreamBody;
+use crate::core::body::{BoxError, ProxyBody};
+use crate::core::closing::LastAnswer;
+use crate::core::metrics::ResponseObserver;
+use crate::transport::pool::UpstreamBody;
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
@@ -38,7 +38,7 @@ impl ResponseBody {
 
     /// This is the connection's last answer: `last` is marked as its final bytes are produced
     /// (at once if it has none), so that they leave with the connection's close
-    /// ([`crate::closing`]).
+    /// ([`crate::core::closing`]).
     pub fn ends_connection(&mut self, last: LastAnswer) {
         if self.is_end_stream() {
             last.mark();

@@ -5,7 +5,7 @@
 //! node's whole mesh config (every Service, endpoint, identity and policy), as ztunnel keeps its
 //! admin on localhost. Neither serves keys or secrets.
 
-use crate::metrics::Metrics;
+use crate::core::metrics::Metrics;
 use crate::state::ConfigStore;
 use bytes::Bytes;
 use http::{Request, Response, StatusCode};
@@ -49,7 +49,7 @@ impl Admin {
         self: Arc<Self>,
         listener: TcpListener,
         scope: Scope,
-        drain: crate::drain::Drain,
+        drain: crate::core::drain::Drain,
     ) -> std::io::Result<()> {
         loop {
             // Once draining, the successor accepts on this (shared) socket.
@@ -86,7 +86,7 @@ impl Admin {
                         metrics.encode(),
                     )
                 } else {
-                    let text = crate::metrics::openmetrics_to_prometheus_text(&metrics.encode());
+                    let text = crate::core::metrics::openmetrics_to_prometheus_text(&metrics.encode());
                     answer(StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", text)
                 }
             }

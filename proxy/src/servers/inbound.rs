@@ -8,16 +8,17 @@
 //! redirect on their way in and arrive at the transparent capture listener (`:15006`): the same
 //! rules apply to them as to a plaintext tunnel, so a strict namespace really refuses plaintext.
 
-use crate::authz::RequestView;
-use crate::body::ProxyBody;
-use crate::detect::{detect, read_request_line, Protocol};
-use crate::errors::ProxyError;
-use crate::metrics::{InboundLabels, Metrics, TcpLabels};
-use crate::response::ResponseBody;
-use crate::rewind::Rewind;
+use crate::core::body::ProxyBody;
+use crate::core::detect::{detect, read_request_line, Protocol};
+use crate::core::metrics::{InboundLabels, Metrics, TcpLabels};
+use crate::core::rewind::Rewind;
+use crate::policy::authz::RequestView;
 use crate::state::ConfigStore;
 use crate::state::WorkloadInfo;
-use crate::upstream::{ConnectionPool, UpstreamError, UpstreamProtocol};
+use crate::svc::errors::ProxyError;
+use crate::svc::response::ResponseBody;
+use crate::transport::pool::{ConnectionPool, UpstreamError};
+use crate::transport::UpstreamProtocol;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::Empty;
@@ -31,7 +32,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 
-pub use crate::headers::{CLIENT_IDENTITY_HEADER, DENIED_HEADER};
+pub use crate::core::headers::{CLIENT_IDENTITY_HEADER, DENIED_HEADER};
 
 /// See the module docs.
 pub struct Inbound {
@@ -40,10 +41,10 @@ pub struct Inbound {
     /// Streams being relayed, so that a policy change can end those it no longer allows.
     active: Mutex<HashMap<u64, ActiveStream>>,
     next_stream: AtomicU64,
-    limits: crate::limits::ConnectionLimits,
+    limits: crate::core::limits::ConnectionLimits,
     /// How long a captured connection's first bytes are awaited to tell HTTP from opaque TCP.
     detect_timeout: std::time::Duration,
-    drain: crate::drain::Drain,
+    drain: crate::core::drain::Drain,
 }
 
 /// A relayed tunnel stream.
@@ -81,15 +82,15 @@ fn refusal(
     pod: &WorkloadInfo,
     identity: Option<&str>,
     port: u16,
-    request: crate::authz::RequestView<'_>,
+    request: crate::policy::authz::RequestView<'_>,
 ) -> Option<Refusal> {
     if identity.is_none() && pod.mtls_strict {
         return Some(Refusal::PlaintextToStrict);
     }
-    let stream = crate::authz::Stream { identity, port, request };
-    match crate::authz::authorize(&pod.policies, stream) {
-        crate::authz::Decision::Allow => None,
-        crate::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
+    let stream = crate::policy::authz::Stream { identity, port, request };
+    match crate::policy::authz::authorize(&pod.policies, stream) {
+        crate::policy::authz::Decision::Allow => None,
+        crate::policy::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
     }
 }
 
@@ -101,7 +102,7 @@ fn answer(status: StatusCode) -> Response<Empty<Bytes>> {
 
 impl Inbound {
     /// The listener's shared state.
-    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, limits: crate::limits::ConnectionLimits) -> Self {
+    pub fn new(store: Arc<ConfigStore>, metrics: Arc<Metrics>, limits: crate::core::limits::ConnectionLimits) -> Self {
         Self {
             store,
             metrics,
@@ -109,7 +110,7 @@ impl Inbound {
             next_stream: AtomicU64::new(0),
             limits,
             detect_timeout: std::time::Duration::from_secs(1),
-            drain: crate::drain::Drain::default(),
+            drain: crate::core::drain::Drain::default(),
         }
     }
 
@@ -119,8 +120,8 @@ impl Inbound {
         self
     }
 
-    /// Drains on `drain` (see [`crate::drain`]): tunnel connections get GOAWAY.
-    pub fn with_drain(mut self, drain: crate::drain::Drain) -> Self {
+    /// Drains on `drain` (see [`crate::core::drain`]): tunnel connections get GOAWAY.
+    pub fn with_drain(mut self, drain: crate::core::drain::Drain) -> Self {
         self.drain = drain;
         self
     }
@@ -128,7 +129,7 @@ impl Inbound {
     fn count_denial(&self, identity: Option<&str>, workload: &WorkloadInfo, policy: String) {
         self.metrics
             .authorization_denials
-            .get_or_create(&crate::metrics::DenialLabels {
+            .get_or_create(&crate::core::metrics::DenialLabels {
                 client_identity: identity.unwrap_or("").to_string(),
                 destination: format!("{}/{}", workload.namespace, workload.workload),
                 policy,
@@ -137,7 +138,7 @@ impl Inbound {
     }
 
     fn count_handshake(&self, result: &'static str) {
-        self.metrics.tls_handshakes.get_or_create(&crate::metrics::HandshakeLabels { result }).inc();
+        self.metrics.tls_handshakes.get_or_create(&crate::core::metrics::HandshakeLabels { result }).inc();
     }
 
     /// Re-checks every relayed stream against the config in force and ends those it no longer
@@ -234,7 +235,7 @@ impl Inbound {
             tracing::info!(%peer, %target, "tunnel to an address that is not a pod of this node: refused");
             return Ok(answer(StatusCode::FORBIDDEN));
         };
-        let http = match request.headers().get(crate::tunnel::PROTOCOL_HEADER).map(|v| v.as_bytes()) {
+        let http = match request.headers().get(crate::transport::tunnel::PROTOCOL_HEADER).map(|v| v.as_bytes()) {
             Some(b"http1") => Some(UpstreamProtocol::Http1),
             Some(b"http2") => Some(UpstreamProtocol::Http2),
             _ => None,
@@ -295,7 +296,7 @@ impl Inbound {
                 })
             }
             None => {
-                let pod = match crate::upstream::connect_tcp(target).await {
+                let pod = match crate::transport::pool::connect_tcp(target).await {
                     Ok(pod) => pod,
                     Err(error) => {
                         tracing::info!(%target, %error, "tunnel target unreachable");
@@ -356,7 +357,7 @@ impl Inbound {
         };
         let destination = format!("{}/{}", workload.namespace, workload.workload);
         let count = |result: &'static str| {
-            let labels = crate::metrics::CapturedLabels { destination: destination.clone(), result };
+            let labels = crate::core::metrics::CapturedLabels { destination: destination.clone(), result };
             self.metrics.inbound_captured.get_or_create(&labels).inc();
         };
         let (protocol, mut prefix) = match detect(&mut stream, self.detect_timeout).await {
@@ -402,7 +403,7 @@ impl Inbound {
                 tokio::spawn(self.clone().serve_http_stream(client, protocol, target, None))
             }
             None => {
-                let pod = match crate::upstream::connect_tcp(target).await {
+                let pod = match crate::transport::pool::connect_tcp(target).await {
                     Ok(pod) => pod,
                     Err(error) => {
                         count("unreachable");
@@ -448,7 +449,7 @@ impl Inbound {
             let (inbound, pool, identity) = (self.clone(), pool.clone(), identity.clone());
             async move {
                 let response = inbound.forward(request, &pool, protocol, target, identity.as_deref()).await;
-                Ok::<_, Infallible>(crate::drain::close_when_draining(&inbound.drain, response))
+                Ok::<_, Infallible>(crate::core::drain::close_when_draining(&inbound.drain, response))
             }
         });
         let io = upgraded;
@@ -479,7 +480,7 @@ impl Inbound {
             .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
         // Policy and pod read the request in the one normal form (a client outside the mesh
         // reaches this side unchecked by any source proxy).
-        if let Err(malformed) = crate::request_check::check(&mut request) {
+        if let Err(malformed) = crate::core::request_check::check(&mut request) {
             tracing::debug!(%target, method = %request.method(), uri = %request.uri(), %malformed, "malformed request refused");
             return ProxyError::Malformed(malformed).into_response(grpc);
         }
@@ -496,8 +497,8 @@ impl Inbound {
         }
         let upgrade = protocol == UpstreamProtocol::Http1 && request.headers().contains_key(http::header::UPGRADE);
         let headers = request.headers_mut();
-        crate::headers::strip_hop_by_hop(headers, upgrade);
-        crate::headers::remove_client_identity(headers);
+        crate::core::headers::strip_hop_by_hop(headers, upgrade);
+        crate::core::headers::remove_client_identity(headers);
         if let Some(value) = identity.and_then(|i| http::HeaderValue::from_str(i).ok()) {
             headers.insert(CLIENT_IDENTITY_HEADER, value);
         }
@@ -507,7 +508,7 @@ impl Inbound {
                 if let Some(downstream) = downstream.filter(|_| response.status() == StatusCode::SWITCHING_PROTOCOLS) {
                     crate::transport::relay_upgrade(downstream, hyper::upgrade::on(&mut response));
                 } else {
-                    crate::headers::strip_hop_by_hop(response.headers_mut(), false);
+                    crate::core::headers::strip_hop_by_hop(response.headers_mut(), false);
                 }
                 response.map(ResponseBody::upstream)
             }

@@ -17,8 +17,8 @@ mod tests;
 pub use grpc_route::GrpcRouteSet;
 pub use http_route::{HttpRouteSet, RequestView};
 
+use crate::balance::retry_budget::RetryBudget;
 use crate::balance::Balancer;
-use crate::retry_budget::RetryBudget;
 use nodus_config::{
     BackendRef, ConfigSnapshot, GrpcRoute, HttpFilter, HttpRoute, ObjectRef, RetryPolicy, RouteParent, RouteTimeouts,
     RouteValidator,

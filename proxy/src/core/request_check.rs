@@ -83,7 +83,7 @@ pub fn check<B>(request: &mut Request<B>) -> Result<(), Malformed> {
     if request.method() == Method::CONNECT {
         return Err(Malformed::Connect);
     }
-    if crate::headers::has_unsupported_transfer_coding(request.headers()) {
+    if crate::core::headers::has_unsupported_transfer_coding(request.headers()) {
         return Err(Malformed::TransferCoding);
     }
     let http2 = request.version() == Version::HTTP_2;

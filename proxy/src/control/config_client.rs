@@ -5,7 +5,7 @@
 //! text. When the stream breaks it keeps serving its last good config and reconnects with
 //! backoff, resuming from what it holds so that only changes are sent again.
 
-use crate::metrics::Metrics;
+use crate::core::metrics::Metrics;
 use nodus_config::ConfigSnapshot;
 use nodus_wire::proto::config_discovery_client::ConfigDiscoveryClient;
 use nodus_wire::proto::{subscribe_request, Ack, ConfigPush, Hello, Nack, SubscribeRequest};

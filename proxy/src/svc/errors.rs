@@ -1,9 +1,9 @@
 //! The one place where proxy errors become answers: an HTTP status for HTTP clients, a
 //! `grpc-status` for gRPC clients (a trailers-only answer with HTTP 200, as gRPC expects).
 
-use crate::body::ProxyBody;
-use crate::response::ResponseBody;
-use crate::upstream::UpstreamError;
+use crate::core::body::ProxyBody;
+use crate::svc::response::ResponseBody;
+use crate::transport::pool::UpstreamError;
 use http::{HeaderValue, Response, StatusCode};
 use thiserror::Error;
 
@@ -48,7 +48,7 @@ pub enum ProxyError {
     Upstream(UpstreamError),
     /// The request body could not be read.
     #[error("reading the request body: {0}")]
-    RequestBody(#[source] crate::body::BoxError),
+    RequestBody(#[source] crate::core::body::BoxError),
     /// The destination cannot be reached over mutual TLS and the caller's namespace allows only
     /// that (its MeshPolicy's `mtls.outbound: Strict`).
     #[error("destination {destination} is not in the mesh (no mTLS to it), and the MeshPolicy of namespace {namespace} allows its workloads only mTLS calls")]
@@ -58,10 +58,10 @@ pub enum ProxyError {
         /// The endpoint: its workload, else its address.
         destination: String,
     },
-    /// The request is malformed or ambiguous (see [`crate::request_check`]): refused before
+    /// The request is malformed or ambiguous (see [`crate::core::request_check`]): refused before
     /// routing, and the connection closed after the answer.
     #[error("malformed request: {0}")]
-    Malformed(#[from] crate::request_check::Malformed),
+    Malformed(#[from] crate::core::request_check::Malformed),
 }
 
 impl From<UpstreamError> for ProxyError {
@@ -137,7 +137,7 @@ impl ProxyError {
         if close {
             response.headers_mut().insert(http::header::CONNECTION, HeaderValue::from_static("close"));
         }
-        if let ProxyError::Malformed(crate::request_check::Malformed::Connect) = self {
+        if let ProxyError::Malformed(crate::core::request_check::Malformed::Connect) = self {
             // 405 names what is allowed (RFC 9110 §15.5.6): every method but CONNECT.
             response.headers_mut().insert(http::header::ALLOW, HeaderValue::from_static(ALLOWED_METHODS));
         }

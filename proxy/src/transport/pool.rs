@@ -2,10 +2,10 @@
 //! lock-free queue of idle connections; HTTP/2 uses one multiplexed connection, re-established
 //! when it closes.
 
-use crate::body::{BoxError, ProxyBody, ReplayBody, MAX_KEPT_BODY};
+use crate::core::body::{BoxError, ProxyBody, ReplayBody, MAX_KEPT_BODY};
 pub(crate) use crate::transport::connect_tcp;
 pub use crate::transport::UpstreamError;
-use crate::transport::{with_causes, SharedHttp2};
+use crate::transport::{with_causes, SharedHttp2, UpstreamProtocol};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
@@ -21,15 +21,6 @@ use tokio::net::TcpStream;
 
 /// Idle HTTP/1.1 connections kept per endpoint.
 const MAX_IDLE_HTTP1: usize = 64;
-
-/// Which protocol to speak to the endpoint (the proxy keeps the client's).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum UpstreamProtocol {
-    /// HTTP/1.1.
-    Http1,
-    /// HTTP/2 with prior knowledge.
-    Http2,
-}
 
 /// What it takes to send an HTTP/2 request again: its head, and its body through a
 /// [`ReplayBody`] (an empty body needs nothing kept).
@@ -102,7 +93,7 @@ pub struct Via {
     /// The peer node proxy's tunnel address.
     pub peer: SocketAddr,
     /// This proxy's tunnel client.
-    pub tunnels: Arc<crate::tunnel::Tunnels>,
+    pub tunnels: Arc<crate::transport::tunnel::Tunnels>,
 }
 
 /// The connections to one endpoint.
@@ -113,7 +104,7 @@ pub struct ConnectionPool {
     idle_http1: ArrayQueue<http1::SendRequest<ProxyBody>>,
     http2: SharedHttp2<ProxyBody>,
     /// With `via`: the identities its tunnel connections prove and require (mutual TLS).
-    identities: Option<crate::tunnel::TunnelIdentities>,
+    identities: Option<crate::transport::tunnel::TunnelIdentities>,
 }
 
 impl ConnectionPool {
@@ -123,7 +114,7 @@ impl ConnectionPool {
     }
 
     /// A pool for `addr` through the peer node proxy `via`, over mutual TLS as `identities`.
-    pub fn with_identities(addr: SocketAddr, via: Via, identities: crate::tunnel::TunnelIdentities) -> Self {
+    pub fn with_identities(addr: SocketAddr, via: Via, identities: crate::transport::tunnel::TunnelIdentities) -> Self {
         Self { identities: Some(identities), ..Self::new(addr, Some(via)) }
     }
 
@@ -158,10 +149,10 @@ impl ConnectionPool {
             UpstreamProtocol::Http2 => self.send_http2(request).await?,
         };
         // The answer is framed anew towards the client: only what hyper decoded may go on.
-        if crate::headers::has_unsupported_transfer_coding(response.headers()) {
+        if crate::core::headers::has_unsupported_transfer_coding(response.headers()) {
             return Err(UpstreamError::TransferCoding { addr: self.addr });
         }
-        crate::headers::drop_stale_content_length(response.headers_mut());
+        crate::core::headers::drop_stale_content_length(response.headers_mut());
         // An answer to HEAD has no content (RFC 9110 §9.3.2) whatever the endpoint sends: an
         // HTTP/2 server that sends DATA anyway (hyper's does) would otherwise have the stream
         // reset by the h2 client, and the client's answer with it.

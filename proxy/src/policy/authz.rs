@@ -92,7 +92,7 @@ fn rule_matches(rule: &AuthorizationRule, stream: Stream<'_>, deny: bool) -> boo
 }
 
 /// The policies of `policies` that select `target`: computed once per config for each pod
-/// ([`crate::state::WorkloadInfo::policies`]).
+/// (the state's `WorkloadInfo::policies`).
 pub fn selecting(policies: &[AuthorizationPolicy], target: &Workload) -> Vec<AuthorizationPolicy> {
     policies.iter().filter(|p| p.selects(&target.id.namespace, &target.labels)).cloned().collect()
 }

@@ -2,18 +2,18 @@
 //! its original destination, its protocol is detected, and it is served at L7 (HTTP/1.1, HTTP/2,
 //! gRPC) through the request stack, or forwarded as opaque TCP.
 
-use crate::body::ProxyBody;
-use crate::closing::{request_ends_connection, CloseFirst, LastAnswer};
-use crate::detect::{detect, invalid_preface_answer, read_request_line, Protocol, RequestLine};
-use crate::metrics::{Metrics, TcpLabels};
-use crate::original_dst::OriginalDst;
-use crate::rewind::Rewind;
+use crate::core::body::ProxyBody;
+use crate::core::closing::{request_ends_connection, CloseFirst, LastAnswer};
+use crate::core::detect::{detect, invalid_preface_answer, read_request_line, Protocol, RequestLine};
+use crate::core::metrics::{Metrics, TcpLabels};
+use crate::core::rewind::Rewind;
+use crate::servers::original_dst::OriginalDst;
 use crate::state::{ConfigStore, Destination, ProxyState};
 use crate::svc::{
     backend::Backend, context::ConnectionInfo, context::ResolveContext, filters::Filters, mirror::Mirror,
     observe::Observe, retry::Retry, route::Route, timeout::RequestTimeout, validate::Validate,
 };
-use crate::upstream::UpstreamProtocol;
+use crate::transport::UpstreamProtocol;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nodus_config::AppProtocol;
@@ -32,17 +32,17 @@ pub struct OutboundSettings {
     /// protocol (opaque TCP).
     pub detect_timeout: Duration,
     /// Limits of the HTTP connections served.
-    pub limits: crate::limits::ConnectionLimits,
+    pub limits: crate::core::limits::ConnectionLimits,
     /// Each source pod's share of the proxy.
-    pub sources: crate::fairness::SourceLimits,
+    pub sources: crate::servers::fairness::SourceLimits,
 }
 
 impl Default for OutboundSettings {
     fn default() -> Self {
         Self {
             detect_timeout: Duration::from_secs(1),
-            limits: crate::limits::ConnectionLimits::default(),
-            sources: crate::fairness::SourceLimits::default(),
+            limits: crate::core::limits::ConnectionLimits::default(),
+            sources: crate::servers::fairness::SourceLimits::default(),
         }
     }
 }
@@ -53,10 +53,10 @@ pub struct Outbound {
     metrics: Arc<Metrics>,
     original_dst: Arc<dyn OriginalDst>,
     settings: OutboundSettings,
-    sources: Arc<crate::fairness::SourceGate>,
-    drain: crate::drain::Drain,
+    sources: Arc<crate::servers::fairness::SourceGate>,
+    drain: crate::core::drain::Drain,
     /// This proxy's tunnel client (the store's): opaque connections to other nodes use it.
-    tunnels: Arc<crate::tunnel::Tunnels>,
+    tunnels: Arc<crate::transport::tunnel::Tunnels>,
 }
 
 impl Outbound {
@@ -67,13 +67,13 @@ impl Outbound {
         original_dst: Arc<dyn OriginalDst>,
         settings: OutboundSettings,
     ) -> Self {
-        let sources = crate::fairness::SourceGate::new(settings.sources);
+        let sources = crate::servers::fairness::SourceGate::new(settings.sources);
         let tunnels = store.tunnels().clone();
-        Self { store, metrics, original_dst, settings, sources, drain: crate::drain::Drain::default(), tunnels }
+        Self { store, metrics, original_dst, settings, sources, drain: crate::core::drain::Drain::default(), tunnels }
     }
 
-    /// Drains on `drain` (see [`crate::drain`]).
-    pub fn with_drain(mut self, drain: crate::drain::Drain) -> Self {
+    /// Drains on `drain` (see [`crate::core::drain`]).
+    pub fn with_drain(mut self, drain: crate::core::drain::Drain) -> Self {
         self.drain = drain;
         self
     }
@@ -98,7 +98,10 @@ impl Outbound {
         let _ = stream.set_nodelay(true);
         let _open = self.drain.track();
         let Some(admitted) = self.sources.admit(peer.ip()) else {
-            self.metrics.source_limited.get_or_create(&crate::metrics::LimitLabels { reason: "connections" }).inc();
+            self.metrics
+                .source_limited
+                .get_or_create(&crate::core::metrics::LimitLabels { reason: "connections" })
+                .inc();
             tracing::debug!("source at its connection limit; closing");
             return;
         };
@@ -285,7 +288,7 @@ impl Outbound {
         // Over mTLS through a peer proxy, or to a mesh pod of this node: else plaintext.
         let mtls_or_local = if via.is_some() { identities.is_some() } else { in_mesh };
         if let Some(caller) = source.as_deref().filter(|s| s.mtls_only_outbound && !mtls_or_local) {
-            let labels = crate::metrics::MtlsRequiredLabels {
+            let labels = crate::core::metrics::MtlsRequiredLabels {
                 source: format!("{}/{}", caller.namespace, caller.workload),
                 destination: label,
                 protocol: "opaque",
@@ -308,14 +311,14 @@ impl Outbound {
                 Ok(tunnel) => Some(Box::new(TokioIo::new(tunnel))),
                 Err(error) => {
                     tracing::info!(target = %addr, %error, "opaque connection: tunnel failed");
-                    if matches!(error, crate::upstream::UpstreamError::Denied { .. }) {
+                    if matches!(error, crate::transport::pool::UpstreamError::Denied { .. }) {
                         // Refused by policy: reset, as a firewall would, rather than a clean close.
                         let _ = client.set_zero_linger();
                     }
                     None
                 }
             },
-            None => match crate::upstream::connect_tcp(addr).await {
+            None => match crate::transport::pool::connect_tcp(addr).await {
                 Ok(server) => Some(Box::new(server)),
                 Err(error) => {
                     tracing::info!(target = %addr, %error, "opaque connection: endpoint unreachable");
@@ -330,7 +333,7 @@ impl Outbound {
         prefix: bytes::Bytes,
         stream: TcpStream,
         connection: ConnectionInfo,
-        budget: Arc<crate::fairness::SourceBudget>,
+        budget: Arc<crate::servers::fairness::SourceBudget>,
     ) {
         let metrics = &self.metrics;
         let labels =
@@ -360,11 +363,14 @@ impl Outbound {
                 // The source's share: past it, requests wait for one of its own to finish.
                 let (_slot, waited) = budget.request_slot().await;
                 if waited {
-                    limited.source_limited.get_or_create(&crate::metrics::LimitLabels { reason: "requests" }).inc();
+                    limited
+                        .source_limited
+                        .get_or_create(&crate::core::metrics::LimitLabels { reason: "requests" })
+                        .inc();
                 }
                 let ends = request_ends_connection(&request);
                 let response = stack.call(request.map(ProxyBody::Incoming)).await?;
-                let mut response = crate::drain::close_when_draining(&drain, response);
+                let mut response = crate::core::drain::close_when_draining(&drain, response);
                 if ends || drain.is_draining() {
                     response.body_mut().ends_connection(last);
                 }
@@ -409,7 +415,7 @@ struct OpaqueTarget {
     addr: SocketAddr,
     via: Option<SocketAddr>,
     label: TcpLabels,
-    identities: Option<crate::tunnel::TunnelIdentities>,
+    identities: Option<crate::transport::tunnel::TunnelIdentities>,
 }
 
 /// The server side of an opaque connection: a TCP connection or a tunnel stream.
@@ -420,11 +426,11 @@ type ServerIo = Box<dyn ServerStream>;
 /// The identities of a tunnel from `source` to `endpoint`, when mutual TLS is in use and both
 /// ends are mesh workloads with known service accounts.
 fn tunnel_identities(
-    tunnels: &crate::tunnel::Tunnels,
+    tunnels: &crate::transport::tunnel::Tunnels,
     source: Option<&crate::state::WorkloadInfo>,
     destination_namespace: Option<&str>,
     destination_service_account: Option<&str>,
-) -> Option<crate::tunnel::TunnelIdentities> {
+) -> Option<crate::transport::tunnel::TunnelIdentities> {
     let source = source?;
     tunnels.identities(
         (&source.namespace, &source.service_account),

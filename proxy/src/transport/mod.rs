@@ -2,7 +2,11 @@
 //! neither of which it knows: TCP connects under the connect timeout, the shared multiplexed
 //! HTTP/2 client connection, and the error an exchange with an endpoint fails with.
 
-use crate::body::BoxError;
+pub mod credentials;
+pub mod pool;
+pub mod tunnel;
+
+use crate::core::body::BoxError;
 use arc_swap::ArcSwapOption;
 use http_body::Body;
 use hyper::client::conn::http2;
@@ -12,6 +16,15 @@ use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::net::TcpStream;
+
+/// Which protocol to speak to the endpoint (the proxy keeps the client's).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1.
+    Http1,
+    /// HTTP/2 with prior knowledge.
+    Http2,
+}
 
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
@@ -56,7 +69,7 @@ impl UpstreamError {
     /// short): the client's fault, not the endpoint's.
     pub fn is_client_body(&self) -> bool {
         match self {
-            UpstreamError::Http { source, .. } => crate::body::ClientBodyError::is_cause_of(source),
+            UpstreamError::Http { source, .. } => crate::core::body::ClientBodyError::is_cause_of(source),
             _ => false,
         }
     }
@@ -148,13 +161,13 @@ where
 
 /// Relays bytes both ways until both directions have ended, counting them under `counted`
 /// (received: from the client; sent: to it). Bytes read before the relay (protocol detection,
-/// a server's greeting) go first when the sides are wrapped in [`crate::rewind::Rewind`], and
+/// a server's greeting) go first when the sides are wrapped in [`crate::core::rewind::Rewind`], and
 /// are counted like the rest. An error ends the relay; what was relayed until then is lost to
 /// the counters, as `copy_bidirectional` does not say.
 pub(crate) async fn relay<C, S>(
     client: &mut C,
     server: &mut S,
-    counted: Option<(&crate::metrics::Metrics, &crate::metrics::TcpLabels)>,
+    counted: Option<(&crate::core::metrics::Metrics, &crate::core::metrics::TcpLabels)>,
 ) where
     C: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
@@ -184,12 +197,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_relay_passes_replayed_bytes_first_and_counts_them_with_the_rest() {
-        let metrics = crate::metrics::Metrics::new();
-        let labels = crate::metrics::TcpLabels { direction: "outbound", protocol: "opaque", destination: "x".into() };
+        let metrics = crate::core::metrics::Metrics::new();
+        let labels =
+            crate::core::metrics::TcpLabels { direction: "outbound", protocol: "opaque", destination: "x".into() };
         let (mut app, proxy_client) = tokio::io::duplex(64);
         let (proxy_server, mut backend) = tokio::io::duplex(64);
-        let mut client = crate::rewind::Rewind::new(bytes::Bytes::from_static(b"hel"), proxy_client);
-        let mut server = crate::rewind::Rewind::new(bytes::Bytes::from_static(b"220 "), proxy_server);
+        let mut client = crate::core::rewind::Rewind::new(bytes::Bytes::from_static(b"hel"), proxy_client);
+        let mut server = crate::core::rewind::Rewind::new(bytes::Bytes::from_static(b"220 "), proxy_server);
         let relaying = async { relay(&mut client, &mut server, Some((&metrics, &labels))).await };
         let peers = async {
             app.write_all(b"lo").await.unwrap();

@@ -4,7 +4,7 @@
 //! The running proxy offers its listeners on a Unix socket (`--handoff-socket`). A new proxy
 //! started with the same path connects, receives duplicates of the listening sockets
 //! (`SCM_RIGHTS`) and accepts on them at once; the old one then stops accepting and drains
-//! ([`crate::drain`]). Connections waiting in the kernel's accept queue belong to the socket,
+//! ([`crate::core::drain`]). Connections waiting in the kernel's accept queue belong to the socket,
 //! not the process, so none is lost in between — unlike two processes on `SO_REUSEPORT`, where
 //! closing one listener resets the connections queued on it. The eBPF redirect needs nothing:
 //! its programs and maps are pinned and the new process re-adopts them.

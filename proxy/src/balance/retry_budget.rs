@@ -2,7 +2,7 @@
 //! over a sliding window, so that retries cannot multiply load during an outage (Linkerd's
 //! approach, rather than a fixed per-request multiplier).
 
-use crate::clock::now_ms;
+use crate::core::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const BUCKETS: usize = 10;
