@@ -285,9 +285,9 @@ impl Outbound {
                 }
             },
         };
-        // Over mTLS through a peer proxy, or to a mesh pod of this node: else plaintext.
-        let mtls_or_local = if via.is_some() { identities.is_some() } else { in_mesh };
-        if let Some(caller) = source.as_deref().filter(|s| s.mtls_only_outbound && !mtls_or_local) {
+        let transport = crate::transport::PeerTransport::of(via.is_some(), in_mesh, identities.is_some());
+        let plaintext = transport == crate::transport::PeerTransport::Plaintext;
+        if let Some(caller) = source.as_deref().filter(|s| s.mtls_only_outbound && plaintext) {
             let labels = crate::core::metrics::MtlsRequiredLabels {
                 source: format!("{}/{}", caller.namespace, caller.workload),
                 destination: label,

@@ -12,7 +12,7 @@ use crate::svc::errors::ProxyError;
 use crate::svc::filters::modify_headers;
 use crate::svc::response::ResponseBody;
 use crate::transport::pool::UpstreamError;
-use crate::transport::UpstreamProtocol;
+use crate::transport::{PeerTransport, UpstreamProtocol};
 use http::StatusCode;
 use nodus_config::HttpFilter;
 use std::sync::Arc;
@@ -107,12 +107,10 @@ impl Service<ProxyRequest> for Backend {
             }
             let source = context.source.as_deref().map(|s| (&s.namespace, &s.service_account));
             let pool = endpoint.pool_for(source);
-            let tls = match (meta.via, meta.mesh) {
-                (Some(_), _) if pool.is_mutual_tls() => "mtls",
-                (None, true) => "local",
-                _ => "plaintext",
-            };
-            if let Some(caller) = context.source.as_deref().filter(|s| tls == "plaintext" && s.mtls_only_outbound) {
+            let transport = PeerTransport::of(meta.via.is_some(), meta.mesh, pool.is_mutual_tls());
+            let tls = transport.label();
+            let plaintext = transport == PeerTransport::Plaintext;
+            if let Some(caller) = context.source.as_deref().filter(|s| plaintext && s.mtls_only_outbound) {
                 // Refused before anything is sent; says nothing about the endpoint's health.
                 drop(guard);
                 let destination = match (&meta.namespace, &meta.workload) {

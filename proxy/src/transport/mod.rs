@@ -26,6 +26,40 @@ pub enum UpstreamProtocol {
     Http2,
 }
 
+/// How the way to an endpoint is secured: what the `tls` metric label says, and what an outbound
+/// `Strict` MeshPolicy requires (anything but plaintext). One decision for HTTP and opaque TCP.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PeerTransport {
+    /// Through the endpoint's node proxy, over mutual TLS.
+    MutualTls,
+    /// To a mesh pod of this node: this proxy holds both ends, nothing crosses the network.
+    Local,
+    /// In plaintext: a pod outside the mesh or on a node without a proxy, or a tunnel without
+    /// workload identities (no controller).
+    Plaintext,
+}
+
+impl PeerTransport {
+    /// The transport to an endpoint reached through a peer proxy (`tunnelled`) or directly,
+    /// in the mesh or not, over a tunnel with identities (`mutual_tls`) or not.
+    pub fn of(tunnelled: bool, mesh: bool, mutual_tls: bool) -> Self {
+        match (tunnelled, mesh) {
+            (true, _) if mutual_tls => PeerTransport::MutualTls,
+            (false, true) => PeerTransport::Local,
+            _ => PeerTransport::Plaintext,
+        }
+    }
+
+    /// The `tls` metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            PeerTransport::MutualTls => "mtls",
+            PeerTransport::Local => "local",
+            PeerTransport::Plaintext => "plaintext",
+        }
+    }
+}
+
 /// How long a connection attempt may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 
@@ -194,6 +228,22 @@ pub(crate) fn relay_upgrade(client: hyper::upgrade::OnUpgrade, server: hyper::up
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[test]
+    fn only_a_tunnel_with_identities_or_a_local_mesh_pod_is_not_plaintext() {
+        // (tunnelled, mesh, mutual TLS) → transport
+        let cases = [
+            ((true, true, true), PeerTransport::MutualTls),
+            ((true, true, false), PeerTransport::Plaintext),
+            ((false, true, false), PeerTransport::Local),
+            ((false, false, false), PeerTransport::Plaintext),
+            ((false, false, true), PeerTransport::Plaintext),
+        ];
+        for ((tunnelled, mesh, mutual_tls), expected) in cases {
+            assert_eq!(PeerTransport::of(tunnelled, mesh, mutual_tls), expected, "{tunnelled} {mesh} {mutual_tls}");
+        }
+        assert_eq!(PeerTransport::MutualTls.label(), "mtls");
+    }
 
     #[tokio::test]
     async fn a_relay_passes_replayed_bytes_first_and_counts_them_with_the_rest() {
