@@ -17,7 +17,8 @@ use crate::state::ConfigStore;
 use crate::state::WorkloadInfo;
 use crate::svc::errors::ProxyError;
 use crate::svc::response::ResponseBody;
-use crate::transport::pool::{ConnectionPool, UpstreamError};
+use crate::transport::pool::ConnectionPool;
+use crate::transport::UpstreamError;
 use crate::transport::UpstreamProtocol;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
@@ -296,7 +297,7 @@ impl Inbound {
                 })
             }
             None => {
-                let pod = match crate::transport::pool::connect_tcp(target).await {
+                let pod = match crate::transport::connect_tcp(target).await {
                     Ok(pod) => pod,
                     Err(error) => {
                         tracing::info!(%target, %error, "tunnel target unreachable");
@@ -403,7 +404,7 @@ impl Inbound {
                 tokio::spawn(self.clone().serve_http_stream(client, protocol, target, None))
             }
             None => {
-                let pod = match crate::transport::pool::connect_tcp(target).await {
+                let pod = match crate::transport::connect_tcp(target).await {
                     Ok(pod) => pod,
                     Err(error) => {
                         count("unreachable");

@@ -311,14 +311,14 @@ impl Outbound {
                 Ok(tunnel) => Some(Box::new(TokioIo::new(tunnel))),
                 Err(error) => {
                     tracing::info!(target = %addr, %error, "opaque connection: tunnel failed");
-                    if matches!(error, crate::transport::pool::UpstreamError::Denied { .. }) {
+                    if matches!(error, crate::transport::UpstreamError::Denied { .. }) {
                         // Refused by policy: reset, as a firewall would, rather than a clean close.
                         let _ = client.set_zero_linger();
                     }
                     None
                 }
             },
-            None => match crate::transport::pool::connect_tcp(addr).await {
+            None => match crate::transport::connect_tcp(addr).await {
                 Ok(server) => Some(Box::new(server)),
                 Err(error) => {
                     tracing::info!(target = %addr, %error, "opaque connection: endpoint unreachable");

@@ -11,7 +11,7 @@ use crate::policy::routes::RuleBackend;
 use crate::svc::errors::ProxyError;
 use crate::svc::filters::modify_headers;
 use crate::svc::response::ResponseBody;
-use crate::transport::pool::UpstreamError;
+use crate::transport::UpstreamError;
 use crate::transport::{PeerTransport, UpstreamProtocol};
 use http::StatusCode;
 use nodus_config::HttpFilter;

@@ -3,7 +3,7 @@
 
 use crate::core::body::ProxyBody;
 use crate::svc::response::ResponseBody;
-use crate::transport::pool::UpstreamError;
+use crate::transport::UpstreamError;
 use http::{HeaderValue, Response, StatusCode};
 use thiserror::Error;
 
@@ -84,7 +84,9 @@ impl ProxyError {
             ProxyError::NoRoute { .. } => StatusCode::NOT_FOUND,
             ProxyError::InvalidBackend { .. } => StatusCode::INTERNAL_SERVER_ERROR,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
-            ProxyError::Upstream(UpstreamError::Connect { .. }) => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::Upstream(UpstreamError::Connect { .. } | UpstreamError::Tunnel { .. }) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Upstream(UpstreamError::Http { .. } | UpstreamError::TransferCoding { .. }) => {
                 StatusCode::BAD_GATEWAY
             }

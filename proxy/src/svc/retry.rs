@@ -10,7 +10,7 @@ use super::{
 use crate::core::body::{buffer_up_to, ProxyBody, MAX_KEPT_BODY};
 use crate::core::metrics::{Metrics, RetryLabels};
 use crate::svc::errors::ProxyError;
-use crate::transport::pool::UpstreamError;
+use crate::transport::UpstreamError;
 use http::Request;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -41,7 +41,8 @@ pub fn is_retryable(result: &Result<ProxyResponse, ProxyError>, codes: &[u16]) -
     match result {
         Ok(response) => codes.contains(&response.status().as_u16()),
         // Nothing reached the endpoint: always safe to try another.
-        Err(ProxyError::Upstream(UpstreamError::Connect { .. })) | Err(ProxyError::NoEndpoints { .. }) => true,
+        Err(ProxyError::Upstream(UpstreamError::Connect { .. } | UpstreamError::Tunnel { .. }))
+        | Err(ProxyError::NoEndpoints { .. }) => true,
         Err(ProxyError::Timeout { which: "backendRequest", .. }) => codes.contains(&504),
         Err(ProxyError::Upstream(UpstreamError::Http { .. })) => codes.contains(&502),
         Err(_) => false,

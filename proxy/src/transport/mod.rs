@@ -67,12 +67,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 #[derive(Debug, Error)]
 pub enum UpstreamError {
     /// TCP connect failed or timed out.
-    #[error("connecting to {addr}: {reason}")]
+    #[error("connecting to {addr}: {source}")]
     Connect {
         /// Endpoint.
         addr: SocketAddr,
         /// Cause.
-        reason: String,
+        #[source]
+        source: ConnectError,
+    },
+    /// The tunnel to the endpoint through its node's proxy could not be opened.
+    #[error("connecting to {addr}: tunnel via {peer}: {source}")]
+    Tunnel {
+        /// Endpoint.
+        addr: SocketAddr,
+        /// The peer node proxy.
+        peer: SocketAddr,
+        /// Cause.
+        #[source]
+        source: tunnel::TunnelFailure,
     },
     /// The HTTP exchange failed (reset, protocol error, closed connection).
     #[error("request to {addr} failed: {}", with_causes(source))]
@@ -122,16 +134,26 @@ pub(crate) fn with_causes(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// Connects to `addr` within the connect timeout, with Nagle's algorithm off. The error is the
-/// reason, for the caller to wrap.
-pub(crate) async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, String> {
+/// Why a TCP connection could not be made.
+#[derive(Debug, Error)]
+pub enum ConnectError {
+    /// No answer within the connect timeout.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// Refused, unreachable, or another socket error.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+}
+
+/// Connects to `addr` within the connect timeout, with Nagle's algorithm off.
+pub(crate) async fn connect_tcp(addr: SocketAddr) -> Result<TcpStream, ConnectError> {
     match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
         Ok(Ok(stream)) => {
             let _ = stream.set_nodelay(true);
             Ok(stream)
         }
-        Ok(Err(e)) => Err(e.to_string()),
-        Err(_) => Err("timed out".into()),
+        Ok(Err(e)) => Err(ConnectError::Io(e)),
+        Err(_) => Err(ConnectError::Timeout(CONNECT_TIMEOUT)),
     }
 }
 

@@ -3,9 +3,7 @@
 //! when it closes.
 
 use crate::core::body::{BoxError, ProxyBody, ReplayBody, MAX_KEPT_BODY};
-pub(crate) use crate::transport::connect_tcp;
-pub use crate::transport::UpstreamError;
-use crate::transport::{with_causes, SharedHttp2, UpstreamProtocol};
+use crate::transport::{connect_tcp, with_causes, SharedHttp2, UpstreamError, UpstreamProtocol};
 use bytes::Bytes;
 use crossbeam_queue::ArrayQueue;
 use http::{Request, Response};
@@ -134,7 +132,7 @@ impl ConnectionPool {
         connect_tcp(self.addr)
             .await
             .map(|stream| UpstreamIo::Tcp(TokioIo::new(stream)))
-            .map_err(|reason| UpstreamError::Connect { addr: self.addr, reason })
+            .map_err(|source| UpstreamError::Connect { addr: self.addr, source })
     }
 
     /// Sends `request` over a pooled or new connection.

@@ -9,7 +9,7 @@
 //! on each side. Without identities (a config file, tests of the plain data path) it is plaintext.
 
 use crate::transport::credentials::{HeldCertificate, TrustRoots, TunnelCredentials, TunnelError};
-use crate::transport::{connect_tcp, SharedHttp2, UpstreamError};
+use crate::transport::{connect_tcp, with_causes, ConnectError, SharedHttp2, UpstreamError};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
@@ -122,22 +122,56 @@ struct Peer {
     established: ArcSwapOption<Credentials>,
 }
 
+/// Why a tunnel stream could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelFailure {
+    /// The endpoint wants mutual TLS (both ends have identities) and this proxy has none.
+    #[error("mutual TLS is not in use")]
+    NoMutualTls,
+    /// This proxy's credentials are not ready (no certificate yet, no trust roots).
+    #[error("{0}")]
+    Credentials(#[from] TunnelError),
+    /// TCP to the peer proxy failed.
+    #[error("{0}")]
+    Connect(#[from] ConnectError),
+    /// The peer holds no certificate for the destination workload: what a node proxy answers
+    /// (TLS alert AccessDenied) when its resolver finds none for the SNI.
+    #[error("mTLS: the node proxy at {peer} holds no certificate for workload {destination} (it is not a mesh pod of that node, or not enrolled there yet); TLS alert AccessDenied")]
+    PeerHasNoCertificate {
+        /// The peer proxy.
+        peer: SocketAddr,
+        /// The identity asked for.
+        destination: SpiffeId,
+    },
+    /// Another TLS handshake failure.
+    #[error("mTLS: {0}")]
+    Handshake(#[source] std::io::Error),
+    /// The HTTP/2 connection or the CONNECT exchange failed.
+    #[error("{}", with_causes(.0))]
+    Http(#[from] hyper::Error),
+    /// The CONNECT request could not be built.
+    #[error("{0}")]
+    Request(#[from] http::Error),
+    /// The peer answered the CONNECT with something other than 200.
+    #[error("peer answered {0}")]
+    Refused(StatusCode),
+}
+
 /// Connects to the peer with mutual TLS as `identities.source`, requiring `identities.destination`.
 async fn connect_mtls(
     peer_addr: SocketAddr,
     identities: &TunnelIdentities,
     credentials: &Credentials,
-) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, TunnelFailure> {
     let config =
         client_config(&credentials.certificate.certificate, &credentials.roots.bundle, identities.destination.clone())
-            .map_err(|e| crate::transport::with_causes(&TunnelError::from(e)))?;
+            .map_err(TunnelError::from)?;
     let tcp = connect_tcp(peer_addr).await?;
-    let name =
-        server_name_for(&identities.destination).map_err(|e| crate::transport::with_causes(&TunnelError::from(e)))?;
+    let name = server_name_for(&identities.destination).map_err(TunnelError::from)?;
     let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(name, tcp)
         .await
-        .map_err(|e| handshake_failure(&e, peer_addr, identities))?;
+        .map_err(|e| handshake_failure(e, peer_addr, identities))?;
     tracing::debug!(
         %peer_addr,
         source = %identities.source,
@@ -151,14 +185,13 @@ async fn connect_mtls(
 /// A failed handshake with a peer proxy, said in the mesh's terms where the alert has one
 /// meaning: AccessDenied is what a node proxy answers when it holds no certificate for the
 /// identity asked for (its resolver found none for the SNI).
-fn handshake_failure(error: &std::io::Error, peer_addr: SocketAddr, identities: &TunnelIdentities) -> String {
+fn handshake_failure(error: std::io::Error, peer: SocketAddr, identities: &TunnelIdentities) -> TunnelFailure {
     let alert = error.get_ref().and_then(|inner| inner.downcast_ref::<tokio_rustls::rustls::Error>());
     match alert {
-        Some(tokio_rustls::rustls::Error::AlertReceived(tokio_rustls::rustls::AlertDescription::AccessDenied)) => format!(
-            "mTLS: the node proxy at {peer_addr} holds no certificate for workload {} (it is not a mesh pod of that node, or not enrolled there yet); TLS alert AccessDenied",
-            identities.destination
-        ),
-        _ => format!("mTLS: {error}"),
+        Some(tokio_rustls::rustls::Error::AlertReceived(tokio_rustls::rustls::AlertDescription::AccessDenied)) => {
+            TunnelFailure::PeerHasNoCertificate { peer, destination: identities.destination.clone() }
+        }
+        _ => TunnelFailure::Handshake(error),
     }
 }
 
@@ -172,26 +205,24 @@ async fn pooled_sender(
     peer: &Peer,
     peer_addr: SocketAddr,
     mutual_tls: Option<(&dyn TunnelCredentials, &TunnelIdentities)>,
-    failed: &impl Fn(String) -> UpstreamError,
-) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, UpstreamError> {
+) -> Result<hyper::client::conn::http2::SendRequest<Empty<Bytes>>, TunnelFailure> {
     let connection = &peer.connection;
     match mutual_tls {
         Some((credentials, identities)) => {
-            let credentials =
-                Arc::new(Credentials::current(credentials, identities).map_err(|e| failed(e.to_string()))?);
+            let credentials = Arc::new(Credentials::current(credentials, identities)?);
             if peer.established.load().as_ref().is_some_and(|established| !established.same_as(&credentials)) {
                 connection.retire();
             }
             let connect = || async {
-                let tls = connect_mtls(peer_addr, identities, &credentials).await.map_err(failed)?;
+                let tls = connect_mtls(peer_addr, identities, &credentials).await?;
                 peer.established.store(Some(credentials.clone()));
                 Ok(TokioIo::new(tls))
             };
-            connection.get(connect, |e| failed(e.to_string())).await
+            connection.get(connect, TunnelFailure::Http).await
         }
         None => {
-            let connect = || async { connect_tcp(peer_addr).await.map(TokioIo::new).map_err(failed) };
-            connection.get(connect, |e| failed(e.to_string())).await
+            let connect = || async { Ok(TokioIo::new(connect_tcp(peer_addr).await?)) };
+            connection.get(connect, TunnelFailure::Http).await
         }
     }
 }
@@ -207,13 +238,10 @@ impl Tunnels {
         identities: Option<&TunnelIdentities>,
         protocol: Option<crate::transport::UpstreamProtocol>,
     ) -> Result<hyper::upgrade::Upgraded, UpstreamError> {
-        let failed = |reason: String| UpstreamError::Connect {
-            addr: target,
-            reason: format!("tunnel via {peer_addr}: {reason}"),
-        };
+        let failed = |source: TunnelFailure| UpstreamError::Tunnel { addr: target, peer: peer_addr, source };
         let mutual_tls = match identities {
             Some(identities) => {
-                let credentials = self.mutual_tls().ok_or_else(|| failed("mutual TLS is not in use".to_string()))?;
+                let credentials = self.mutual_tls().ok_or_else(|| failed(TunnelFailure::NoMutualTls))?;
                 Some((&**credentials, identities))
             }
             None => None,
@@ -227,7 +255,7 @@ impl Tunnels {
             };
             request = request.header(PROTOCOL_HEADER, name);
         }
-        let request = request.body(Empty::new()).map_err(|e| failed(e.to_string()))?;
+        let request = request.body(Empty::new()).map_err(|e| failed(e.into()))?;
         // Two tries: a pooled connection may be going away (the peer drains after an upgrade and
         // sent GOAWAY, or it died). Nothing has reached the pod before the CONNECT is answered, so
         // asking again on a new connection — to whoever accepts on the peer's port now — is safe.
@@ -235,11 +263,12 @@ impl Tunnels {
         let response = loop {
             attempt += 1;
             let outcome = async {
-                let mut sender = pooled_sender(&peer, peer_addr, mutual_tls, &failed).await?;
-                sender.ready().await.map_err(|e| failed(e.to_string()))?;
-                sender.send_request(request.clone()).await.map_err(|e| failed(e.to_string()))
+                let mut sender = pooled_sender(&peer, peer_addr, mutual_tls).await?;
+                sender.ready().await?;
+                Ok::<_, TunnelFailure>(sender.send_request(request.clone()).await?)
             }
-            .await;
+            .await
+            .map_err(failed);
             match outcome {
                 Ok(response) => break response,
                 Err(error) if attempt == 1 => {
@@ -255,9 +284,9 @@ impl Tunnels {
             return Err(UpstreamError::Denied { addr: target });
         }
         if response.status() != StatusCode::OK {
-            return Err(failed(format!("peer answered {}", response.status())));
+            return Err(failed(TunnelFailure::Refused(response.status())));
         }
-        hyper::upgrade::on(response).await.map_err(|e| failed(e.to_string()))
+        hyper::upgrade::on(response).await.map_err(|e| failed(e.into()))
     }
 }
 
@@ -274,12 +303,12 @@ mod tests {
         };
         let peer: SocketAddr = "10.100.0.12:15008".parse().unwrap();
         let denied = std::io::Error::other(TlsError::AlertReceived(AlertDescription::AccessDenied));
-        let text = handshake_failure(&denied, peer, &identities);
+        let text = handshake_failure(denied, peer, &identities).to_string();
         assert!(
             text.contains("the node proxy at 10.100.0.12:15008 holds no certificate for workload spiffe://cluster.local/ns/legacy/sa/default"),
             "{text}"
         );
         let other = std::io::Error::other(TlsError::AlertReceived(AlertDescription::DecryptError));
-        assert_eq!(handshake_failure(&other, peer, &identities), "mTLS: received fatal alert: DecryptError");
+        assert_eq!(handshake_failure(other, peer, &identities).to_string(), "mTLS: received fatal alert: DecryptError");
     }
 }
