@@ -27,14 +27,30 @@ fn layer_of(src: &Path, file: &Path) -> String {
     first.trim_end_matches(".rs").to_string()
 }
 
-/// The code of a file without its `#[cfg(test)]` module (by convention the last item) and
-/// without files that are test modules themselves (`tests.rs`).
+/// The code of a file without its test module: a `#[cfg(test)] mod tests;` declaration is
+/// skipped, an inline `#[cfg(test)] mod tests { .. }` ends the code (by convention the last
+/// item); files that are test modules themselves (`tests.rs`) have none.
 fn non_test_code(file: &Path) -> String {
     if file.file_name().is_some_and(|n| n == "tests.rs") {
         return String::new();
     }
-    let text = std::fs::read_to_string(file).unwrap();
-    text.split("#[cfg(test)]").next().unwrap_or_default().to_string()
+    non_test_lines(&std::fs::read_to_string(file).unwrap())
+}
+
+fn non_test_lines(text: &str) -> String {
+    let mut code = String::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if line.trim() == "#[cfg(test)]" {
+            match lines.next() {
+                Some(item) if item.trim_end().ends_with(';') => continue,
+                _ => break,
+            }
+        }
+        code.push_str(line);
+        code.push('\n');
+    }
+    code
 }
 
 /// Every `crate::<module>` a piece of code names, with its line.
@@ -78,6 +94,54 @@ fn every_module_uses_only_the_layers_below_it() {
     assert!(upwards.is_empty(), "paths that point up a layer:\n{}", upwards.join("\n"));
 }
 
+/// Every (layer, layer it uses) pair of the code.
+fn layer_edges(src: &Path, files: &[PathBuf]) -> std::collections::BTreeSet<(String, String)> {
+    let mut edges = std::collections::BTreeSet::new();
+    for file in files {
+        let layer = layer_of(src, file);
+        if layer == "lib" || layer == "main" {
+            continue;
+        }
+        for (_, module) in crate_paths(&non_test_code(file)) {
+            if module != layer && LAYERS.contains(&module.as_str()) {
+                edges.insert((layer.clone(), module));
+            }
+        }
+    }
+    edges
+}
+
+#[test]
+fn the_layer_diagram_in_docs_is_the_one_the_code_draws() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let src = root.join("src");
+    let mut files = Vec::new();
+    sources(&src, &mut files);
+    let drawn = layer_edges(&src, &files);
+    let doc_path = root.join("../docs/proxy-layers.md");
+    let doc = std::fs::read_to_string(&doc_path).unwrap();
+    // The first mermaid block: `from --> to` lines.
+    let block = doc.split("```mermaid").nth(1).and_then(|rest| rest.split("```").next()).unwrap_or_default();
+    let documented: std::collections::BTreeSet<(String, String)> = block
+        .lines()
+        .filter_map(|line| line.trim().split_once(" --> "))
+        .map(|(from, to)| (from.to_string(), to.to_string()))
+        .collect();
+    let mut expected: Vec<_> = drawn.iter().collect();
+    expected.sort_by_key(|(from, to)| {
+        let at = |l: &str| LAYERS.iter().position(|x| *x == l).unwrap_or(0);
+        (std::cmp::Reverse(at(from)), std::cmp::Reverse(at(to)))
+    });
+    let lines: Vec<String> = expected.iter().map(|(from, to)| format!("    {from} --> {to}")).collect();
+    assert_eq!(
+        documented,
+        drawn,
+        "{} is out of date; its first diagram should read:\n{}",
+        doc_path.display(),
+        lines.join("\n")
+    );
+}
+
 #[test]
 fn the_check_sees_an_upward_path() {
     // The check itself, on a line it must catch and one it must let through.
@@ -86,4 +150,9 @@ fn the_check_sees_an_upward_path() {
         [(1, "svc".to_string()), (1, "core".to_string())]
     );
     assert!(crate_paths("use nodus_config::ConfigSnapshot;").is_empty());
+    // A test module declared at the top does not hide the code after it.
+    let code = non_test_lines(
+        "#[cfg(test)]\nmod tests;\nuse crate::app;\n#[cfg(test)]\nmod inline {\n    use crate::svc;\n}\n",
+    );
+    assert_eq!(crate_paths(&code), [(1, "app".to_string())]);
 }
