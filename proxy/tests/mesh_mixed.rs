@@ -345,11 +345,12 @@ fn a_namespace_that_allows_only_mtls_calls_is_refused_destinations_outside_the_m
         "apiVersion: policy.nodus.dev/v1alpha1\nkind: MeshPolicy\nmetadata: { name: default, namespace: demo }\nspec: { mtls: { mode: Strict, outbound: Strict } }\n",
     );
     mesh.proxy1.wait_for_metric("nodus_config_version", version + 1.0, Duration::from_secs(10)).unwrap();
-    // Wait for the policy itself (the two files may land in two configs).
+    // Wait for the policy and the Service both (the two files may land in two configs: with
+    // the policy first, the Service's address is not known yet and the call fails otherwise).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let (ok, text) = loop {
         let (ok, text) = successes(&mesh.client, "10.96.1.2:80", 1);
-        if ok == 0 || std::time::Instant::now() > deadline {
+        if (ok == 0 && text.contains("\"status\":403")) || std::time::Instant::now() > deadline {
             break (ok, text);
         }
         std::thread::sleep(Duration::from_millis(200));
