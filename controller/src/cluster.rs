@@ -58,19 +58,79 @@ impl ClusterObject {
         ObjectRef::new(meta.namespace.clone().unwrap_or_default(), meta.name.clone().unwrap_or_default())
     }
 
-    /// The kind, as Kubernetes spells it.
-    pub fn kind(&self) -> &'static str {
+    /// Its kind.
+    pub fn kind(&self) -> ResourceKind {
         match self {
-            ClusterObject::Namespace(_) => "Namespace",
-            ClusterObject::Service(_) => "Service",
-            ClusterObject::EndpointSlice(_) => "EndpointSlice",
-            ClusterObject::Pod(_) => "Pod",
-            ClusterObject::HttpRoute(_) => "HTTPRoute",
-            ClusterObject::GrpcRoute(_) => "GRPCRoute",
-            ClusterObject::ReferenceGrant(_) => "ReferenceGrant",
-            ClusterObject::MeshPolicy(_) => "MeshPolicy",
-            ClusterObject::AuthorizationPolicy(_) => "AuthorizationPolicy",
+            ClusterObject::Namespace(_) => ResourceKind::Namespace,
+            ClusterObject::Service(_) => ResourceKind::Service,
+            ClusterObject::EndpointSlice(_) => ResourceKind::EndpointSlice,
+            ClusterObject::Pod(_) => ResourceKind::Pod,
+            ClusterObject::HttpRoute(_) => ResourceKind::HttpRoute,
+            ClusterObject::GrpcRoute(_) => ResourceKind::GrpcRoute,
+            ClusterObject::ReferenceGrant(_) => ResourceKind::ReferenceGrant,
+            ClusterObject::MeshPolicy(_) => ResourceKind::MeshPolicy,
+            ClusterObject::AuthorizationPolicy(_) => ResourceKind::AuthorizationPolicy,
         }
+    }
+}
+
+/// The kinds the controller watches: one value each, so that a kind added to the watch and
+/// forgotten elsewhere fails to compile rather than being skipped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ResourceKind {
+    /// core/v1 Namespace.
+    Namespace,
+    /// core/v1 Service.
+    Service,
+    /// discovery.k8s.io/v1 EndpointSlice.
+    EndpointSlice,
+    /// core/v1 Pod.
+    Pod,
+    /// gateway.networking.k8s.io HTTPRoute.
+    HttpRoute,
+    /// gateway.networking.k8s.io GRPCRoute.
+    GrpcRoute,
+    /// gateway.networking.k8s.io ReferenceGrant.
+    ReferenceGrant,
+    /// policy.nodus.dev MeshPolicy.
+    MeshPolicy,
+    /// policy.nodus.dev AuthorizationPolicy.
+    AuthorizationPolicy,
+}
+
+impl ResourceKind {
+    /// Every kind watched.
+    pub const ALL: [ResourceKind; 9] = [
+        ResourceKind::Namespace,
+        ResourceKind::Service,
+        ResourceKind::EndpointSlice,
+        ResourceKind::Pod,
+        ResourceKind::HttpRoute,
+        ResourceKind::GrpcRoute,
+        ResourceKind::ReferenceGrant,
+        ResourceKind::MeshPolicy,
+        ResourceKind::AuthorizationPolicy,
+    ];
+
+    /// The kind as Kubernetes spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResourceKind::Namespace => "Namespace",
+            ResourceKind::Service => "Service",
+            ResourceKind::EndpointSlice => "EndpointSlice",
+            ResourceKind::Pod => "Pod",
+            ResourceKind::HttpRoute => "HTTPRoute",
+            ResourceKind::GrpcRoute => "GRPCRoute",
+            ResourceKind::ReferenceGrant => "ReferenceGrant",
+            ResourceKind::MeshPolicy => "MeshPolicy",
+            ResourceKind::AuthorizationPolicy => "AuthorizationPolicy",
+        }
+    }
+}
+
+impl std::fmt::Display for ResourceKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 
@@ -157,19 +217,18 @@ impl ClusterState {
         }
     }
 
-    /// Removes every object of a kind (named as [`ClusterObject::kind`]): a watch relisting.
-    pub fn clear_kind(&mut self, kind: &str) {
+    /// Removes every object of a kind: a watch relisting.
+    pub fn clear_kind(&mut self, kind: ResourceKind) {
         match kind {
-            "Namespace" => self.namespaces.clear(),
-            "Service" => self.services.clear(),
-            "EndpointSlice" => self.endpoint_slices.clear(),
-            "Pod" => self.pods.clear(),
-            "HTTPRoute" => self.http_routes.clear(),
-            "GRPCRoute" => self.grpc_routes.clear(),
-            "ReferenceGrant" => self.reference_grants.clear(),
-            "MeshPolicy" => self.mesh_policies.clear(),
-            "AuthorizationPolicy" => self.authorization_policies.clear(),
-            _ => {}
+            ResourceKind::Namespace => self.namespaces.clear(),
+            ResourceKind::Service => self.services.clear(),
+            ResourceKind::EndpointSlice => self.endpoint_slices.clear(),
+            ResourceKind::Pod => self.pods.clear(),
+            ResourceKind::HttpRoute => self.http_routes.clear(),
+            ResourceKind::GrpcRoute => self.grpc_routes.clear(),
+            ResourceKind::ReferenceGrant => self.reference_grants.clear(),
+            ResourceKind::MeshPolicy => self.mesh_policies.clear(),
+            ResourceKind::AuthorizationPolicy => self.authorization_policies.clear(),
         }
     }
 

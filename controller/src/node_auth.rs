@@ -76,7 +76,7 @@ impl NodeAuth {
                     Err(Status::unauthenticated("invalid node token"))
                 }
             },
-            (_, Some(kubernetes)) => kubernetes.node_of(token).await.map(Some),
+            (_, Some(kubernetes)) => kubernetes.node_of(token).await.map(|node| Some(AuthenticatedNode(node))),
             _ => Err(Status::unauthenticated("invalid node token")),
         }
     }

@@ -8,7 +8,7 @@
 //! The controller asks the API server to review the token for its audience (TokenReview),
 //! requires the node proxies' service account and a token bound to a pod, and takes the node
 //! from that pod as the API server has it now (name and UID must still match). The proxy is then
-//! held to that node exactly as with HMAC node tokens ([`crate::node_auth`]): its own node's
+//! held to that node exactly as with HMAC node tokens (`node_auth`): its own node's
 //! config and certificates only. A token outlives neither its pod (the API server stops
 //! accepting it) nor a replaced pod of the same name (the UID differs).
 //!
@@ -16,7 +16,6 @@
 //! the two API calls and keeps answers for a minute, so a proxy's calls (one stream, a few
 //! certificate requests) cost the API server one review.
 
-use crate::node_auth::AuthenticatedNode;
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, TokenReviewStatus};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams, PostParams};
@@ -231,11 +230,11 @@ impl KubernetesTokens {
         reviewed.insert(token.to_owned(), (node.to_owned(), Instant::now()));
     }
 
-    /// The node `token` authenticates, or why not. `UNAVAILABLE` when the API server cannot be
-    /// asked (the proxy retries).
-    pub async fn node_of(&self, token: &str) -> Result<AuthenticatedNode, Status> {
+    /// The name of the node `token` authenticates, or why not. `UNAVAILABLE` when the API
+    /// server cannot be asked (the proxy retries).
+    pub async fn node_of(&self, token: &str) -> Result<String, Status> {
         if let Some(node) = self.remembered(token) {
-            return Ok(AuthenticatedNode(node));
+            return Ok(node);
         }
         let review = TokenReview {
             spec: TokenReviewSpec { token: Some(token.to_owned()), audiences: Some(vec![self.audience.clone()]) },
@@ -260,7 +259,7 @@ impl KubernetesTokens {
         let node = node_of_pod(&binding, &self.account, pod).map_err(refused)?;
         tracing::debug!(%node, pod = %binding.pod, "node proxy authenticated by its service-account token");
         self.remember(token, &node);
-        Ok(AuthenticatedNode(node))
+        Ok(node)
     }
 }
 

@@ -3,18 +3,25 @@
 //! A GRPCRoute's parent refs, filters and backend refs have the JSON shape of a subset of the
 //! HTTPRoute's, so they are re-read as HTTPRoute types and go through the same resolution code.
 
+mod matches;
+mod retry;
+mod status;
+
+pub use status::{Condition, ParentRef, ParentStatus, RouteStatus};
+
 use super::{AcceptedRoute, LastAccepted, RouteKey, RouteKind};
 use crate::cluster::ClusterState;
 use gateway_api::apis::experimental::httproutes::{
     HttpRouteParentRefs, HttpRouteRulesBackendRefs, HttpRouteRulesFilters, HttpRouteRulesFiltersRequestHeaderModifier,
-    HttpRouteRulesMatches, HttpRouteRulesRetry, HttpRouteRulesTimeouts,
+    HttpRouteRulesMatches, HttpRouteRulesTimeouts,
 };
+use matches::{header_modifier, http_match, path_modifier, string_match};
 use nodus_config::{
     parse_gateway_duration, BackendRef, ConfigSnapshot, GatewayDuration, GrpcMethodMatch, GrpcRoute, GrpcRouteMatch,
-    GrpcRouteRule, HeaderMatch, HeaderModifier, HttpFilter, HttpRoute, HttpRouteMatch, HttpRouteRule, MatchKind,
-    NameValue, ObjectRef, PathMatch, PathModifier, QueryParamMatch, RedirectFilter, RouteParent, RouteTimeouts,
-    RouteValidator, StringMatch, UrlRewriteFilter,
+    GrpcRouteRule, HeaderMatch, HttpFilter, HttpRoute, HttpRouteRule, MatchKind, ObjectRef, RedirectFilter,
+    RouteParent, RouteTimeouts, RouteValidator, UrlRewriteFilter,
 };
+use retry::{retry_from_annotations, retry_from_field};
 use serde::{de::DeserializeOwned, Serialize};
 use std::collections::BTreeMap;
 
@@ -22,64 +29,6 @@ use std::collections::BTreeMap;
 pub const CONTROLLER_NAME: &str = "nodus.dev/mesh-controller";
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
-
-/// One status condition (`Accepted` or `ResolvedRefs`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Condition {
-    /// `True` or `False`.
-    pub status: bool,
-    /// The spec's reason.
-    pub reason: String,
-    /// A human-readable explanation.
-    pub message: String,
-}
-
-impl Condition {
-    fn ok(reason: &str) -> Self {
-        Self { status: true, reason: reason.to_string(), message: String::new() }
-    }
-
-    fn failed(reason: &str, message: impl Into<String>) -> Self {
-        Self { status: false, reason: reason.to_string(), message: message.into() }
-    }
-}
-
-/// A `parentRef` as written in the route (status echoes it).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParentRef {
-    /// `group`, if set.
-    pub group: Option<String>,
-    /// `kind`, if set.
-    pub kind: Option<String>,
-    /// `namespace`, if set.
-    pub namespace: Option<String>,
-    /// `name`.
-    pub name: String,
-    /// `port`, if set.
-    pub port: Option<i32>,
-    /// `sectionName`, if set.
-    pub section_name: Option<String>,
-}
-
-/// The status of a route for one of its Service parents.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ParentStatus {
-    /// The parent as the route names it.
-    pub parent_ref: ParentRef,
-    /// `Accepted`.
-    pub accepted: Condition,
-    /// `ResolvedRefs`.
-    pub resolved_refs: Condition,
-}
-
-/// A route's status: one entry per Service parent.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RouteStatus {
-    /// The route's `metadata.generation` these conditions describe.
-    pub generation: Option<i64>,
-    /// Per parent.
-    pub parents: Vec<ParentStatus>,
-}
 
 pub(super) struct TranslatedRoutes {
     pub http: Vec<HttpRoute>,
@@ -96,95 +45,6 @@ fn reshape<T: Serialize, U: DeserializeOwned>(value: &T) -> Option<U> {
 /// The string a generated enum serializes to (e.g. `"GET"`, `"PathPrefix"`).
 fn enum_text<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
-}
-
-/// Annotations that set an HTTPRoute's retry policy (every rule). The standard-channel CRDs
-/// have no retry field (GEP-1731 is experimental and pruned), so, as Linkerd does, annotations
-/// carry it: `attempts` (1-10) enables retries; `codes` (comma-separated 5xx codes; connection
-/// failures are always retried) and `backoff` (a Gateway API duration) are optional.
-pub const RETRY_ATTEMPTS_ANNOTATION: &str = "retry.nodus.dev/attempts";
-/// Response codes retried, e.g. `502,503,504`.
-pub const RETRY_CODES_ANNOTATION: &str = "retry.nodus.dev/codes";
-/// Base backoff between attempts, e.g. `25ms`.
-pub const RETRY_BACKOFF_ANNOTATION: &str = "retry.nodus.dev/backoff";
-
-fn retry_from_annotations(
-    annotations: Option<&std::collections::BTreeMap<String, String>>,
-) -> Result<Option<nodus_config::RetryPolicy>, String> {
-    let Some(annotations) = annotations else { return Ok(None) };
-    let codes = annotations.get(RETRY_CODES_ANNOTATION);
-    let backoff = annotations.get(RETRY_BACKOFF_ANNOTATION);
-    let Some(attempts) = annotations.get(RETRY_ATTEMPTS_ANNOTATION) else {
-        if codes.is_some() || backoff.is_some() {
-            return Err(format!("{RETRY_ATTEMPTS_ANNOTATION} is required with the other retry annotations"));
-        }
-        return Ok(None);
-    };
-    let attempts = attempts
-        .trim()
-        .parse::<u32>()
-        .ok()
-        .filter(|a| (1..=10).contains(a))
-        .ok_or_else(|| format!("{RETRY_ATTEMPTS_ANNOTATION}: {attempts:?} is not a number from 1 to 10"))?;
-    let codes = match codes {
-        None => Vec::new(),
-        Some(text) => text
-            .split(',')
-            .map(|code| {
-                code.trim()
-                    .parse::<u16>()
-                    .ok()
-                    .filter(|c| (500..=599).contains(c))
-                    .ok_or_else(|| format!("{RETRY_CODES_ANNOTATION}: {code:?} is not a 5xx status code"))
-            })
-            .collect::<Result<_, _>>()?,
-    };
-    let backoff = backoff
-        .map(|text| {
-            nodus_config::parse_gateway_duration(text.trim())
-                .map(nodus_config::GatewayDuration)
-                .map_err(|e| format!("{RETRY_BACKOFF_ANNOTATION}: {e}"))
-        })
-        .transpose()?;
-    Ok(Some(nodus_config::RetryPolicy { codes, attempts, backoff }))
-}
-
-/// A rule's `retry` (GEP-1731, experimental channel): `attempts` retries at most (1 when left
-/// out, as the annotations' default), after at least `backoff` each; `codes` (400-599) retried as
-/// well as connection failures, which always are. What Nodus cannot honour is refused, named.
-fn retry_from_field(retry: &HttpRouteRulesRetry) -> Result<nodus_config::RetryPolicy, String> {
-    let attempts = match retry.attempts {
-        None => 1,
-        Some(attempts) => {
-            u32::try_from(attempts).ok().filter(|a| *a <= nodus_config::MAX_RETRY_ATTEMPTS).ok_or_else(|| {
-                format!(
-                    "retry.attempts {attempts} is outside 0-{} (the most Nodus retries)",
-                    nodus_config::MAX_RETRY_ATTEMPTS
-                )
-            })?
-        }
-    };
-    let codes = retry
-        .codes
-        .iter()
-        .flatten()
-        .map(|code| {
-            u16::try_from(*code)
-                .ok()
-                .filter(|c| (400..=599).contains(c))
-                .ok_or_else(|| format!("retry.codes: {code} is not a status code from 400 to 599"))
-        })
-        .collect::<Result<_, _>>()?;
-    let backoff = retry
-        .backoff
-        .as_deref()
-        .map(|text| {
-            nodus_config::parse_gateway_duration(text)
-                .map(nodus_config::GatewayDuration)
-                .map_err(|e| format!("retry.backoff: {e}"))
-        })
-        .transpose()?;
-    Ok(nodus_config::RetryPolicy { codes, attempts, backoff })
 }
 
 /// Problems found while resolving one route, by status condition.
@@ -372,63 +232,6 @@ impl Resolver<'_> {
             }
         }
         converted
-    }
-}
-
-fn header_modifier(m: &HttpRouteRulesFiltersRequestHeaderModifier) -> HeaderModifier {
-    HeaderModifier {
-        set: m.set.iter().flatten().map(|h| NameValue { name: h.name.clone(), value: h.value.clone() }).collect(),
-        add: m.add.iter().flatten().map(|h| NameValue { name: h.name.clone(), value: h.value.clone() }).collect(),
-        remove: m.remove.clone().unwrap_or_default(),
-    }
-}
-
-fn path_modifier(kind: &str, full: &Option<String>, prefix: &Option<String>) -> Option<PathModifier> {
-    match kind {
-        "ReplaceFullPath" => full.clone().map(PathModifier::ReplaceFullPath),
-        "ReplacePrefixMatch" => prefix.clone().map(PathModifier::ReplacePrefixMatch),
-        _ => None,
-    }
-}
-
-fn string_match(kind: &str, value: &str) -> StringMatch {
-    match kind {
-        "RegularExpression" => StringMatch::RegularExpression(value.to_string()),
-        _ => StringMatch::Exact(value.to_string()),
-    }
-}
-
-fn http_match(m: &HttpRouteRulesMatches) -> HttpRouteMatch {
-    let path = m.path.as_ref().map(|p| {
-        let value = p.value.clone().unwrap_or_else(|| "/".to_string());
-        match p.r#type.as_ref().map(enum_text).as_deref() {
-            Some("Exact") => PathMatch::Exact(value),
-            Some("RegularExpression") => PathMatch::RegularExpression(value),
-            _ => PathMatch::PathPrefix(value),
-        }
-    });
-    HttpRouteMatch {
-        // The spec's default: a prefix match on "/".
-        path: Some(path.unwrap_or_else(|| PathMatch::PathPrefix("/".to_string()))),
-        headers: m
-            .headers
-            .iter()
-            .flatten()
-            .map(|h| HeaderMatch {
-                name: h.name.clone(),
-                value: string_match(&h.r#type.as_ref().map(enum_text).unwrap_or_default(), &h.value),
-            })
-            .collect(),
-        query_params: m
-            .query_params
-            .iter()
-            .flatten()
-            .map(|q| QueryParamMatch {
-                name: q.name.clone(),
-                value: string_match(&q.r#type.as_ref().map(enum_text).unwrap_or_default(), &q.value),
-            })
-            .collect(),
-        method: m.method.as_ref().map(enum_text),
     }
 }
 
