@@ -2,7 +2,7 @@
 
 use crate::proto::echo_server::Echo;
 use crate::proto::{Context, EchoRequest, EchoResponse, Header};
-use crate::server::EchoIdentity;
+use crate::state::EchoIdentity;
 use http::Request;
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,6 +1,6 @@
 //! The JSON answer to plain HTTP requests.
 
-use crate::server::{EchoState, SEEN_CAPACITY};
+use crate::state::{EchoState, SEEN_CAPACITY};
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};

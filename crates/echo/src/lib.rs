@@ -19,10 +19,12 @@ mod client;
 mod grpc;
 mod http_echo;
 mod server;
+mod state;
 
 pub use client::{h2c_get, http1_get, ClientError, HttpAnswer};
 pub use http_echo::{EchoReport, DELAY_HEADER, FAIL_POD_HEADER, SEEN_PATH, SET_HEADER_HEADER, STATUS_HEADER};
-pub use server::{serve, EchoIdentity, UPGRADE_PROTOCOL};
+pub use server::{serve, UPGRADE_PROTOCOL};
+pub use state::EchoIdentity;
 
 /// Generated gRPC types of `proto/echo.proto` (package `nodus.echo.v1`).
 #[allow(missing_docs, clippy::all)]

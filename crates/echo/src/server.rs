@@ -3,6 +3,7 @@
 use crate::grpc::{CallInfo, EchoService};
 use crate::http_echo;
 use crate::proto::echo_server::EchoServer;
+use crate::state::{EchoIdentity, EchoState};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -13,30 +14,8 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tower::Service;
 
-/// Who this echo server says it is in its answers.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct EchoIdentity {
-    /// Pod name.
-    pub pod: String,
-    /// Kubernetes namespace.
-    pub namespace: String,
-    /// The Service it stands behind, if any.
-    pub service: String,
-}
-
-/// What the server remembers across requests.
-#[derive(Debug, Default)]
-pub(crate) struct EchoState {
-    pub(crate) identity: EchoIdentity,
-    /// Recent request lines (`METHOD path`), newest last, for tests that check what arrived.
-    pub(crate) seen: std::sync::Mutex<std::collections::VecDeque<String>>,
-}
-
 /// `Upgrade:` protocol name the echo server accepts; the upgraded connection echoes bytes.
 pub const UPGRADE_PROTOCOL: &str = "nodus-echo";
-
-/// How many recent requests `/.nodus-echo/seen` lists.
-pub(crate) const SEEN_CAPACITY: usize = 1000;
 
 /// Serves HTTP/1.1, h2c and gRPC on `listener` until the task is dropped or the listener fails.
 pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Result<()> {
