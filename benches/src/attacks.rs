@@ -29,7 +29,7 @@ impl Drop for Killed {
 }
 
 fn rss_mib(pid: u32) -> f64 {
-    crate::status_kib(pid, "VmRSS:") / 1024.0
+    crate::procfs::status_kib(pid, "VmRSS:") / 1024.0
 }
 
 /// One attack: a name, the number of attacking connections, and what each does in a loop.

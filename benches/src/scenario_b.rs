@@ -3,10 +3,10 @@
 //! CONNECT over mutual TLS 1.3 (X25519MLKEM768) → node-2 proxy → pod. The controller runs in
 //! standalone mode and issues the workload certificates, as in a cluster.
 
-use crate::{
-    median_range, oha, process_tree_cpu, process_tree_cpu_seconds, process_tree_peak_rss_mib, wrk, Args, CpuTime,
-    Measure, BACKEND_PORT,
-};
+use crate::procfs::{process_tree_cpu, process_tree_cpu_seconds, process_tree_peak_rss_mib, CpuTime};
+use crate::scenario_a::Measure;
+use crate::tools::{oha, wrk};
+use crate::{median_range, Args, BACKEND_PORT};
 use anyhow::{Context, Result};
 use nodus_harness::{ConfigSource, Lab, LabSpec};
 use std::fmt::Write as _;
@@ -68,8 +68,8 @@ pub fn run(args: &Args, proxy_binary: &Path) -> Result<(String, Vec<(String, f64
     let node1 = lab.node("node-1").context("node-1")?.clone();
     let node2 = lab.node("node-2").context("node-2")?.clone();
     let work = lab.work_dir()?;
-    let _backend = crate::start_nginx_backend(&backend, &work)?;
-    let _backend_plain = crate::start_nginx_backend(&backend_plain, &work.join("plain"))?;
+    let _backend = crate::tools::start_nginx_backend(&backend, &work)?;
+    let _backend_plain = crate::tools::start_nginx_backend(&backend_plain, &work.join("plain"))?;
     let dir = work.join("manifests");
     std::fs::create_dir_all(&dir)?;
     std::fs::write(dir.join("bench.yaml"), manifests(&backend.ip.to_string(), &client_mesh.ip.to_string()))?;

@@ -3,7 +3,8 @@
 //! Nodus routes both through an HTTPRoute and a GRPCRoute. Closed loop with h2load (4
 //! connections x 16 streams), latency with oha at fixed rates, coordinated omission corrected.
 
-use crate::{median_range, process_tree_cpu_seconds, Args};
+use crate::procfs::process_tree_cpu_seconds;
+use crate::{median_range, Args};
 use anyhow::{bail, Context, Result};
 use nodus_harness::{start_echo, Lab, LabSpec, Pod};
 use std::fmt::Write as _;
