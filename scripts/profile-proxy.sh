@@ -81,7 +81,7 @@ start_under_callgrind() {
         return
     fi
     valgrind --tool=callgrind --callgrind-out-file="$out" "$proxy" --node profile \
-        --outbound-addr 127.0.0.1:$proxy_port --admin-addr 127.0.0.1:28020 --inbound-addr 127.0.0.1:28008 \
+        --outbound-addr 127.0.0.1:$proxy_port --outbound-ports 1 --admin-addr 127.0.0.1:28020 --inbound-addr 127.0.0.1:28008 \
         --capture-addr 127.0.0.1:28006 --fixed-original-dst 10.96.0.10:80 --workers 1 \
         --config-file "$work/snapshot.yaml" > "$work/proxy.log" 2>&1 &
 }

@@ -22,6 +22,12 @@ use tower::Service;
 /// See the module docs.
 #[derive(Clone, Debug)]
 pub struct Backend {
+    /// One shared allocation, so that a request clones one `Arc`, not one per input.
+    inputs: Arc<BackendInputs>,
+}
+
+#[derive(Debug)]
+struct BackendInputs {
     metrics: Arc<Metrics>,
     tunnels: Arc<crate::transport::tunnel::Tunnels>,
 }
@@ -29,7 +35,7 @@ pub struct Backend {
 impl Backend {
     /// The leaf service; `tunnels` say whether callers have mesh identities (mutual TLS).
     pub fn new(metrics: Arc<Metrics>, tunnels: Arc<crate::transport::tunnel::Tunnels>) -> Self {
-        Self { metrics, tunnels }
+        Self { inputs: Arc::new(BackendInputs { metrics, tunnels }) }
     }
 }
 
@@ -60,9 +66,9 @@ impl Service<ProxyRequest> for Backend {
     }
 
     fn call(&mut self, mut request: ProxyRequest) -> ResponseFuture {
-        let metrics = self.metrics.clone();
-        let tunnels = self.tunnels.clone();
+        let inputs = self.inputs.clone();
         Box::pin(async move {
+            let (metrics, tunnels) = (&inputs.metrics, &inputs.tunnels);
             let mut context = request.extensions_mut().remove::<RequestContext>().ok_or(ProxyError::NoConfig)?;
             let decision = context.route.take().ok_or(ProxyError::NoConfig)?;
             let rule = &decision.rule;
