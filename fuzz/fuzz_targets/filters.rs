@@ -9,7 +9,7 @@
 use libfuzzer_sys::fuzz_target;
 use nodus_config::{HeaderModifier, NameValue, PathModifier, RedirectFilter, UrlRewriteFilter};
 use nodus_fuzz::FuzzRequest;
-use nodus_proxy::svc::filters;
+use nodus_policy::filters;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(text) = std::str::from_utf8(data) else { return };

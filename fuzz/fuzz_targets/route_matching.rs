@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use nodus_config::ConfigSnapshot;
 use nodus_fuzz::FuzzRequest;
-use nodus_proxy::policy::routes::{PortRoutes, RouteTable};
+use nodus_policy::routes::{PortRoutes, RouteTable};
 use std::sync::{Arc, OnceLock};
 
 const CONFIG: &str = r#"
@@ -38,12 +38,12 @@ grpcRoutes:
         backends: [{ service: { namespace: demo, name: web }, port: 80 }]
 "#;
 
-fn routes() -> &'static Arc<PortRoutes> {
-    static ROUTES: OnceLock<Arc<PortRoutes>> = OnceLock::new();
+fn routes() -> &'static Arc<PortRoutes<()>> {
+    static ROUTES: OnceLock<Arc<PortRoutes<()>>> = OnceLock::new();
     ROUTES.get_or_init(|| {
         let snapshot: ConfigSnapshot = serde_norway::from_str(CONFIG).expect("the fixed config parses");
         snapshot.validate().expect("the fixed config is valid");
-        let table = RouteTable::compile(&snapshot, &|_, _| None).expect("the fixed config compiles");
+        let table = RouteTable::<()>::compile(&snapshot, &|_, _| None).expect("the fixed config compiles");
         table.port("demo", "web", 80).expect("routes on demo/web:80").clone()
     })
 }

@@ -46,8 +46,8 @@ impl FuzzRequest {
     }
 
     /// The view the route table matches on.
-    pub fn view(&self) -> nodus_proxy::policy::routes::RequestView<'_> {
-        nodus_proxy::policy::routes::RequestView {
+    pub fn view(&self) -> nodus_policy::routes::RequestView<'_> {
+        nodus_policy::routes::RequestView {
             method: &self.method,
             path: &self.path,
             query: self.query.as_deref(),
@@ -56,8 +56,8 @@ impl FuzzRequest {
         }
     }
 
-    /// The same as an `http::Request`, as the proxy's filters receive it.
-    pub fn to_request(&self) -> Option<nodus_proxy::svc::ProxyRequest> {
+    /// The same as an `http::Request` (without a body, which no filter reads).
+    pub fn to_request(&self) -> Option<http::Request<()>> {
         let target = match &self.query {
             Some(query) => format!("{}?{query}", self.path),
             None => self.path.clone(),
@@ -66,7 +66,7 @@ impl FuzzRequest {
         if let Some(host) = &self.host {
             request = request.header(http::header::HOST, host.as_str());
         }
-        let mut request = request.body(nodus_proxy::core::body::ProxyBody::Empty).ok()?;
+        let mut request = request.body(()).ok()?;
         request.headers_mut().extend(self.headers.clone());
         Some(request)
     }

@@ -5,8 +5,8 @@
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use http::{HeaderMap, HeaderValue, Method};
 use nodus_config::{ConfigSnapshot, HeaderModifier, NameValue};
+use nodus_policy::routes::{RequestView, RouteTable};
 use nodus_proxy::balance::OutlierPolicy;
-use nodus_proxy::policy::routes::{RequestView, RouteTable};
 use nodus_proxy::state::ConfigStore;
 use std::hint::black_box;
 
@@ -34,7 +34,7 @@ fn snapshot(routes: usize) -> ConfigSnapshot {
 fn route_matching(c: &mut Criterion) {
     let snapshot = snapshot(1000);
     snapshot.validate().unwrap();
-    let table = RouteTable::compile(&snapshot, &|_, _| None).unwrap();
+    let table = RouteTable::<()>::compile(&snapshot, &|_, _| None).unwrap();
     let routes = table.port("demo", "web", 80).unwrap().for_client(Some("demo"));
     let mut tenant_headers = HeaderMap::new();
     tenant_headers.insert("x-tenant", HeaderValue::from_static("t500"));
@@ -54,7 +54,7 @@ fn route_matching(c: &mut Criterion) {
     group.finish();
 
     c.bench_function("compile_1000_routes", |b| {
-        b.iter(|| RouteTable::compile(black_box(&snapshot), &|_, _| None).unwrap())
+        b.iter(|| RouteTable::<()>::compile(black_box(&snapshot), &|_, _| None).unwrap())
     });
 }
 
@@ -73,7 +73,7 @@ fn header_filters(c: &mut Criterion) {
         b.iter_batched(
             || base.clone(),
             |mut headers| {
-                nodus_proxy::svc::filters::modify_headers(&mut headers, &modifier);
+                nodus_policy::filters::modify_headers(&mut headers, &modifier);
                 headers
             },
             BatchSize::SmallInput,

@@ -16,11 +16,14 @@
 //!  servers      outbound, inbound, capture, admin, hand-over, fairness
 //!  svc          the request stack's tower layers, the errors they answer with
 //!  state        the compiled config snapshot and the store that swaps it
-//!  policy       routes (Gateway API matching) and authorization, pure functions of the config
-//!  balance      per-Service-port balancers, endpoints, the retry budget
+//!  balance      per-Service-port balancers and their endpoints
 //!  transport    TCP connect and relay, shared HTTP/2, the endpoint pool, the tunnel client
 //!  core         bodies, detection, drain, limits, clock, header rules, metrics
 //! ```
+//!
+//! What the config decides about a request (route matching, filters, retry budgets,
+//! authorization) is the `nodus-policy` crate: pure functions that `state` compiles with this
+//! proxy's balancers, and that the fuzz targets call without a proxy.
 //!
 //! `proxy/tests/layering.rs` fails when a `use` points upwards.
 
@@ -28,7 +31,6 @@ pub mod app;
 pub mod balance;
 pub mod control;
 pub mod core;
-pub mod policy;
 pub mod servers;
 pub mod state;
 pub mod svc;

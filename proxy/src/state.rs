@@ -6,7 +6,6 @@
 //! snapshot never waits for requests.
 
 use crate::balance::{Balancer, BalancerRegistry, EndpointMeta, OutlierPolicy};
-use crate::policy::routes::{CompiledRule, PortRoutes, RouteTable};
 use crate::transport::credentials::TrustRoots;
 use arc_swap::ArcSwapOption;
 use nodus_config::{reach, AppProtocol, ConfigSnapshot, ObjectRef, Reach, UnplacedEndpoint, ValidationError};
@@ -14,6 +13,15 @@ use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use thiserror::Error;
+
+/// A route rule compiled for this proxy: each backend resolved to its Service port's balancer.
+pub type CompiledRule = nodus_policy::routes::CompiledRule<Arc<Balancer>>;
+/// A rule's backend, resolved to its balancer.
+pub type RuleBackend = nodus_policy::routes::RuleBackend<Arc<Balancer>>;
+/// The routes of one Service port, compiled for this proxy.
+pub type PortRoutes = nodus_policy::routes::PortRoutes<Arc<Balancer>>;
+/// Every route of a snapshot, compiled for this proxy.
+pub type RouteTable = nodus_policy::routes::RouteTable<Arc<Balancer>>;
 
 /// A Service port clients dial, as the request path needs it.
 #[derive(Debug)]
@@ -157,7 +165,7 @@ impl ProxyState {
                 mtls_only_outbound: namespace_mtls.is_some_and(|m| m.outbound == nodus_config::MtlsMode::Strict),
                 mesh: w.mesh_enabled,
                 mtls_strict: namespace_mtls.is_some_and(|m| m.mode == nodus_config::MtlsMode::Strict),
-                policies: crate::policy::authz::selecting(&snapshot.authorization_policies, w).into(),
+                policies: nodus_policy::authz::selecting(&snapshot.authorization_policies, w).into(),
             });
             let local = local_node == Some(w.node.as_str());
             for ip in &w.ips {
@@ -242,7 +250,12 @@ impl ProxyState {
                     protocol: port.app_protocol,
                     routes: routes.port(&service.id.namespace, &service.id.name, port.port).cloned(),
                     balancer: balancer.clone(),
-                    default_rule: Arc::new(CompiledRule::default_for(&service.id, port.port, balancer.clone())),
+                    default_rule: Arc::new(CompiledRule::default_for(
+                        &service.id,
+                        port.port,
+                        balancer.clone(),
+                        balancer.label.clone(),
+                    )),
                 });
                 for ip in &service.cluster_ips {
                     destinations.insert(SocketAddr::new(*ip, port.port), destination.clone());

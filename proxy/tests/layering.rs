@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 /// Bottom to top. `lib` and `main` are the crate roots and may use everything.
-const LAYERS: &[&str] = &["core", "transport", "balance", "policy", "state", "svc", "servers", "control", "app"];
+const LAYERS: &[&str] = &["core", "transport", "balance", "state", "svc", "servers", "control", "app"];
 
 fn sources(dir: &Path, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {

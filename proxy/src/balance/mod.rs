@@ -7,7 +7,6 @@
 
 mod endpoint;
 mod registry;
-pub mod retry_budget;
 
 pub use endpoint::{Endpoint, EndpointMeta, Outcome, RequestGuard};
 pub use registry::BalancerRegistry;

@@ -12,7 +12,6 @@ use crate::core::body::ProxyBody;
 use crate::core::detect::{detect, read_request_line, Protocol};
 use crate::core::metrics::{InboundLabels, Metrics, TcpLabels};
 use crate::core::rewind::Rewind;
-use crate::policy::authz::RequestView;
 use crate::state::ConfigStore;
 use crate::state::WorkloadInfo;
 use crate::svc::errors::ProxyError;
@@ -26,6 +25,7 @@ use http_body_util::Empty;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use nodus_identity::tls::peer_identity;
+use nodus_policy::authz::RequestView;
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -83,15 +83,15 @@ fn refusal(
     pod: &WorkloadInfo,
     identity: Option<&str>,
     port: u16,
-    request: crate::policy::authz::RequestView<'_>,
+    request: nodus_policy::authz::RequestView<'_>,
 ) -> Option<Refusal> {
     if identity.is_none() && pod.mtls_strict {
         return Some(Refusal::PlaintextToStrict);
     }
-    let stream = crate::policy::authz::Stream { identity, port, request };
-    match crate::policy::authz::authorize(&pod.policies, stream) {
-        crate::policy::authz::Decision::Allow => None,
-        crate::policy::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
+    let stream = nodus_policy::authz::Stream { identity, port, request };
+    match nodus_policy::authz::authorize(&pod.policies, stream) {
+        nodus_policy::authz::Decision::Allow => None,
+        nodus_policy::authz::Decision::Deny(policy) => Some(Refusal::Denied(policy)),
     }
 }
 

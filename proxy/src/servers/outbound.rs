@@ -55,8 +55,8 @@ pub struct Outbound {
     settings: OutboundSettings,
     sources: Arc<crate::servers::fairness::SourceGate>,
     drain: crate::core::drain::Drain,
-    /// This proxy's tunnel client (the store's): opaque connections to other nodes use it.
-    tunnels: Arc<crate::transport::tunnel::Tunnels>,
+    /// The request stack's leaf, built once: every HTTP connection clones it.
+    backend: Backend,
 }
 
 impl Outbound {
@@ -68,8 +68,9 @@ impl Outbound {
         settings: OutboundSettings,
     ) -> Self {
         let sources = crate::servers::fairness::SourceGate::new(settings.sources);
-        let tunnels = store.tunnels().clone();
-        Self { store, metrics, original_dst, settings, sources, drain: crate::core::drain::Drain::default(), tunnels }
+        let backend = Backend::new(metrics.clone(), store.tunnels().clone());
+        let drain = crate::core::drain::Drain::default();
+        Self { store, metrics, original_dst, settings, sources, drain, backend }
     }
 
     /// Drains on `drain` (see [`crate::core::drain`]).
@@ -251,7 +252,7 @@ impl Outbound {
                 Some(endpoint) => {
                     let meta = endpoint.meta();
                     let identities = tunnel_identities(
-                        &self.tunnels,
+                        self.store.tunnels(),
                         source.as_deref(),
                         meta.namespace.as_deref(),
                         meta.service_account.as_deref(),
@@ -267,7 +268,7 @@ impl Outbound {
                 // A pod on another node, dialled by its address: through the tunnel.
                 Some(pod) => {
                     let identities = tunnel_identities(
-                        &self.tunnels,
+                        self.store.tunnels(),
                         source.as_deref(),
                         pod.namespace.as_deref(),
                         pod.service_account.as_deref(),
@@ -307,7 +308,7 @@ impl Outbound {
         self.metrics.tcp_connections.get_or_create(&target.label).inc();
         let addr = target.addr;
         match target.via {
-            Some(peer) => match self.tunnels.open(peer, addr, target.identities.as_ref(), None).await {
+            Some(peer) => match self.store.tunnels().open(peer, addr, target.identities.as_ref(), None).await {
                 Ok(tunnel) => Some(Box::new(TokioIo::new(tunnel))),
                 Err(error) => {
                     tracing::info!(target = %addr, %error, "opaque connection: tunnel failed");
@@ -343,7 +344,7 @@ impl Outbound {
         let stack = Observe::new(
             Validate::new(ResolveContext::new(
                 Route::new(Filters::new(Mirror::new(RequestTimeout::new(Retry::new(
-                    Backend::new(metrics.clone(), self.tunnels.clone()),
+                    self.backend.clone(),
                     metrics.clone(),
                 ))))),
                 self.store.clone(),

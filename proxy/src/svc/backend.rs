@@ -7,14 +7,14 @@ use super::{BackendLabel, ProxyRequest, ProxyResponse, RequestContext, ResponseF
 use crate::balance::Outcome;
 use crate::core::headers::strip_hop_by_hop;
 use crate::core::metrics::{BackendLabels, Metrics, MtlsRequiredLabels};
-use crate::policy::routes::RuleBackend;
+use crate::state::RuleBackend;
 use crate::svc::errors::ProxyError;
-use crate::svc::filters::modify_headers;
 use crate::svc::response::ResponseBody;
 use crate::transport::UpstreamError;
 use crate::transport::{PeerTransport, UpstreamProtocol};
 use http::StatusCode;
 use nodus_config::HttpFilter;
+use nodus_policy::filters::modify_headers;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;
@@ -75,7 +75,7 @@ impl Service<ProxyRequest> for Backend {
             let route = || format!("{} rule {}", rule.route, rule.rule_label);
             let backend = pick_backend(&rule.backends, rule.total_weight)
                 .ok_or_else(|| ProxyError::InvalidBackend { route: route() })?;
-            let balancer = backend.balancer.clone().ok_or_else(|| ProxyError::InvalidBackend { route: route() })?;
+            let balancer = backend.target.clone().ok_or_else(|| ProxyError::InvalidBackend { route: route() })?;
             for filter in &backend.reference.filters {
                 if let HttpFilter::RequestHeaderModifier(modifier) = filter {
                     modify_headers(request.headers_mut(), modifier);
@@ -192,7 +192,7 @@ mod tests {
                 filters: vec![],
                 unresolved: None,
             },
-            balancer: None,
+            target: None,
             label: Arc::from(name),
         }
     }

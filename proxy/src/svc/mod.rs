@@ -28,7 +28,7 @@ pub mod timeout;
 pub mod validate;
 
 use crate::core::body::ProxyBody;
-use crate::policy::routes::CompiledRule;
+use crate::state::CompiledRule;
 use crate::state::{Destination, ProxyState, WorkloadInfo};
 use crate::svc::errors::ProxyError;
 use crate::svc::response::ResponseBody;

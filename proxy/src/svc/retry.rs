@@ -1,6 +1,6 @@
 //! Retries (GEP-1731): a failed attempt is sent again when its status is one of the rule's
 //! retry codes, or when the endpoint could not be reached at all. Each retry must be paid for
-//! from the rule's [`RetryBudget`](crate::balance::retry_budget::RetryBudget), so retries cannot multiply
+//! from the rule's [`RetryBudget`](nodus_policy::retry_budget::RetryBudget), so retries cannot multiply
 //! load in an outage. Bodies up to [`MAX_KEPT_BODY`] are buffered to be sent again; larger
 //! requests get one attempt.
 
@@ -8,6 +8,7 @@ use super::{
     route_decision, ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, StackService, TriedEndpoints,
 };
 use crate::core::body::{buffer_up_to, ProxyBody, MAX_KEPT_BODY};
+use crate::core::clock::now_ms;
 use crate::core::metrics::{Metrics, RetryLabels};
 use crate::svc::errors::ProxyError;
 use crate::transport::UpstreamError;
@@ -81,7 +82,7 @@ where
         let mut inner = self.inner.clone();
         let metrics = self.metrics.clone();
         Box::pin(async move {
-            rule.retry_budget.deposit();
+            rule.retry_budget.deposit(now_ms());
             let (parts, body) = request.into_parts();
             let snapshot = match buffer_up_to(body, MAX_KEPT_BODY).await {
                 Ok(Ok(snapshot)) => snapshot,
@@ -114,7 +115,7 @@ where
                 if retries >= policy.attempts || !is_retryable(&result, &policy.codes) {
                     return result;
                 }
-                if !rule.retry_budget.try_withdraw() {
+                if !rule.retry_budget.try_withdraw(now_ms()) {
                     metrics.retries.get_or_create(&labels("budget_exhausted")).inc();
                     return result;
                 }

@@ -2,8 +2,8 @@
 
 use super::{ProxyRequest, ProxyResponse, RequestContext, ResponseFuture, RouteDecision, RouteLabelsExt, StackService};
 use crate::core::metrics::{unknown_label, RouteLabels};
-use crate::policy::routes::{RequestView, RouteKind};
 use crate::svc::errors::ProxyError;
+use nodus_policy::routes::{RequestView, RouteKind};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use tower::Service;

@@ -82,19 +82,19 @@ pub(crate) fn compile_headers(
 
 /// One (route, rule, match) triple, compiled.
 #[derive(Debug)]
-struct HttpEntry {
+struct HttpEntry<B> {
     hostnames: Arc<[Box<str>]>,
     method: Option<Method>,
     headers: Vec<(HeaderName, ValueMatcher)>,
     query: Vec<(Box<str>, ValueMatcher)>,
     /// For prefix entries, the normalised prefix.
     prefix: Option<Arc<str>>,
-    rule: Arc<CompiledRule>,
+    rule: Arc<CompiledRule<B>>,
     /// (has method, header count, query count) descending, then route order, rule, match ascending.
     rank: (bool, usize, usize, usize, usize, usize),
 }
 
-impl HttpEntry {
+impl<B> HttpEntry<B> {
     fn sort_key(&self) -> impl Ord {
         let (method, headers, query, route, rule, index) = self.rank;
         (std::cmp::Reverse((method, headers, query)), route, rule, index)
@@ -133,22 +133,28 @@ fn normalise_prefix(prefix: &str) -> &str {
 }
 
 /// The HTTPRoute rules of one audience on one Service port.
-#[derive(Debug, Default)]
-pub struct HttpRouteSet {
-    exact: HashMap<Box<str>, Vec<HttpEntry>>,
-    regex: Vec<(Regex, HttpEntry)>,
-    prefix: HashMap<Box<str>, Vec<HttpEntry>>,
+#[derive(Debug)]
+pub struct HttpRouteSet<B> {
+    exact: HashMap<Box<str>, Vec<HttpEntry<B>>>,
+    regex: Vec<(Regex, HttpEntry<B>)>,
+    prefix: HashMap<Box<str>, Vec<HttpEntry<B>>>,
 }
 
-impl HttpRouteSet {
+impl<B> Default for HttpRouteSet<B> {
+    fn default() -> Self {
+        Self { exact: HashMap::new(), regex: Vec::new(), prefix: HashMap::new() }
+    }
+}
+
+impl<B> HttpRouteSet<B> {
     /// Whether no HTTPRoute applies.
     pub fn is_empty(&self) -> bool {
         self.exact.is_empty() && self.regex.is_empty() && self.prefix.is_empty()
     }
 
     /// The rule that handles `request`, if any.
-    pub fn find<'t>(&'t self, request: &RequestView<'_>) -> Option<RouteMatch<'t>> {
-        let found = |entry: &'t HttpEntry| RouteMatch { rule: &entry.rule, matched_prefix: entry.prefix.as_ref() };
+    pub fn find<'t>(&'t self, request: &RequestView<'_>) -> Option<RouteMatch<'t, B>> {
+        let found = |entry: &'t HttpEntry<B>| RouteMatch { rule: &entry.rule, matched_prefix: entry.prefix.as_ref() };
         if let Some(entries) = self.exact.get(request.path) {
             if let Some(entry) = entries.iter().find(|e| e.conditions_match(request)) {
                 return Some(found(entry));
@@ -177,20 +183,25 @@ impl HttpRouteSet {
     }
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct HttpSetBuilder {
-    exact: HashMap<Box<str>, Vec<HttpEntry>>,
-    regex: Vec<(Regex, HttpEntry)>,
-    prefix: HashMap<Box<str>, Vec<HttpEntry>>,
+/// Collects the entries of an [`HttpRouteSet`] before they are sorted by precedence.
+#[derive(Debug)]
+pub(crate) struct HttpSetBuilder<B> {
+    set: HttpRouteSet<B>,
 }
 
-impl HttpSetBuilder {
+impl<B> Default for HttpSetBuilder<B> {
+    fn default() -> Self {
+        Self { set: HttpRouteSet::default() }
+    }
+}
+
+impl<B> HttpSetBuilder<B> {
     pub(crate) fn add_rule(
         &mut self,
         route_order: usize,
         hostnames: &[String],
         rule: &HttpRouteRule,
-        compiled: &Arc<CompiledRule>,
+        compiled: &Arc<CompiledRule<B>>,
     ) -> Result<(), regex::Error> {
         let hostnames: Arc<[Box<str>]> = hostnames.iter().map(|h| Box::from(h.as_str())).collect();
         let default_match = [HttpRouteMatch::default()];
@@ -217,23 +228,24 @@ impl HttpSetBuilder {
                 ),
             };
             match m.path.clone().unwrap_or(PathMatch::PathPrefix("/".into())) {
-                PathMatch::Exact(path) => self.exact.entry(path.into()).or_default().push(entry),
-                PathMatch::RegularExpression(pattern) => self.regex.push((whole(&pattern)?, entry)),
+                PathMatch::Exact(path) => self.set.exact.entry(path.into()).or_default().push(entry),
+                PathMatch::RegularExpression(pattern) => self.set.regex.push((whole(&pattern)?, entry)),
                 PathMatch::PathPrefix(prefix) => {
                     let key: Box<str> = normalise_prefix(&prefix).into();
                     entry.prefix = Some(Arc::from(&*key));
-                    self.prefix.entry(key).or_default().push(entry);
+                    self.set.prefix.entry(key).or_default().push(entry);
                 }
             }
         }
         Ok(())
     }
 
-    pub(crate) fn build(mut self) -> HttpRouteSet {
-        for entries in self.exact.values_mut().chain(self.prefix.values_mut()) {
+    pub(crate) fn build(self) -> HttpRouteSet<B> {
+        let mut set = self.set;
+        for entries in set.exact.values_mut().chain(set.prefix.values_mut()) {
             entries.sort_by_key(|e| e.sort_key());
         }
-        self.regex.sort_by_key(|(_, e)| e.sort_key());
-        HttpRouteSet { exact: self.exact, regex: self.regex, prefix: self.prefix }
+        set.regex.sort_by_key(|(_, e)| e.sort_key());
+        set
     }
 }

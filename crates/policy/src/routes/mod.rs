@@ -5,6 +5,10 @@
 //! and costs O(path segments) for path matches whatever the number of routes: exact paths and
 //! prefix elements are hash-indexed; only regular-expression paths are scanned.
 //!
+//! The tables are generic over `B`, the handle a rule keeps for each backend it sends to: the
+//! proxy resolves a backendRef to its Service port's load balancer, the fuzz targets and
+//! benchmarks to nothing (`()`).
+//!
 //! GAMMA: a route in the Service's own namespace is a *producer* route and applies to every
 //! client; a route in another namespace is a *consumer* route and applies only to clients in its
 //! namespace, which then ignore the producer routes.
@@ -17,8 +21,7 @@ mod tests;
 pub use grpc_route::GrpcRouteSet;
 pub use http_route::{HttpRouteSet, RequestView};
 
-use crate::balance::retry_budget::RetryBudget;
-use crate::balance::Balancer;
+use crate::retry_budget::RetryBudget;
 use nodus_config::{
     BackendRef, ConfigSnapshot, GrpcRoute, HttpFilter, HttpRoute, ObjectRef, RetryPolicy, RouteParent, RouteTimeouts,
     RouteValidator,
@@ -51,7 +54,7 @@ impl RouteKind {
 
 /// One rule of one route, with everything the request path needs to act on it.
 #[derive(Debug)]
-pub struct CompiledRule {
+pub struct CompiledRule<B> {
     /// Route kind.
     pub kind: RouteKind,
     /// Route namespace/name.
@@ -65,7 +68,7 @@ pub struct CompiledRule {
     /// Filters, in order.
     pub filters: Vec<HttpFilter>,
     /// Weighted backends.
-    pub backends: Vec<RuleBackend>,
+    pub backends: Vec<RuleBackend<B>>,
     /// Sum of the backends' weights.
     pub total_weight: u64,
     /// Whole-request timeout.
@@ -78,9 +81,10 @@ pub struct CompiledRule {
     pub retry_budget: RetryBudget,
 }
 
-impl CompiledRule {
-    /// The rule used when no route is attached: everything to the Service port itself.
-    pub fn default_for(service: &ObjectRef, port: u16, balancer: Arc<Balancer>) -> Self {
+impl<B> CompiledRule<B> {
+    /// The rule used when no route is attached: everything to the Service port itself, whose
+    /// handle is `target` and whose metrics label is `label`.
+    pub fn default_for(service: &ObjectRef, port: u16, target: B, label: Arc<str>) -> Self {
         let reference = BackendRef { service: service.clone(), port, weight: 1, filters: Vec::new(), unresolved: None };
         Self {
             kind: RouteKind::Default,
@@ -89,7 +93,7 @@ impl CompiledRule {
             rule_label: Arc::from(""),
             route_label: Arc::from(""),
             filters: Vec::new(),
-            backends: vec![RuleBackend { label: balancer.label.clone(), reference, balancer: Some(balancer) }],
+            backends: vec![RuleBackend { label, reference, target: Some(target) }],
             total_weight: 1,
             request_timeout: None,
             backend_timeout: None,
@@ -99,24 +103,25 @@ impl CompiledRule {
     }
 }
 
-/// A backendRef of a rule, resolved to the balancer of its Service port.
+/// A backendRef of a rule, resolved to the handle of its Service port.
 #[derive(Debug)]
-pub struct RuleBackend {
+pub struct RuleBackend<B> {
     /// The reference as configured.
     pub reference: BackendRef,
-    /// The Service port's balancer; `None` if the Service is unknown (requests get 500).
-    pub balancer: Option<Arc<Balancer>>,
+    /// The Service port's handle; `None` if the Service is unknown or the reference unresolved
+    /// (requests get 500).
+    pub target: Option<B>,
     /// `namespace/name:port`, for metrics.
     pub label: Arc<str>,
 }
 
-/// Finds the balancer of a Service port.
-pub type BackendResolver<'a> = &'a dyn Fn(&ObjectRef, u16) -> Option<Arc<Balancer>>;
+/// Finds the handle of a Service port.
+pub type BackendResolver<'a, B> = &'a dyn Fn(&ObjectRef, u16) -> Option<B>;
 
-impl CompiledRule {
+impl<B> CompiledRule<B> {
     #[allow(clippy::too_many_arguments)]
     fn new(
-        resolve: BackendResolver<'_>,
+        resolve: BackendResolver<'_, B>,
         kind: RouteKind,
         route: &ObjectRef,
         rule_index: usize,
@@ -139,7 +144,7 @@ impl CompiledRule {
                 .iter()
                 .map(|b| RuleBackend {
                     reference: b.clone(),
-                    balancer: if b.unresolved.is_some() { None } else { resolve(&b.service, b.port) },
+                    target: if b.unresolved.is_some() { None } else { resolve(&b.service, b.port) },
                     label: Arc::from(format!("{}:{}", b.service, b.port)),
                 })
                 .collect(),
@@ -154,31 +159,45 @@ impl CompiledRule {
 
 /// The result of matching: the rule and, for prefix matches, the prefix that matched (for
 /// `ReplacePrefixMatch`).
-#[derive(Clone, Copy, Debug)]
-pub struct RouteMatch<'t> {
+#[derive(Debug)]
+pub struct RouteMatch<'t, B> {
     /// The rule that handles the request.
-    pub rule: &'t Arc<CompiledRule>,
+    pub rule: &'t Arc<CompiledRule<B>>,
     /// The `PathPrefix` value that matched, if the match was a prefix match.
     pub matched_prefix: Option<&'t Arc<str>>,
 }
 
+// Derived Clone/Copy would require `B: Copy`; the match holds only references.
+impl<B> Clone for RouteMatch<'_, B> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+impl<B> Copy for RouteMatch<'_, B> {}
+
 /// Routes of one audience (producer, or consumers of one namespace) on one Service port.
-#[derive(Debug, Default)]
-pub struct RouteSet {
+#[derive(Debug)]
+pub struct RouteSet<B> {
     /// HTTPRoute rules.
-    pub http: HttpRouteSet,
+    pub http: HttpRouteSet<B>,
     /// GRPCRoute rules.
-    pub grpc: GrpcRouteSet,
+    pub grpc: GrpcRouteSet<B>,
 }
 
-impl RouteSet {
+impl<B> Default for RouteSet<B> {
+    fn default() -> Self {
+        Self { http: HttpRouteSet::default(), grpc: GrpcRouteSet::default() }
+    }
+}
+
+impl<B> RouteSet<B> {
     /// Whether no route at all applies.
     pub fn is_empty(&self) -> bool {
         self.http.is_empty() && self.grpc.is_empty()
     }
 
     /// Matches a request: gRPC calls try GRPCRoutes first, then HTTPRoutes.
-    pub fn find<'t>(&'t self, request: &RequestView<'_>, is_grpc: bool) -> Option<RouteMatch<'t>> {
+    pub fn find<'t>(&'t self, request: &RequestView<'_>, is_grpc: bool) -> Option<RouteMatch<'t, B>> {
         if is_grpc {
             if let Some(found) = self.grpc.find(request) {
                 return Some(found);
@@ -189,16 +208,22 @@ impl RouteSet {
 }
 
 /// The routes attached to one Service port.
-#[derive(Debug, Default)]
-pub struct PortRoutes {
-    producer: RouteSet,
-    consumers: HashMap<Box<str>, RouteSet>,
+#[derive(Debug)]
+pub struct PortRoutes<B> {
+    producer: RouteSet<B>,
+    consumers: HashMap<Box<str>, RouteSet<B>>,
 }
 
-impl PortRoutes {
+impl<B> Default for PortRoutes<B> {
+    fn default() -> Self {
+        Self { producer: RouteSet::default(), consumers: HashMap::new() }
+    }
+}
+
+impl<B> PortRoutes<B> {
     /// The routes that apply to a client in `client_namespace` (consumer routes of that
     /// namespace if any, else the producer routes).
-    pub fn for_client(&self, client_namespace: Option<&str>) -> &RouteSet {
+    pub fn for_client(&self, client_namespace: Option<&str>) -> &RouteSet<B> {
         client_namespace.and_then(|ns| self.consumers.get(ns)).unwrap_or(&self.producer)
     }
 
@@ -212,15 +237,21 @@ impl PortRoutes {
 pub type ServicePortKey = (Arc<str>, Arc<str>, u16);
 
 /// Every route of a snapshot, by Service port.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    by_port: HashMap<ServicePortKey, Arc<PortRoutes>>,
+#[derive(Debug)]
+pub struct RouteTable<B> {
+    by_port: HashMap<ServicePortKey, Arc<PortRoutes<B>>>,
 }
 
-impl RouteTable {
+impl<B> Default for RouteTable<B> {
+    fn default() -> Self {
+        Self { by_port: HashMap::new() }
+    }
+}
+
+impl<B> RouteTable<B> {
     /// Compiles the routes of a (validated) snapshot. Route order in the snapshot is the
     /// tie-breaker between equally specific matches.
-    pub fn compile(snapshot: &ConfigSnapshot, resolve: BackendResolver<'_>) -> Result<Self, regex::Error> {
+    pub fn compile(snapshot: &ConfigSnapshot, resolve: BackendResolver<'_, B>) -> Result<Self, regex::Error> {
         let mut builder = TableBuilder { resolve, sets: HashMap::new(), consumer_sets: HashMap::new() };
         // Services indexed once: parents are looked up per route.
         let services = snapshot.route_validator();
@@ -234,7 +265,7 @@ impl RouteTable {
     }
 
     /// The routes attached to `namespace/name:port`, if any.
-    pub fn port(&self, namespace: &str, name: &str, port: u16) -> Option<&Arc<PortRoutes>> {
+    pub fn port(&self, namespace: &str, name: &str, port: u16) -> Option<&Arc<PortRoutes<B>>> {
         self.by_port.get(&(Arc::from(namespace), Arc::from(name), port))
     }
 
@@ -249,13 +280,16 @@ impl RouteTable {
     }
 }
 
-struct TableBuilder<'r> {
-    resolve: BackendResolver<'r>,
-    sets: HashMap<ServicePortKey, (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)>,
-    consumer_sets: HashMap<(ServicePortKey, Box<str>), (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)>,
+/// The HTTP and gRPC builders of one audience on one Service port.
+type SetBuilders<B> = (http_route::HttpSetBuilder<B>, grpc_route::GrpcSetBuilder<B>);
+
+struct TableBuilder<'r, B> {
+    resolve: BackendResolver<'r, B>,
+    sets: HashMap<ServicePortKey, SetBuilders<B>>,
+    consumer_sets: HashMap<(ServicePortKey, Box<str>), SetBuilders<B>>,
 }
 
-impl TableBuilder<'_> {
+impl<B> TableBuilder<'_, B> {
     /// The Service ports a parent reference covers.
     fn parent_ports(services: &RouteValidator<'_>, parent: &RouteParent) -> Vec<ServicePortKey> {
         let Some(service) = services.service(&parent.service) else {
@@ -278,7 +312,7 @@ impl TableBuilder<'_> {
         services: &RouteValidator<'_>,
         route: &ObjectRef,
         parents: &[RouteParent],
-        mut add: impl FnMut(&mut (http_route::HttpSetBuilder, grpc_route::GrpcSetBuilder)) -> Result<(), regex::Error>,
+        mut add: impl FnMut(&mut SetBuilders<B>) -> Result<(), regex::Error>,
     ) -> Result<(), regex::Error> {
         for parent in parents {
             for key in Self::parent_ports(services, parent) {
@@ -294,7 +328,7 @@ impl TableBuilder<'_> {
     }
 
     fn add_http(&mut self, services: &RouteValidator<'_>, order: usize, route: &HttpRoute) -> Result<(), regex::Error> {
-        let rules: Vec<Arc<CompiledRule>> = route
+        let rules: Vec<Arc<CompiledRule<B>>> = route
             .rules
             .iter()
             .enumerate()
@@ -322,7 +356,7 @@ impl TableBuilder<'_> {
     }
 
     fn add_grpc(&mut self, services: &RouteValidator<'_>, order: usize, route: &GrpcRoute) -> Result<(), regex::Error> {
-        let rules: Vec<Arc<CompiledRule>> = route
+        let rules: Vec<Arc<CompiledRule<B>>> = route
             .rules
             .iter()
             .enumerate()
@@ -349,8 +383,8 @@ impl TableBuilder<'_> {
         })
     }
 
-    fn finish(self) -> RouteTable {
-        let mut by_port: HashMap<ServicePortKey, PortRoutes> = HashMap::new();
+    fn finish(self) -> RouteTable<B> {
+        let mut by_port: HashMap<ServicePortKey, PortRoutes<B>> = HashMap::new();
         for (key, (http, grpc)) in self.sets {
             by_port.entry(key).or_default().producer = RouteSet { http: http.build(), grpc: grpc.build() };
         }

@@ -13,7 +13,7 @@ services:
     ports: [{ port: 9090, targetPort: 9090, appProtocol: grpc }]
 "#;
 
-fn table(routes_yaml: &str) -> RouteTable {
+fn table(routes_yaml: &str) -> RouteTable<()> {
     let snapshot: ConfigSnapshot =
         serde_norway::from_str(&format!("{SERVICES}{routes_yaml}")).unwrap_or_else(|e| panic!("bad YAML: {e}"));
     snapshot.validate().expect("valid snapshot");
@@ -31,7 +31,7 @@ struct Req<'a> {
 
 const GET: Req<'static> = Req { client_ns: Some("demo"), port: 80, method: "GET", uri: "/", headers: &[], grpc: false };
 
-fn answer(table: &RouteTable, req: &Req<'_>) -> Option<String> {
+fn answer(table: &RouteTable<()>, req: &Req<'_>) -> Option<String> {
     let service = if req.grpc { "api" } else { "web" };
     let routes = table.port("demo", service, req.port)?.for_client(req.client_ns);
     let (path, query) = match req.uri.split_once('?') {

@@ -1,8 +1,10 @@
 //! Retry budgets: retries may add at most a fraction of the requests' load, plus a small floor,
 //! over a sliding window, so that retries cannot multiply load during an outage (Linkerd's
 //! approach, rather than a fixed per-request multiplier).
+//!
+//! The caller passes the time, in milliseconds on a monotonic clock, so the budget reads no clock
+//! of its own and its tests choose the time.
 
-use crate::core::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 const BUCKETS: usize = 10;
@@ -64,15 +66,15 @@ impl RetryBudget {
         })
     }
 
-    /// Counts an original request.
-    pub fn deposit(&self) {
-        let index = self.bucket(now_ms());
+    /// Counts an original request, made at `now_ms`.
+    pub fn deposit(&self, now_ms: u64) {
+        let index = self.bucket(now_ms);
         self.requests[index].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Takes one retry from the budget; false when it is spent.
-    pub fn try_withdraw(&self) -> bool {
-        let now = now_ms();
+    /// Takes one retry, made at `now_ms`, from the budget; false when it is spent.
+    pub fn try_withdraw(&self, now_ms: u64) -> bool {
+        let now = now_ms;
         let (requests, retries) = self.window_totals(now);
         let window_seconds = (BUCKETS as u64 * BUCKET_MS) / 1_000;
         let allowed = (requests as f64 * self.ratio) as u64 + self.min_per_second * window_seconds;
@@ -93,16 +95,33 @@ mod tests {
     fn retries_are_capped_by_ratio_plus_floor() {
         let budget = RetryBudget::new(0.2, 1);
         for _ in 0..100 {
-            budget.deposit();
+            budget.deposit(5_000);
         }
         // 100 requests × 0.2 + 1/s × 10 s = 30 retries in the window.
-        let granted = (0..100).filter(|_| budget.try_withdraw()).count();
+        let granted = (0..100).filter(|_| budget.try_withdraw(5_000)).count();
         assert_eq!(granted, 30);
     }
 
     #[test]
     fn idle_route_still_gets_the_floor() {
         let budget = RetryBudget::new(0.2, 2);
-        assert_eq!((0..50).filter(|_| budget.try_withdraw()).count(), 20);
+        assert_eq!((0..50).filter(|_| budget.try_withdraw(0)).count(), 20);
+    }
+
+    #[test]
+    fn the_window_slides_so_old_requests_and_retries_stop_counting() {
+        let budget = RetryBudget::new(0.5, 0);
+        for _ in 0..10 {
+            budget.deposit(1_000);
+        }
+        assert_eq!((0..10).filter(|_| budget.try_withdraw(1_000)).count(), 5);
+        // Still inside the 10 s window: spent.
+        assert!(!budget.try_withdraw(10_999));
+        // The bucket of 1 s has left the window: its requests no longer earn retries.
+        assert!(!budget.try_withdraw(11_000));
+        for _ in 0..4 {
+            budget.deposit(11_000);
+        }
+        assert_eq!((0..4).filter(|_| budget.try_withdraw(11_000)).count(), 2);
     }
 }

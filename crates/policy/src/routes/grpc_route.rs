@@ -9,16 +9,16 @@ use nodus_config::{GrpcRouteMatch, GrpcRouteRule, MatchKind};
 use std::sync::Arc;
 
 #[derive(Debug)]
-struct GrpcEntry {
+struct GrpcEntry<B> {
     hostnames: Arc<[Box<str>]>,
     service: Option<ValueMatcher>,
     method: Option<ValueMatcher>,
     headers: Vec<(HeaderName, ValueMatcher)>,
-    rule: Arc<CompiledRule>,
+    rule: Arc<CompiledRule<B>>,
     rank: (usize, usize, usize, usize, usize, usize),
 }
 
-impl GrpcEntry {
+impl<B> GrpcEntry<B> {
     fn matches(&self, service: &str, method: &str, request: &RequestView<'_>) -> bool {
         self.service.as_ref().is_none_or(|m| m.matches(service))
             && self.method.as_ref().is_none_or(|m| m.matches(method))
@@ -28,19 +28,25 @@ impl GrpcEntry {
 }
 
 /// The GRPCRoute rules of one audience on one Service port.
-#[derive(Debug, Default)]
-pub struct GrpcRouteSet {
-    entries: Vec<GrpcEntry>,
+#[derive(Debug)]
+pub struct GrpcRouteSet<B> {
+    entries: Vec<GrpcEntry<B>>,
 }
 
-impl GrpcRouteSet {
+impl<B> Default for GrpcRouteSet<B> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
+
+impl<B> GrpcRouteSet<B> {
     /// Whether no GRPCRoute applies.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
 
     /// The rule for a gRPC call (`/package.Service/Method` path), if any.
-    pub fn find<'t>(&'t self, request: &RequestView<'_>) -> Option<RouteMatch<'t>> {
+    pub fn find<'t>(&'t self, request: &RequestView<'_>) -> Option<RouteMatch<'t, B>> {
         let (service, method) = request.path.strip_prefix('/')?.split_once('/')?;
         self.entries
             .iter()
@@ -49,18 +55,25 @@ impl GrpcRouteSet {
     }
 }
 
-#[derive(Debug, Default)]
-pub(crate) struct GrpcSetBuilder {
-    entries: Vec<GrpcEntry>,
+/// Collects the entries of a [`GrpcRouteSet`] before they are sorted by precedence.
+#[derive(Debug)]
+pub(crate) struct GrpcSetBuilder<B> {
+    entries: Vec<GrpcEntry<B>>,
 }
 
-impl GrpcSetBuilder {
+impl<B> Default for GrpcSetBuilder<B> {
+    fn default() -> Self {
+        Self { entries: Vec::new() }
+    }
+}
+
+impl<B> GrpcSetBuilder<B> {
     pub(crate) fn add_rule(
         &mut self,
         route_order: usize,
         hostnames: &[String],
         rule: &GrpcRouteRule,
-        compiled: &Arc<CompiledRule>,
+        compiled: &Arc<CompiledRule<B>>,
     ) -> Result<(), regex::Error> {
         let hostnames: Arc<[Box<str>]> = hostnames.iter().map(|h| Box::from(h.as_str())).collect();
         let default_match = [GrpcRouteMatch::default()];
@@ -97,7 +110,7 @@ impl GrpcSetBuilder {
         Ok(())
     }
 
-    pub(crate) fn build(mut self) -> GrpcRouteSet {
+    pub(crate) fn build(mut self) -> GrpcRouteSet<B> {
         self.entries.sort_by_key(|e| {
             let (service, method, headers, route, rule, index) = e.rank;
             (std::cmp::Reverse((service, method, headers)), route, rule, index)
