@@ -2,6 +2,7 @@
 
 mod admin;
 mod check;
+mod cluster;
 mod demo;
 
 use clap::{Parser, Subcommand};
@@ -23,6 +24,12 @@ enum Command {
     /// Check that this machine can run Nodus's node agent: privileges, kernel features, bpffs,
     /// cgroup v2. Exits 0 when everything passes, 1 otherwise.
     Check(check::CheckArgs),
+    /// The local cluster: a real API server, the Nodus controller in Kubernetes mode and N
+    /// nodes with a node agent and a node proxy each, in the background (docs/local-cluster.md).
+    Cluster(cluster::ClusterArgs),
+    /// Run a command inside a pod of a local cluster (its network namespace and cgroup), so its
+    /// traffic goes through the mesh as the pod's own does: `nodusctl exec shop/client -- curl http://web/`.
+    Exec(cluster::ExecArgs),
     /// Golden metrics of a node proxy per route and backend: success rate, requests per second,
     /// p50 and p99 latency over a short window.
     Stat(admin::StatArgs),
@@ -39,6 +46,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => demo::run(args),
         Command::Check(args) => check::run(args),
+        Command::Cluster(args) => cluster::run(args),
+        Command::Exec(args) => cluster::exec(args),
         Command::Stat(args) => admin::stat(args),
         Command::ProxyConfig(args) => admin::proxy_config(args),
     };

@@ -226,10 +226,16 @@ impl Lab {
             .iter_mut()
             .find(|n| n.name == node)
             .ok_or_else(|| HarnessError::Usage(format!("no node named {node}")))?;
-        if node.next_pod >= 250 {
+        // The lowest slot no pod of this node holds: addresses of removed pods are reused.
+        let taken: std::collections::BTreeSet<u8> = self
+            .pods
+            .iter()
+            .filter(|p| p.node == node.name)
+            .filter_map(|p| p.host_veth.strip_prefix("vp").and_then(|n| n.parse().ok()))
+            .collect();
+        let Some(slot) = (0..250u8).find(|slot| !taken.contains(slot)) else {
             return Err(HarnessError::Usage(format!("{} has no pod addresses left", node.name)));
-        }
-        let slot = node.next_pod;
+        };
         let ip = Ipv4Addr::new(POD_NETWORK[0], POD_NETWORK[1], node.index, slot + 2);
         let host_veth = format!("vp{slot}");
         let netns = NetNs::create(format!("{NETNS_PREFIX}{}-{}-{namespace}-{name}", self.run_id, node.name))?;
@@ -248,7 +254,7 @@ impl Lab {
         sys::ip_in(pod_ns, &["route", "add", &gateway, "dev", "eth0", "scope", "link"])?;
         sys::ip_in(pod_ns, &["route", "add", "default", "via", &gateway, "dev", "eth0"])?;
         let cgroup = Cgroup::create(node.pods_cgroup.path().join(format!("{namespace}_{name}")))?;
-        node.next_pod += 1;
+        node.next_pod = node.next_pod.max(slot + 1);
         let pod = Pod {
             name: name.to_owned(),
             namespace: namespace.to_owned(),
@@ -260,6 +266,18 @@ impl Lab {
         };
         self.pods.push(pod.clone());
         Ok(pod)
+    }
+
+    /// Removes pod `namespace/name`: kills its processes, deletes its cgroup and its network
+    /// namespace (and with it the veth pair and the node's route to it), and frees its address
+    /// for the next pod of its node. Removing a pod the lab does not hold is not an error.
+    pub fn remove_pod(&mut self, namespace: &str, name: &str) -> Result<()> {
+        let Some(position) = self.pods.iter().position(|p| p.namespace == namespace && p.name == name) else {
+            return Ok(());
+        };
+        let pod = self.pods.remove(position);
+        crate::cgroup::destroy_tree(pod.cgroup.path())?;
+        pod.netns.delete()
     }
 
     /// The run-unique id every name of this lab carries.

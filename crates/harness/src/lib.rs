@@ -23,7 +23,7 @@ mod process;
 mod runs;
 mod sys;
 
-pub use cgroup::{cgroup2_mount, Cgroup};
+pub use cgroup::{cgroup2_mount, Cgroup, HARNESS_CGROUP_DIR};
 pub use error::{HarnessError, Result};
 pub use lab::{check_support, Lab, LabSpec, Node, Pod};
 pub use mesh::{

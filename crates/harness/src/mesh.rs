@@ -209,6 +209,22 @@ impl Lab {
         status_file: &Path,
         extra_args: &[&str],
     ) -> Result<(Process, String)> {
+        let mut args: Vec<std::ffi::OsString> =
+            vec!["--manifests".into(), manifests.into(), "--status-file".into(), status_file.into()];
+        args.extend(extra_args.iter().map(std::ffi::OsString::from));
+        self.start_controller_with(node, controller_binary, &args, &[])
+    }
+
+    /// Starts the controller on `node` with `args` and `env` (Kubernetes mode when `args` name no
+    /// manifests and `KUBECONFIG` points at an API server), after writing every node's token;
+    /// waits until it serves config streams on the node's address, port [`CONTROLLER_PORT`].
+    pub fn start_controller_with(
+        &self,
+        node: &Node,
+        controller_binary: &Path,
+        args: &[std::ffi::OsString],
+        env: &[(&str, &std::ffi::OsStr)],
+    ) -> Result<(Process, String)> {
         let listen = SocketAddrV4::new(node.ip, CONTROLLER_PORT);
         // Node proxies authenticate: one token per node of the lab, made by the controller's
         // own CLI from its key; start_node_proxy hands each proxy its node's token.
@@ -231,20 +247,15 @@ impl Lab {
             std::fs::write(&path, &output.stdout).map_err(io_error("writing", &path))?;
         }
         let mut command = node.command(controller_binary)?;
-        command
-            .args(["--listen", &listen.to_string()])
-            .arg("--node-token-key")
-            .arg(&key)
-            .arg("--manifests")
-            .arg(manifests)
-            .arg("--status-file")
-            .arg(status_file)
-            .args(extra_args);
+        command.args(["--listen", &listen.to_string()]).arg("--node-token-key").arg(&key).args(args);
+        for (name, value) in env {
+            command.env(name, value);
+        }
         let log_path = self.work_dir()?.join("controller.log");
         let log = std::fs::File::create(&log_path).map_err(io_error("creating", &log_path))?;
         command.stderr(log);
         let mut process = Process::spawn("nodus-controller".to_string(), command)?;
-        process.wait_for_line("nodus-controller ready", Duration::from_secs(20))?;
+        process.wait_for_line("nodus-controller ready", Duration::from_secs(30))?;
         Ok((process, format!("http://{listen}")))
     }
 }

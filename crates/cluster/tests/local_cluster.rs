@@ -1,0 +1,239 @@
+//! The local cluster end to end, on a real API server (kapi), real kubectl and the Nodus
+//! controller in Kubernetes mode: plain manifests (a labelled Namespace, a Deployment, a Service,
+//! a bare Pod; no IPs, no EndpointSlices) become running pods whose traffic goes through the
+//! mesh; scaling and deleting pods is followed by EndpointSlices.
+//!
+//! Needs root (network namespaces, cgroups, eBPF) and the kapi binaries (scripts/setup-kapi.sh):
+//! skipped with a message otherwise, and failed instead under CI.
+#![allow(clippy::unwrap_used)]
+
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Pod, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use kube::api::{Api, ListParams};
+use nodus_cluster::local::{ClusterSpec, LocalCluster};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// The folder of the workspace's binaries (`target/debug`), two levels above this test.
+fn binaries() -> PathBuf {
+    std::env::current_exe().unwrap().parent().unwrap().parent().unwrap().to_path_buf()
+}
+
+fn spec(dir: &Path) -> Option<ClusterSpec> {
+    if nodus_harness::lab_skip_reason("nodus_cluster::local_cluster").is_some() {
+        return None;
+    }
+    let kapi_bin =
+        std::env::var_os("NODUS_KAPI_BIN").map(PathBuf::from).unwrap_or_else(|| workspace().join(".cache/kapi/bin"));
+    if !kapi_bin.join("kapilite").exists() {
+        let why = format!("no kapi binaries in {} (run scripts/setup-kapi.sh)", kapi_bin.display());
+        assert!(std::env::var("NODUS_REQUIRE_KAPI").as_deref() != Ok("1"), "NODUS_REQUIRE_KAPI=1 but {why}");
+        eprintln!("SKIPPED nodus_cluster::local_cluster: {why}");
+        return None;
+    }
+    let kit =
+        std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from).unwrap_or_else(|| workspace().join("../shared/kapi"));
+    Some(ClusterSpec {
+        nodes: 2,
+        dir: dir.to_path_buf(),
+        kapi_kit: kit,
+        kapi_bin,
+        nodus_crds: workspace().join("charts/nodus/crds"),
+        binaries: binaries(),
+        exec_helper: None,
+    })
+}
+
+const SHOP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: shop, labels: { nodus.dev/mesh: enabled } }
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: { name: web, namespace: shop }
+spec:
+  replicas: 2
+  selector: { matchLabels: { app: web } }
+  template:
+    metadata: { labels: { app: web } }
+    spec:
+      serviceAccountName: web
+      containers:
+        - name: web
+          image: ghcr.io/nodus/nodus-echo:latest
+          ports: [{ name: http, containerPort: 8080 }]
+          readinessProbe: { httpGet: { path: /, port: 8080 }, periodSeconds: 1 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: web, namespace: shop }
+spec:
+  selector: { app: web }
+  ports: [{ name: http, port: 80, targetPort: http }]
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: client, namespace: shop }
+spec:
+  containers:
+    - name: client
+      image: busybox
+      command: [sleep, "3600"]
+"#;
+
+/// The real kubectl: `$NODUS_KUBECTL`, else the one scripts/setup-helm.sh puts in .cache/helm/bin,
+/// else the PATH's.
+fn kubectl_binary() -> PathBuf {
+    let cached = workspace().join(".cache/helm/bin/kubectl");
+    std::env::var_os("NODUS_KUBECTL").map(PathBuf::from).unwrap_or_else(|| {
+        if cached.exists() {
+            cached
+        } else {
+            "kubectl".into()
+        }
+    })
+}
+
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    use std::io::Write;
+    let mut child = Command::new(kubectl_binary())
+        .env("KUBECONFIG", kubeconfig)
+        .args(args)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.unwrap_or_default().as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "kubectl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+async fn eventually<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> F,
+) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(found) = probe().await {
+            return found;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn ready_endpoints(slices: &Api<EndpointSlice>) -> Vec<String> {
+    let list = slices.list(&ListParams::default().labels("kubernetes.io/service-name=web")).await.unwrap();
+    let mut ready: Vec<String> = list
+        .items
+        .iter()
+        .flat_map(|s| s.endpoints.iter())
+        .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+        .map(|e| e.addresses[0].clone())
+        .collect();
+    ready.sort();
+    ready
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(spec) = spec(dir.path()) else { return };
+    let cluster = LocalCluster::start(&spec).await.unwrap();
+    let kubeconfig = spec.kubeconfig();
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(SHOP));
+
+    let client = cluster.client.clone();
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), "shop");
+    let services: Api<Service> = Api::namespaced(client.clone(), "shop");
+    let pods: Api<Pod> = Api::namespaced(client.clone(), "shop");
+    eventually("2 Ready replicas", Duration::from_secs(60), || async {
+        let d = deployments.get("web").await.ok()?;
+        (d.status?.ready_replicas == Some(2)).then_some(())
+    })
+    .await;
+    let endpoints = eventually("2 ready endpoints", Duration::from_secs(30), || async {
+        let e = ready_endpoints(&slices).await;
+        (e.len() == 2).then_some(e)
+    })
+    .await;
+    let cluster_ip = services.get("web").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    assert!(cluster_ip.starts_with("10.96."), "a ClusterIP from the Service range, got {cluster_ip}");
+    // The scheduler spread the replicas: one per node.
+    let web_pods = pods.list(&ListParams::default().labels("app=web")).await.unwrap();
+    let mut nodes: Vec<String> = web_pods.items.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+    nodes.sort();
+    assert_eq!(nodes, ["node-1", "node-2"]);
+    assert!(
+        web_pods.items.iter().all(|p| p.metadata.owner_references.as_ref().is_some_and(|o| o[0].kind == "ReplicaSet")),
+        "pods are owned by the Deployment's ReplicaSet"
+    );
+
+    // From the client pod, through its node's proxy, to both replicas.
+    let client_pod = eventually("the client pod running", Duration::from_secs(30), || async {
+        let lab = cluster.lab.lock().unwrap();
+        lab.pods().iter().find(|p| p.namespace == "shop" && p.name == "client").cloned()
+    })
+    .await;
+    let mut answered = std::collections::BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while answered.len() < 2 && Instant::now() < deadline {
+        let out = client_pod
+            .command("curl")
+            .unwrap()
+            .args(["-s", "-m", "2", &format!("http://{cluster_ip}/")])
+            .output()
+            .unwrap();
+        if let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            answered.insert(report["pod"].as_str().unwrap_or_default().to_owned());
+        } else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    assert_eq!(answered.len(), 2, "both replicas answered through the Service: {answered:?}");
+    let proxy = &cluster.proxies()[0];
+    let client_node = pods.get("client").await.unwrap().spec.unwrap().node_name.unwrap();
+    let proxy = cluster.proxies().iter().find(|p| p.node == client_node).unwrap_or(proxy);
+    let (_, metrics) = proxy.admin_get("/metrics").unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("nodus_requests_total") && l.contains("shop/web:80")),
+        "the client's node proxy carried the requests:\n{metrics}"
+    );
+
+    // kubectl scale: a third replica joins the slices once Ready.
+    kubectl(&kubeconfig, &["-n", "shop", "scale", "deployment/web", "--replicas=3"], None);
+    eventually("3 ready endpoints", Duration::from_secs(60), || async {
+        (ready_endpoints(&slices).await.len() == 3).then_some(())
+    })
+    .await;
+
+    // Deleting a pod: it leaves the slices, and the ReplicaSet replaces it.
+    let victim = web_pods.items[0].metadata.name.clone().unwrap();
+    let victim_ip = web_pods.items[0].status.as_ref().unwrap().pod_ip.clone().unwrap();
+    assert!(endpoints.contains(&victim_ip));
+    kubectl(&kubeconfig, &["-n", "shop", "delete", "pod", &victim, "--wait=false"], None);
+    eventually("the replacement Ready", Duration::from_secs(60), || async {
+        let names: Vec<String> = pods
+            .list(&ListParams::default().labels("app=web"))
+            .await
+            .ok()?
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        let ready = ready_endpoints(&slices).await;
+        (!names.contains(&victim) && names.len() == 3 && ready.len() == 3).then_some(())
+    })
+    .await;
+}
