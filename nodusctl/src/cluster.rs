@@ -291,6 +291,11 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode> {
         std::fs::OpenOptions::new().write(true).open(&procs).with_context(|| format!("opening {}", procs.display()))?;
     let mut command = Command::new(&args.command[0]);
     command.args(&args.command[1..]);
+    // The pod's DNS (cluster DNS, search path), as its own processes see it.
+    let resolv_conf = nodus_cluster::agent::resolv_conf_path(&dir.join("pods"), namespace, pod);
+    if resolv_conf.exists() {
+        nodus_harness::with_resolv_conf(&mut command, &resolv_conf)?;
+    }
     // SAFETY: between fork and exec the closure makes two system calls on descriptors opened
     // before the fork, and allocates nothing.
     unsafe {

@@ -1,6 +1,7 @@
 //! `nodusctl cluster create|list|delete` and `nodusctl exec` as a user runs them: the cluster
 //! keeps running after `create` returns, `kubectl exec` reaches a pod through kapi's exec helper,
-//! `nodusctl exec` runs inside the pod (its traffic carries the pod's mesh identity), and
+//! `nodusctl exec` runs inside the pod (it resolves Services by short name, and its traffic
+//! carries the pod's mesh identity), and
 //! `delete` leaves no namespace behind. A machine without the API server's binaries is told how
 //! to get them.
 //!
@@ -88,16 +89,13 @@ fn a_cluster_outlives_create_runs_exec_and_is_deleted_without_leftovers() {
     };
     assert_eq!(said.status.code(), Some(3), "the command's exit code reaches kubectl");
 
-    // nodusctl exec: the request leaves the pod through the mesh, with the pod's identity.
-    let ip = String::from_utf8_lossy(
-        &kubectl(&kubeconfig, &["-n", "shop", "get", "service", "web", "-o", "jsonpath={.spec.clusterIP}"]).stdout,
-    )
-    .into_owned();
+    // nodusctl exec: the Service by its short name (cluster DNS, the pod's search path); the
+    // request leaves the pod through the mesh, with the pod's identity.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let out = nodusctl(
             clusters.path(),
-            &["exec", "--cluster", "cli", "shop/client", "--", "curl", "-s", "-m", "2", &format!("http://{ip}/")],
+            &["exec", "--cluster", "cli", "shop/client", "--", "curl", "-s", "-m", "2", "http://web/"],
         );
         let body = String::from_utf8_lossy(&out.stdout);
         if body.contains("spiffe://cluster.local/ns/shop/sa/shopper") {

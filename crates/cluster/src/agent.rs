@@ -50,6 +50,34 @@ pub struct AgentSettings {
     pub echo_binary: PathBuf,
     /// Where container logs go: `<namespace>_<pod>_<container>.log`.
     pub log_dir: PathBuf,
+    /// Per-pod files: `<namespace>_<pod>/resolv.conf`.
+    pub pods_dir: PathBuf,
+}
+
+/// The resolv.conf a pod's processes see, by its `dnsPolicy` (`ClusterFirst`, the default:
+/// cluster DNS on the node; `Default`: the host's; `None`: its `dnsConfig`). `None` for the host's.
+fn pod_resolv_conf(pod: &Pod, settings: &AgentSettings) -> Option<String> {
+    let spec = pod.spec.as_ref()?;
+    match spec.dns_policy.as_deref().unwrap_or("ClusterFirst") {
+        "Default" => None,
+        "None" => {
+            let config = spec.dns_config.clone().unwrap_or_default();
+            let mut text = String::new();
+            for server in config.nameservers.iter().flatten() {
+                text.push_str(&format!("nameserver {server}\n"));
+            }
+            if let Some(search) = config.searches.filter(|s| !s.is_empty()) {
+                text.push_str(&format!("search {}\n", search.join(" ")));
+            }
+            Some(text)
+        }
+        _ => Some(crate::dns::resolv_conf(&pod.namespace().unwrap_or_default(), settings.node_ip)),
+    }
+}
+
+/// Where `namespace/pod`'s resolv.conf is kept.
+pub fn resolv_conf_path(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+    pods_dir.join(format!("{namespace}_{pod}")).join("resolv.conf")
 }
 
 /// The program a container runs: `Ok((program, args))`, or `Err(reason, message)` for its
@@ -261,6 +289,13 @@ async fn start(client: &Client, lab: &Arc<Mutex<Lab>>, settings: &AgentSettings,
         .await
         .map_err(|e| e.to_string())??
     };
+    if let Some(text) = pod_resolv_conf(pod, settings) {
+        let path = resolv_conf_path(&settings.pods_dir, &namespace, &name);
+        let written = path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| std::fs::write(&path, text));
+        written.map_err(|e| format!("writing {}: {e}", path.display()))?;
+    } else {
+        let _ = std::fs::remove_file(resolv_conf_path(&settings.pods_dir, &namespace, &name));
+    }
     let spec = pod.spec.clone().unwrap_or_default();
     let mut containers = Vec::new();
     for container in &spec.containers {
@@ -368,6 +403,13 @@ fn launch(run: &mut PodRun, index: usize, container: &Container, settings: &Agen
             return;
         }
     };
+    let resolv_conf = resolv_conf_path(&settings.pods_dir, &namespace, &pod_name);
+    if resolv_conf.exists() {
+        if let Err(error) = nodus_harness::with_resolv_conf(&mut command, &resolv_conf) {
+            state.waiting = Some(("CreateContainerError", error.to_string()));
+            return;
+        }
+    }
     command.args(&args).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default()).envs(state.env.clone());
     command.env("HOSTNAME", &pod_name).stdin(Stdio::null());
     if let Ok(log) = log {

@@ -9,6 +9,7 @@ pub mod agent;
 pub mod cluster_ip;
 pub mod controllers;
 pub mod crds;
+pub mod dns;
 pub mod endpoint_slices;
 pub mod local;
 pub mod scheduling;

@@ -108,6 +108,11 @@ impl ClusterSpec {
         self.dir.join("kubeconfig")
     }
 
+    /// The folder of per-pod files (each pod's resolv.conf).
+    pub fn pods_dir(&self) -> PathBuf {
+        self.dir.join("pods")
+    }
+
     /// The folder of every component's log.
     pub fn logs(&self) -> PathBuf {
         self.dir.join("logs")
@@ -220,10 +225,19 @@ impl LocalCluster {
                 pod_cidr: format!("{network}/{len}"),
                 echo_binary: spec.binaries.join("nodus-echo"),
                 log_dir: logs.clone(),
+                pods_dir: spec.pods_dir(),
             };
             tasks.push(tokio::spawn(agent::run(client.clone(), lab.clone(), node.netns().clone(), settings)));
         }
         tasks.push(tokio::spawn(controllers::run(client.clone())));
+        // Cluster DNS on every node's address (what pods' resolv.conf names).
+        let mut sockets = Vec::new();
+        for node in &nodes {
+            let ip = node.ip;
+            let socket = node.netns().run(move || std::net::UdpSocket::bind((ip, 53)))?;
+            sockets.push(socket.map_err(io(format!("serving DNS on {ip}:53")))?);
+        }
+        tasks.push(tokio::spawn(crate::dns::serve(client.clone(), sockets)));
 
         let (controller, proxies) = {
             let lab = lab.lock().map_err(|_| ClusterError::Kubeconfig("the lab's lock is poisoned".into()))?;

@@ -1,7 +1,8 @@
 //! The local cluster end to end, on a real API server (kapi), real kubectl and the Nodus
 //! controller in Kubernetes mode: plain manifests (a labelled Namespace, a Deployment, a Service,
 //! a bare Pod; no IPs, no EndpointSlices) become running pods whose traffic goes through the
-//! mesh; scaling and deleting pods is followed by EndpointSlices.
+//! mesh, by Service name through cluster DNS; scaling and deleting pods is followed by
+//! EndpointSlices.
 //!
 //! Needs root (network namespaces, cgroups, eBPF) and the kapi binaries (scripts/setup-kapi.sh):
 //! skipped with a message otherwise, and failed instead under CI.
@@ -186,15 +187,18 @@ async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() 
         lab.pods().iter().find(|p| p.namespace == "shop" && p.name == "client").cloned()
     })
     .await;
+    let resolv_conf = nodus_cluster::agent::resolv_conf_path(&spec.pods_dir(), "shop", "client");
+    let curl = |url: &str| {
+        let mut command = client_pod.command("curl").unwrap();
+        nodus_harness::with_resolv_conf(&mut command, &resolv_conf).unwrap();
+        command.args(["-s", "-m", "2", url]).output().unwrap()
+    };
     let mut answered = std::collections::BTreeSet::new();
     let deadline = Instant::now() + Duration::from_secs(30);
     while answered.len() < 2 && Instant::now() < deadline {
-        let out = client_pod
-            .command("curl")
-            .unwrap()
-            .args(["-s", "-m", "2", &format!("http://{cluster_ip}/")])
-            .output()
-            .unwrap();
+        // By name, through cluster DNS: the short name by the search path, and the full name.
+        let url = if answered.is_empty() { "http://web/" } else { "http://web.shop.svc.cluster.local/" };
+        let out = curl(url);
         if let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
             answered.insert(report["pod"].as_str().unwrap_or_default().to_owned());
         } else {

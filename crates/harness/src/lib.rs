@@ -30,7 +30,7 @@ pub use mesh::{
     http_get, metric_value, start_echo, ConfigSource, NodeProxy, CONTROLLER_PORT, PROXY_ADMIN_PORT, PROXY_DEBUG_PORT,
     PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT,
 };
-pub use netns::NetNs;
+pub use netns::{with_resolv_conf, NetNs};
 pub use process::Process;
 pub use runs::{leftovers_of_run, netns_of_run, remove_stale_runs};
 

@@ -115,3 +115,34 @@ impl NetNs {
         Ok(())
     }
 }
+
+/// Makes `command` see `resolv_conf` as `/etc/resolv.conf`, as a container does its own: the
+/// program gets a mount namespace of its own (mounts private, so nothing leaks back to the host)
+/// with the file bind-mounted over the host's. Everything else of the filesystem is the host's.
+pub fn with_resolv_conf(command: &mut Command, resolv_conf: &std::path::Path) -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    use std::os::unix::ffi::OsStrExt;
+    let source = std::ffi::CString::new(resolv_conf.as_os_str().as_bytes())
+        .map_err(|_| HarnessError::Usage(format!("{}: a path without NUL bytes", resolv_conf.display())))?;
+    let target = c"/etc/resolv.conf";
+    let root = c"/";
+    // SAFETY: the closure runs in the child between fork and exec and makes three system calls
+    // on strings allocated before the fork; it allocates nothing.
+    unsafe {
+        command.pre_exec(move || {
+            nix::sched::unshare(CloneFlags::CLONE_NEWNS).map_err(std::io::Error::from)?;
+            mount(
+                None::<&std::ffi::CStr>,
+                root,
+                None::<&std::ffi::CStr>,
+                MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                None::<&std::ffi::CStr>,
+            )
+            .map_err(std::io::Error::from)?;
+            mount(Some(source.as_c_str()), target, None::<&std::ffi::CStr>, MsFlags::MS_BIND, None::<&std::ffi::CStr>)
+                .map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    Ok(())
+}
