@@ -51,43 +51,10 @@ fn spec(dir: &Path) -> Option<ClusterSpec> {
     })
 }
 
-const SHOP: &str = r#"
-apiVersion: v1
-kind: Namespace
-metadata: { name: shop, labels: { nodus.dev/mesh: enabled } }
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: { name: web, namespace: shop }
-spec:
-  replicas: 2
-  selector: { matchLabels: { app: web } }
-  template:
-    metadata: { labels: { app: web } }
-    spec:
-      serviceAccountName: web
-      containers:
-        - name: web
-          image: ghcr.io/nodus/nodus-echo:latest
-          ports: [{ name: http, containerPort: 8080 }]
-          readinessProbe: { httpGet: { path: /, port: 8080 }, periodSeconds: 1 }
----
-apiVersion: v1
-kind: Service
-metadata: { name: web, namespace: shop }
-spec:
-  selector: { app: web }
-  ports: [{ name: http, port: 80, targetPort: http }]
----
-apiVersion: v1
-kind: Pod
-metadata: { name: client, namespace: shop }
-spec:
-  containers:
-    - name: client
-      image: busybox
-      command: [sleep, "3600"]
-"#;
+/// The example docs/getting-started.md walks through.
+fn shop() -> String {
+    std::fs::read_to_string(workspace().join("examples/local-cluster/shop.yaml")).unwrap()
+}
 
 /// The real kubectl: `$NODUS_KUBECTL`, else the one scripts/setup-helm.sh puts in .cache/helm/bin,
 /// else the PATH's.
@@ -152,7 +119,7 @@ async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() 
     let Some(spec) = spec(dir.path()) else { return };
     let cluster = LocalCluster::start(&spec).await.unwrap();
     let kubeconfig = spec.kubeconfig();
-    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(SHOP));
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&shop()));
 
     let client = cluster.client.clone();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), "shop");
@@ -200,6 +167,11 @@ async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() 
         let url = if answered.is_empty() { "http://web/" } else { "http://web.shop.svc.cluster.local/" };
         let out = curl(url);
         if let Ok(report) = serde_json::from_slice::<serde_json::Value>(&out.stdout) {
+            assert_eq!(report["headers"]["x-routed-by"][0], "shop-web-route", "the HTTPRoute's filter ran: {report}");
+            assert_eq!(
+                report["headers"]["x-nodus-client-identity"][0], "spiffe://cluster.local/ns/shop/sa/client",
+                "the callee was told the caller's mesh identity: {report}"
+            );
             answered.insert(report["pod"].as_str().unwrap_or_default().to_owned());
         } else {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -214,6 +186,22 @@ async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() 
         metrics.lines().any(|l| l.starts_with("nodus_requests_total") && l.contains("shop/web:80")),
         "the client's node proxy carried the requests:\n{metrics}"
     );
+
+    // The controller, in Kubernetes mode, wrote the route's status.
+    let status = kubectl(
+        &kubeconfig,
+        &[
+            "-n",
+            "shop",
+            "get",
+            "httproute",
+            "web",
+            "-o",
+            "jsonpath={.status.parents[0].conditions[?(@.type==\"Accepted\")].status}",
+        ],
+        None,
+    );
+    assert_eq!(status, "True", "HTTPRoute web Accepted");
 
     // kubectl scale: a third replica joins the slices once Ready.
     kubectl(&kubeconfig, &["-n", "shop", "scale", "deployment/web", "--replicas=3"], None);
