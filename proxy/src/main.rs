@@ -108,6 +108,10 @@ struct Args {
     /// closed (rapid reset, CVE-2023-44487).
     #[arg(long, default_value_t = 20)]
     max_pending_reset_streams: usize,
+    /// A Unix socket where a CNI plugin (or the local cluster's node agent) enrols a new pod
+    /// before its first process starts (docs/redirect.md#enrolment-before-the-first-packet).
+    #[arg(long, requires = "redirect_cgroup")]
+    cni_socket: Option<PathBuf>,
     /// A Unix socket for upgrades: a new proxy started with the same path takes the listening
     /// sockets over from this one, which then drains and exits (docs/operations.md).
     #[arg(long)]
@@ -224,6 +228,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
     if let Some(redirect) = redirect_handle {
         let discovery = NetnsDiscovery { dir: args.netns_dir.clone(), prefix: args.netns_prefix.clone() };
         let enrollment = Arc::new(Enrollment::new(args.node.clone(), discovery, redirect));
+        if let Some(path) = &args.cni_socket {
+            nodus_proxy::control::cni::serve(path, proxy.store.clone(), enrollment.clone())
+                .with_context(|| format!("serving the CNI socket {}", path.display()))?;
+        }
         app::run_enrollment(proxy.clone(), enrollment, Duration::from_secs(2));
     }
     // An upgrade: take the listening sockets over from the running proxy, if one offers them —

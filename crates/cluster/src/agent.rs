@@ -52,6 +52,35 @@ pub struct AgentSettings {
     pub log_dir: PathBuf,
     /// Per-pod files: `<namespace>_<pod>/resolv.conf`.
     pub pods_dir: PathBuf,
+    /// The node proxy's CNI socket: pods are enrolled there before their processes start.
+    pub cni_socket: Option<PathBuf>,
+}
+
+/// Asks the node proxy, as a chained CNI plugin's ADD does, to enrol the pod whose sandbox is
+/// `sandbox`; `Ok` once the proxy enrolled it or said its namespace is not in the mesh.
+fn cni_add(socket: &Path, sandbox: &nodus_harness::Pod) -> Result<String, String> {
+    use std::io::{BufRead, Write};
+    let request = serde_json::json!({
+        "command": "ADD", "netns": sandbox.netns().path(), "podIp": sandbox.ip.to_string(),
+        "namespace": sandbox.namespace, "pod": sandbox.name,
+    });
+    let mut stream = std::os::unix::net::UnixStream::connect(socket)
+        .map_err(|e| format!("the node proxy's CNI socket {}: {e}", socket.display()))?;
+    stream.set_read_timeout(Some(Duration::from_secs(20))).map_err(|e| e.to_string())?;
+    let mut line = request.to_string();
+    line.push('\n');
+    stream.write_all(line.as_bytes()).map_err(|e| format!("CNI ADD: {e}"))?;
+    let mut answer = String::new();
+    std::io::BufReader::new(stream).read_line(&mut answer).map_err(|e| format!("CNI ADD: {e}"))?;
+    let answer: Value = serde_json::from_str(&answer).map_err(|e| format!("CNI ADD answer {answer:?}: {e}"))?;
+    if let Some(error) = answer.get("error").and_then(Value::as_str) {
+        return Err(format!("CNI ADD refused: {error}"));
+    }
+    match answer.get("enrolled").and_then(Value::as_bool) {
+        Some(true) => Ok("enrolled".into()),
+        Some(false) => Ok(answer.get("reason").and_then(Value::as_str).unwrap_or("not in the mesh").to_owned()),
+        None => Err(format!("CNI ADD answer without a verdict: {answer}")),
+    }
 }
 
 /// The resolv.conf a pod's processes see, by its `dnsPolicy` (`ClusterFirst`, the default:
@@ -295,6 +324,37 @@ async fn start(client: &Client, lab: &Arc<Mutex<Lab>>, settings: &AgentSettings,
         written.map_err(|e| format!("writing {}: {e}", path.display()))?;
     } else {
         let _ = std::fs::remove_file(resolv_conf_path(&settings.pods_dir, &namespace, &name));
+    }
+    if let Some(socket) = &settings.cni_socket {
+        // The sandbox has its address: say so (the controller lists a pod once it has one), then
+        // enrol it before any of its processes exists, as a chained CNI plugin's ADD does.
+        let api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+        let ip = sandbox.ip.to_string();
+        let status = json!({ "status": { "phase": "Pending", "podIP": ip, "podIPs": [{ "ip": ip }],
+            "hostIP": settings.node_ip.to_string(), "hostIPs": [{ "ip": settings.node_ip.to_string() }] } });
+        let written = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+        let (socket, for_cni) = (socket.clone(), sandbox.clone());
+        let enrolled = match written {
+            Ok(_) => tokio::task::spawn_blocking(move || cni_add(&socket, &for_cni))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|r| r),
+            Err(error) => Err(format!("writing the pod's address: {error}")),
+        };
+        match enrolled {
+            Ok(verdict) => tracing::info!(pod = %name, namespace = %namespace, verdict, "CNI ADD"),
+            Err(error) => {
+                // Fail closed: no process starts; the sandbox goes and the next pass tries again.
+                let (lab, namespace, name) = (lab.clone(), namespace.clone(), name.clone());
+                let _ = tokio::task::spawn_blocking(move || {
+                    if let Ok(mut lab) = lab.lock() {
+                        let _ = lab.remove_pod(&namespace, &name);
+                    }
+                })
+                .await;
+                return Err(error);
+            }
+        }
     }
     let spec = pod.spec.clone().unwrap_or_default();
     let mut containers = Vec::new();

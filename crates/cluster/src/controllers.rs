@@ -89,8 +89,9 @@ pub async fn run(client: Client) {
         _ = ready => {}
         () = async { while changes.next().await.is_some() {} } => return,
     }
+    let expectations = std::sync::Mutex::new(Expectations::default());
     loop {
-        Pass { client: &client, stores: &stores }.run().await;
+        Pass { client: &client, stores: &stores, expectations: &expectations }.run().await;
         tokio::select! {
             change = changes.next() => if change.is_none() { return },
             () = tokio::time::sleep(RESYNC) => {}
@@ -104,6 +105,41 @@ pub async fn run(client: Client) {
 struct Pass<'a> {
     client: &'a Client,
     stores: &'a Stores,
+    expectations: &'a std::sync::Mutex<Expectations>,
+}
+
+/// How long a create or delete is waited for in the watch before it is taken to have failed.
+const EXPECTATION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Pods this process created or deleted that the watch has not shown yet, per owner uid: what
+/// kube-controller-manager calls expectations. Without them a pass that runs before the watch
+/// delivers its own writes would create (or delete) the same pods again.
+#[derive(Default)]
+struct Expectations {
+    created: HashMap<String, HashMap<String, std::time::Instant>>,
+    deleted: HashMap<String, HashMap<String, std::time::Instant>>,
+    /// Pods (by uid) bound to a node and not yet seen bound: never bound twice.
+    bound: HashMap<String, std::time::Instant>,
+}
+
+impl Expectations {
+    /// Forgets what the watch now shows (`seen`: names of the owner's pods in the store) or
+    /// what timed out; returns (creations still pending, deletions still pending).
+    fn settle(&mut self, owner: &str, seen: &HashSet<String>) -> (usize, HashSet<String>) {
+        let created = self.created.entry(owner.to_owned()).or_default();
+        created.retain(|name, at| !seen.contains(name) && at.elapsed() < EXPECTATION_TIMEOUT);
+        let deleted = self.deleted.entry(owner.to_owned()).or_default();
+        deleted.retain(|name, at| seen.contains(name) && at.elapsed() < EXPECTATION_TIMEOUT);
+        (created.len(), deleted.keys().cloned().collect())
+    }
+
+    fn expect_created(&mut self, owner: &str, name: String) {
+        self.created.entry(owner.to_owned()).or_default().insert(name, std::time::Instant::now());
+    }
+
+    fn expect_deleted(&mut self, owner: &str, name: String) {
+        self.deleted.entry(owner.to_owned()).or_default().insert(name, std::time::Instant::now());
+    }
 }
 
 /// Whether an object's owner, if it has a controller owner, still exists.
@@ -129,6 +165,10 @@ fn random_suffix() -> String {
 }
 
 impl Pass<'_> {
+    fn lock_expectations(&self) -> std::sync::MutexGuard<'_, Expectations> {
+        self.expectations.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     async fn run(&self) {
         self.allocate_cluster_ips().await;
         self.collect_garbage().await;
@@ -323,9 +363,13 @@ impl Pass<'_> {
         for rs in self.stores.replica_sets.state() {
             let Some(uid) = rs.uid() else { continue };
             let namespace = rs.namespace().unwrap_or_default();
+            let seen: HashSet<String> =
+                pods.iter().filter(|p| controlled_by(p.as_ref(), &uid)).map(|p| p.name_any()).collect();
+            let (creating, deleting) = self.lock_expectations().settle(&uid, &seen);
             let owned: Vec<&Arc<Pod>> = pods
                 .iter()
                 .filter(|p| controlled_by(p.as_ref(), &uid) && p.metadata.deletion_timestamp.is_none() && !has_ended(p))
+                .filter(|p| !deleting.contains(&p.name_any()))
                 .collect();
             let live: Vec<OwnedPod> = owned
                 .iter()
@@ -336,14 +380,22 @@ impl Pass<'_> {
                 })
                 .collect();
             let replicas = rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1).max(0) as usize;
-            let change = workloads::replica_change(replicas, &live);
+            // Pods created but not seen yet count as there; deletions are chosen among the seen.
+            let change = workloads::replica_change(replicas.saturating_sub(creating), &live);
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
             for _ in 0..change.create {
                 let pod = workloads::pod_for(&rs, &random_suffix());
-                Self::warn(api.create(&PostParams::default(), &pod).await, "creating a pod", &rs.name_any());
+                let name = pod.metadata.name.clone().unwrap_or_default();
+                match api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => self.lock_expectations().expect_created(&uid, name),
+                    Err(error) => Self::warn(Err::<(), _>(error), "creating a pod", &rs.name_any()),
+                }
             }
             for name in &change.delete {
-                Self::warn(api.delete(name, &DeleteParams::default()).await, "deleting a pod", name);
+                match api.delete(name, &DeleteParams::default()).await {
+                    Ok(_) => self.lock_expectations().expect_deleted(&uid, name.clone()),
+                    Err(error) => Self::warn(Err::<(), _>(error), "deleting a pod", name),
+                }
             }
             let ready = live.iter().filter(|p| p.ready).count() as i32;
             let count = live.len() as i32;
@@ -372,12 +424,14 @@ impl Pass<'_> {
                 .collect();
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &namespace);
             let template = ds.spec.as_ref().map(|s| s.template.clone()).unwrap_or_default();
+            // Expectations per (DaemonSet, node): a pod created for a node and not seen yet.
+            let seen: HashSet<String> = owned.iter().filter_map(|p| p.spec.as_ref()?.node_name.clone()).collect();
+            self.lock_expectations().settle(&uid, &seen);
+            let pending: HashSet<String> =
+                self.lock_expectations().created.get(&uid).map(|c| c.keys().cloned().collect()).unwrap_or_default();
             for node in nodes.iter() {
                 let node_name = node.name_any();
-                if owned
-                    .iter()
-                    .any(|p| p.spec.as_ref().and_then(|s| s.node_name.as_deref()) == Some(node_name.as_str()))
-                {
+                if seen.contains(&node_name) || pending.contains(&node_name) {
                     continue;
                 }
                 let meta = template.metadata.clone().unwrap_or_default();
@@ -395,7 +449,10 @@ impl Pass<'_> {
                     spec: Some(spec),
                     status: None,
                 };
-                Self::warn(api.create(&PostParams::default(), &pod).await, "creating a DaemonSet pod", &ds.name_any());
+                match api.create(&PostParams::default(), &pod).await {
+                    Ok(_) => self.lock_expectations().expect_created(&uid, node_name),
+                    Err(error) => Self::warn(Err::<(), _>(error), "creating a DaemonSet pod", &ds.name_any()),
+                }
             }
             let ready = owned.iter().filter(|p| is_ready(p)).count() as i32;
             let desired = nodes.len() as i32;
@@ -426,8 +483,10 @@ impl Pass<'_> {
                 *load.entry(node).or_default() += 1;
             }
         }
+        self.lock_expectations().bound.retain(|_, at| at.elapsed() < EXPECTATION_TIMEOUT);
         for pod in pods.iter().filter(|p| p.spec.as_ref().is_some_and(|s| s.node_name.is_none())) {
-            if pod.metadata.deletion_timestamp.is_some() {
+            let uid = pod.uid().unwrap_or_default();
+            if pod.metadata.deletion_timestamp.is_some() || self.lock_expectations().bound.contains_key(&uid) {
                 continue;
             }
             let candidates: Vec<NodeLoad<'_>> = nodes
@@ -447,8 +506,12 @@ impl Pass<'_> {
             *load.entry(node.clone()).or_default() += 1;
             let api: Api<Pod> = Api::namespaced(self.client.clone(), &pod.namespace().unwrap_or_default());
             let patch = json!({ "spec": { "nodeName": node } });
-            let result = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
-            Self::warn(result, "binding a pod", &pod.name_any());
+            match api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+                Ok(_) => {
+                    self.lock_expectations().bound.insert(uid, std::time::Instant::now());
+                }
+                Err(error) => Self::warn(Err::<(), _>(error), "binding a pod", &pod.name_any()),
+            }
         }
     }
 
@@ -507,5 +570,30 @@ fn unavailable_allowed(deployment: &Deployment) -> i32 {
             s.strip_suffix('%').and_then(|p| p.parse::<i32>().ok()).map_or(0, |p| desired * p / 100)
         }
         None => desired / 4,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(list: &[&str]) -> HashSet<String> {
+        list.iter().map(|n| (*n).to_owned()).collect()
+    }
+
+    #[test]
+    fn writes_not_yet_seen_in_the_watch_are_not_made_twice() {
+        let mut expectations = Expectations::default();
+        expectations.expect_created("rs", "a".into());
+        expectations.expect_created("rs", "b".into());
+        expectations.expect_deleted("rs", "old".into());
+        // The watch shows nothing new yet: two creations and the deletion are still pending.
+        let (creating, deleting) = expectations.settle("rs", &names(&["old"]));
+        assert_eq!((creating, deleting), (2, names(&["old"])));
+        // It shows "a", and "old" is gone.
+        let (creating, deleting) = expectations.settle("rs", &names(&["a"]));
+        assert_eq!((creating, deleting), (1, names(&[])));
+        // Another owner's expectations are its own.
+        assert_eq!(expectations.settle("other", &names(&[])).0, 0);
     }
 }

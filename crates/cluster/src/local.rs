@@ -226,6 +226,7 @@ impl LocalCluster {
                 echo_binary: spec.binaries.join("nodus-echo"),
                 log_dir: logs.clone(),
                 pods_dir: spec.pods_dir(),
+                cni_socket: Some(cni_socket(&spec.dir, &node.name)),
             };
             tasks.push(tokio::spawn(agent::run(client.clone(), lab.clone(), node.netns().clone(), settings)));
         }
@@ -250,11 +251,13 @@ impl LocalCluster {
             )?;
             let mut proxies = Vec::new();
             for node in &nodes {
+                let socket = cni_socket(&spec.dir, &node.name);
+                let socket = socket.to_string_lossy();
                 proxies.push(lab.start_node_proxy(
                     node,
                     &spec.binaries.join("nodus-proxy"),
                     ConfigSource::Controller(url.clone()),
-                    &[],
+                    &["--cni-socket", &socket],
                 )?);
             }
             (controller, proxies)
@@ -271,6 +274,11 @@ impl LocalCluster {
     pub fn run_id(&self) -> String {
         self.lab.lock().map(|l| l.run_id().to_owned()).unwrap_or_default()
     }
+}
+
+/// Where `node`'s proxy serves its CNI socket.
+fn cni_socket(dir: &Path, node: &str) -> PathBuf {
+    dir.join(format!("cni-{node}.sock"))
 }
 
 /// Forwards connections to `127.0.0.1:6443` inside `node`'s namespace to kapi on the host.

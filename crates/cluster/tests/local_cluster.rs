@@ -229,3 +229,73 @@ async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() 
     })
     .await;
 }
+
+const VAULT: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata: { name: vault, labels: { nodus.dev/mesh: enabled } }
+---
+apiVersion: policy.nodus.dev/v1alpha1
+kind: MeshPolicy
+metadata: { name: default, namespace: vault }
+spec: { mtls: { mode: Strict } }
+---
+apiVersion: v1
+kind: Pod
+metadata: { name: safe, namespace: vault, labels: { app: safe } }
+spec:
+  containers:
+    - name: safe
+      image: nodus-echo
+      ports: [{ containerPort: 8080 }]
+      readinessProbe: { tcpSocket: { port: 8080 }, periodSeconds: 1 }
+---
+apiVersion: v1
+kind: Service
+metadata: { name: safe, namespace: vault }
+spec: { selector: { app: safe }, ports: [{ port: 80, targetPort: 8080 }] }
+---
+apiVersion: v1
+kind: Namespace
+metadata: { name: callers, labels: { nodus.dev/mesh: enabled } }
+"#;
+
+/// Enrolment before the first packet: the node agent has the node proxy enrol a pod (its CNI
+/// socket, as a chained CNI plugin's ADD) before the pod's first process starts. A pod whose
+/// very first action is a connection to a Strict mesh Service gets through, with its identity;
+/// had it started before enrolment, that connection would leave in plaintext and be refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_whose_first_action_is_a_call_to_a_strict_service_is_captured() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(spec) = spec(dir.path()) else { return };
+    let cluster = LocalCluster::start(&spec).await.unwrap();
+    let kubeconfig = spec.kubeconfig();
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(VAULT));
+    let vault: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), "vault");
+    eventually("the safe pod ready", Duration::from_secs(60), || async {
+        let list = vault.list(&ListParams::default().labels("kubernetes.io/service-name=safe")).await.ok()?;
+        list.items
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .any(|e| e.conditions.as_ref().and_then(|c| c.ready) == Some(true))
+            .then_some(())
+    })
+    .await;
+    let services: Api<Service> = Api::namespaced(cluster.client.clone(), "vault");
+    let ip = services.get("safe").await.unwrap().spec.unwrap().cluster_ip.unwrap();
+    // Its first and only action: a connection to the Service's address (no DNS lookup first).
+    let first = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{ name: first, namespace: callers }}\n\
+         spec: {{ serviceAccountName: caller, restartPolicy: Never, containers: [{{ name: first, image: curl, args: [-sS, -f, -m, '5', 'http://{ip}/'] }}] }}\n"
+    );
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&first));
+    let pods: Api<Pod> = Api::namespaced(cluster.client.clone(), "callers");
+    let phase = eventually("the first pod to finish", Duration::from_secs(60), || async {
+        let phase = pods.get("first").await.ok()?.status?.phase?;
+        matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase)
+    })
+    .await;
+    let log = std::fs::read_to_string(spec.logs().join("callers_first_first.log")).unwrap_or_default();
+    assert_eq!(phase, "Succeeded", "the first connection was refused (not captured?): {log}");
+    assert!(log.contains("spiffe://cluster.local/ns/callers/sa/caller"), "answered over the mesh: {log}");
+}

@@ -238,7 +238,10 @@ impl Lab {
         };
         let ip = Ipv4Addr::new(POD_NETWORK[0], POD_NETWORK[1], node.index, slot + 2);
         let host_veth = format!("vp{slot}");
-        let netns = NetNs::create(format!("{NETNS_PREFIX}{}-{}-{namespace}-{name}", self.run_id, node.name))?;
+        let netns_name = format!("{NETNS_PREFIX}{}-{}-{namespace}-{name}", self.run_id, node.name);
+        // A namespace of an earlier pod of this name that could not be removed: not ours to keep.
+        NetNs::existing(netns_name.clone()).delete()?;
+        let netns = NetNs::create(netns_name)?;
         let node_ns = node.netns.name().to_owned();
         let gateway = node.pod_gateway().to_string();
         sys::ip_in(
@@ -276,8 +279,10 @@ impl Lab {
             return Ok(());
         };
         let pod = self.pods.remove(position);
-        crate::cgroup::destroy_tree(pod.cgroup.path())?;
-        pod.netns.delete()
+        // Both, whatever the first says: a namespace left behind would block the name's reuse.
+        let cgroup = crate::cgroup::destroy_tree(pod.cgroup.path());
+        let netns = pod.netns.delete();
+        cgroup.and(netns)
     }
 
     /// The run-unique id every name of this lab carries.

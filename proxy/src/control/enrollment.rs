@@ -141,6 +141,75 @@ impl Enrollment {
     }
 }
 
+/// What enrolling one pod at once said.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PodEnrollment {
+    /// Its namespace is in the mesh: its connections are captured from now on.
+    Enrolled,
+    /// Its namespace is not in the mesh: left alone.
+    NotInMesh,
+    /// The config in force does not list a pod of this node at that address (yet).
+    Unknown,
+}
+
+/// Why a pod could not be enrolled.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollError {
+    /// Its network namespace could not be read.
+    #[error("reading network namespace {path}: {source}")]
+    Netns {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The namespace does not hold the pod's address.
+    #[error("network namespace {path} does not hold {ip}")]
+    NotItsAddress {
+        /// The namespace file.
+        path: std::path::PathBuf,
+        /// The pod's address.
+        ip: Ipv4Addr,
+    },
+    /// The eBPF maps refused the update.
+    #[error("updating the redirect: {0}")]
+    Redirect(#[from] nodus_redirect::RedirectError),
+}
+
+impl Enrollment {
+    /// Enrols the pod at `ip`, whose network namespace is `netns`, at once: what a CNI plugin's
+    /// ADD asks for before the pod's first process starts (see [`super::cni`]). The config
+    /// decides, as for the periodic pass; the pass keeps the pod enrolled afterwards.
+    pub fn enroll_pod(
+        &self,
+        store: &ConfigStore,
+        ip: Ipv4Addr,
+        netns: &std::path::Path,
+    ) -> Result<PodEnrollment, EnrollError> {
+        let Some(state) = store.load() else { return Ok(PodEnrollment::Unknown) };
+        let Some(workload) =
+            state.snapshot.workloads.iter().find(|w| w.node == self.node && w.ips.contains(&IpAddr::V4(ip)))
+        else {
+            return Ok(PodEnrollment::Unknown);
+        };
+        if !workload.mesh_enabled {
+            return Ok(PodEnrollment::NotInMesh);
+        }
+        let (cookie, addresses) =
+            netns_cookie_and_ipv4(netns).map_err(|source| EnrollError::Netns { path: netns.to_path_buf(), source })?;
+        if !addresses.contains(&ip) {
+            return Err(EnrollError::NotItsAddress { path: netns.to_path_buf(), ip });
+        }
+        let mut redirect = self.redirect.lock().unwrap_or_else(|p| p.into_inner());
+        redirect.enroll(cookie)?;
+        if redirect.captures_inbound() {
+            redirect.attach_interfaces()?;
+            redirect.set_inbound(ip, true)?;
+        }
+        Ok(PodEnrollment::Enrolled)
+    }
+}
+
 /// Reads one counter out of the redirect's counters.
 pub type ReadCounter = fn(&nodus_redirect::RedirectCounters) -> u64;
 
