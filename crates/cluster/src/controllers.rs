@@ -333,7 +333,7 @@ impl Pass<'_> {
             let updated = new_set.status.as_ref().map_or(0, |s| s.replicas);
             let desired = spec.replicas.unwrap_or(1);
             let unavailable = (desired - ready).max(0);
-            let available = if ready >= desired - unavailable_allowed(&deployment) { "True" } else { "False" };
+            let available = if ready >= desired - workloads::max_unavailable(&deployment) { "True" } else { "False" };
             let complete = updated == desired && replicas == desired && ready == desired;
             let status = json!({ "status": {
                 "observedGeneration": deployment.metadata.generation,
@@ -556,20 +556,6 @@ impl Pass<'_> {
                 self.delete::<EndpointSlice>(slice).await;
             }
         }
-    }
-}
-
-/// `maxUnavailable` of a Deployment, as a count.
-fn unavailable_allowed(deployment: &Deployment) -> i32 {
-    let spec = deployment.spec.as_ref();
-    let desired = spec.and_then(|s| s.replicas).unwrap_or(1);
-    let value = spec.and_then(|s| s.strategy.as_ref()?.rolling_update.as_ref()?.max_unavailable.clone());
-    match value {
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => n,
-        Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(s)) => {
-            s.strip_suffix('%').and_then(|p| p.parse::<i32>().ok()).map_or(0, |p| desired * p / 100)
-        }
-        None => desired / 4,
     }
 }
 

@@ -115,6 +115,15 @@ fn scaled(value: Option<&IntOrString>, replicas: i32, default_percent: i32, roun
     .max(0)
 }
 
+/// A Deployment's `maxUnavailable`, as a number of pods (25 % of its replicas, rounded down,
+/// when not set).
+pub fn max_unavailable(deployment: &Deployment) -> i32 {
+    let spec = deployment.spec.as_ref();
+    let desired = spec.and_then(|s| s.replicas).unwrap_or(1).max(0);
+    let rolling = spec.and_then(|s| s.strategy.as_ref()?.rolling_update.as_ref());
+    scaled(rolling.and_then(|r| r.max_unavailable.as_ref()), desired, 25, false)
+}
+
 /// A ReplicaSet of a Deployment, as one rollout step sees it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RolloutSet {
@@ -141,7 +150,7 @@ pub fn rollout_step(deployment: &Deployment, new: &RolloutSet, old: &[RolloutSet
     }
     let rolling = strategy.and_then(|s| s.rolling_update.as_ref());
     let mut surge = scaled(rolling.and_then(|r| r.max_surge.as_ref()), desired, 25, true);
-    let unavailable = scaled(rolling.and_then(|r| r.max_unavailable.as_ref()), desired, 25, false);
+    let unavailable = max_unavailable(deployment);
     if surge == 0 && unavailable == 0 {
         // Kubernetes refuses both zero; progress needs one of them.
         surge = 1;
