@@ -84,6 +84,8 @@ async fn main() -> Result<()> {
         nodus_crds: repository().join("charts/nodus/crds"),
         binaries,
         exec_helper: None,
+        prometheus: None,
+        prometheus_port: 0,
     };
     let started = Instant::now();
     let cluster = LocalCluster::start(&spec).await?;

@@ -51,6 +51,12 @@ pub struct NodeStatus {
     pub last_push_bytes: u64,
     /// Whether the last push was full (not a delta).
     pub last_push_full: bool,
+    /// Of the pushes, how many were full (the rest were deltas).
+    pub full_pushes: u64,
+    /// Pushes the proxy acknowledged.
+    pub acks: u64,
+    /// Pushes the proxy refused.
+    pub nacks: u64,
 }
 
 /// Publishes snapshots to subscribed node proxies.
@@ -64,6 +70,12 @@ pub struct Distributor {
     closing: Arc<watch::Sender<bool>>,
     /// The CA roots every published snapshot carries (set by the trust-anchor rotation).
     trust_roots: Arc<Mutex<Vec<TrustRoot>>>,
+}
+
+impl std::fmt::Debug for Distributor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Distributor").field("version", &self.current().version).finish_non_exhaustive()
+    }
 }
 
 impl Default for Distributor {
@@ -162,7 +174,7 @@ impl Distributor {
         tokio::time::timeout(timeout, wait).await.is_ok()
     }
 
-    fn update_node(&self, node: &str, change: impl FnOnce(&mut NodeStatus)) {
+    pub(crate) fn update_node(&self, node: &str, change: impl FnOnce(&mut NodeStatus)) {
         change(self.nodes.lock().unwrap_or_else(|p| p.into_inner()).entry(node.to_string()).or_default());
         self.changes.send_modify(|n| *n += 1);
     }
@@ -246,13 +258,17 @@ impl Distributor {
                         s.bytes_sent += bytes;
                         s.last_push_bytes = bytes;
                         s.last_push_full = full;
+                        s.full_pushes += u64::from(full);
                     });
                     // One push in flight: wait for its answer before building on it.
                     match self.await_answer(&mut inbound, &node, &span, &nonce.to_string()).await {
                         Answer::Ack(version) => {
                             held = view.versions();
                             first = false;
-                            self.update_node(&node, |s| s.acked_version = version);
+                            self.update_node(&node, |s| {
+                                s.acked_version = version;
+                                s.acks += 1;
+                            });
                         }
                         Answer::Nack => {}
                         Answer::Closed => break,
@@ -292,7 +308,10 @@ impl Distributor {
                     if nack.nonce == nonce =>
                 {
                     tracing::warn!(parent: span, version = nack.version, error = %nack.error, "node proxy rejected a push; it keeps its previous config");
-                    self.update_node(node, |s| s.last_nack = Some((nack.version, nack.error.clone())));
+                    self.update_node(node, |s| {
+                        s.last_nack = Some((nack.version, nack.error.clone()));
+                        s.nacks += 1;
+                    });
                     return Answer::Nack;
                 }
                 Some(Ok(_)) => continue,

@@ -7,12 +7,14 @@
 //! - [`distribute`]: the gRPC service node proxies subscribe to.
 //! - [`kube_io`]: watches and status writes against a real API server.
 //! - [`certificates`]: the CA service; [`trust`]: trust-anchor rotation.
+//! - [`metrics`]: the controller's own `/metrics`.
 
 pub mod certificates;
 pub mod cluster;
 pub mod distribute;
 pub mod kube_io;
 pub mod manifests;
+pub mod metrics;
 pub mod node_auth;
 pub mod node_view;
 pub mod reconcile;

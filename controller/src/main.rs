@@ -65,6 +65,9 @@ struct Args {
     /// Lifetime of workload certificates (proxies renew them at half of it).
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     certificate_lifetime: Duration,
+    /// Where to serve the controller's own `/metrics` (Prometheus scrapes it).
+    #[arg(long, default_value_t = SocketAddr::from(([0, 0, 0, 0], nodus_controller::metrics::MONITORING_PORT)))]
+    metrics_addr: SocketAddr,
     /// Port node proxies accept tunnels on.
     #[arg(long, default_value_t = nodus_config::TUNNEL_PORT)]
     tunnel_port: u16,
@@ -105,7 +108,18 @@ fn main() -> anyhow::Result<()> {
 
 async fn run(args: Args) -> anyhow::Result<()> {
     let distributor = Distributor::new();
-    let reconciler = Reconciler::new(TranslateOptions { tunnel_port: args.tunnel_port }, distributor.clone());
+    let metrics = std::sync::Arc::new(nodus_controller::metrics::ControllerMetrics::new(distributor.clone()));
+    let reconciler = Reconciler::new(TranslateOptions { tunnel_port: args.tunnel_port }, distributor.clone())
+        .with_metrics(metrics.clone());
+    let metrics_listener = tokio::net::TcpListener::bind(args.metrics_addr)
+        .await
+        .with_context(|| format!("binding {} for /metrics", args.metrics_addr))?;
+    let metrics_local = metrics_listener.local_addr()?;
+    tokio::spawn(async move {
+        if let Err(error) = metrics.serve(metrics_listener).await {
+            tracing::error!(%error, "the /metrics listener failed");
+        }
+    });
     let kube_client = match (&args.manifests, &args.node_service_account) {
         (Some(_), None) => None,
         _ => Some(kube::Client::try_default().await.context("connecting to the Kubernetes API")?),
@@ -185,7 +199,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     // Harnesses wait for this line.
-    println!("nodus-controller ready grpc={local}");
+    println!("nodus-controller ready grpc={local} metrics={metrics_local}");
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         result = server => result.context("gRPC server")?,

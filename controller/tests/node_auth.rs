@@ -33,7 +33,7 @@ async fn node_proxies_authenticate_and_act_only_for_their_own_node() {
     let node2 = token(&key, "node-2");
     let mut command = Command::new(env!("CARGO_BIN_EXE_nodus-controller"));
     command
-        .args(["--listen", "127.0.0.1:0", "--manifests"])
+        .args(["--listen", "127.0.0.1:0", "--metrics-addr", "127.0.0.1:0", "--manifests"])
         .arg(&manifests)
         .arg("--status-file")
         .arg(dir.path().join("status.yaml"))

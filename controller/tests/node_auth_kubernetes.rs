@@ -212,7 +212,15 @@ async fn node_proxies_authenticate_with_service_account_tokens_reviewed_by_the_a
     .unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_nodus-controller"));
     command
-        .args(["--listen", "127.0.0.1:0", "--node-service-account", "nodus-system/nodus-node", "--ca-dir"])
+        .args([
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+            "--node-service-account",
+            "nodus-system/nodus-node",
+            "--ca-dir",
+        ])
         .arg(dir.path())
         .env("KUBECONFIG", &kubeconfig)
         .env("POD_NAMESPACE", "nodus-system");

@@ -55,6 +55,16 @@ struct CreateArgs {
     /// The built kapi binaries (scripts/setup-kapi.sh).
     #[arg(long, env = "NODUS_KAPI_BIN")]
     kapi_bin: Option<PathBuf>,
+    /// Also run Prometheus (Debian's package), scraping every node proxy and the controller; its
+    /// UI and API on the host's 127.0.0.1:9090 (or --prometheus-port).
+    #[arg(long)]
+    prometheus: bool,
+    /// The host port for Prometheus (default: 9090 if free, else any free port).
+    #[arg(long, default_value_t = 0, requires = "prometheus")]
+    prometheus_port: u16,
+    /// The Prometheus server binary.
+    #[arg(long, default_value = "/usr/bin/prometheus", requires = "prometheus")]
+    prometheus_binary: PathBuf,
 }
 
 /// `nodusctl exec`.
@@ -76,6 +86,9 @@ struct ClusterInfo {
     pid: u32,
     run_id: String,
     nodes: usize,
+    /// Prometheus's URL on the host, when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    prometheus: Option<String>,
 }
 
 /// The folder of all clusters.
@@ -126,6 +139,8 @@ fn spec_of(args: &CreateArgs, dir: &Path) -> Result<ClusterSpec> {
         nodus_crds: repository().join("charts/nodus/crds"),
         binaries,
         exec_helper: Some(helper),
+        prometheus: args.prometheus.then(|| args.prometheus_binary.clone()),
+        prometheus_port: args.prometheus_port,
     })
 }
 
@@ -160,6 +175,10 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     if let Some(bin) = &args.kapi_bin {
         serve.arg("--kapi-bin").arg(bin);
     }
+    if args.prometheus {
+        serve.arg("--prometheus").arg("--prometheus-binary").arg(&args.prometheus_binary);
+        serve.args(["--prometheus-port", &args.prometheus_port.to_string()]);
+    }
     // Its own process group and session: closing this terminal does not stop the cluster.
     std::os::unix::process::CommandExt::process_group(&mut serve, 0);
     let started = Instant::now();
@@ -175,6 +194,9 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
             );
             println!("  kubeconfig: {}", dir.join("kubeconfig").display());
             println!("  logs:       {}", dir.join("logs").display());
+            if let Some(url) = &info.prometheus {
+                println!("  prometheus: {url}   (scrapes every node proxy and the controller)");
+            }
             println!();
             println!("Next:");
             println!("  export KUBECONFIG={}", dir.join("kubeconfig").display());
@@ -207,7 +229,12 @@ fn serve(args: CreateArgs) -> Result<ExitCode> {
     let runtime = tokio::runtime::Runtime::new()?;
     runtime.block_on(async {
         let cluster = LocalCluster::start(&spec).await?;
-        let record = ClusterInfo { pid: std::process::id(), run_id: cluster.run_id(), nodes: args.nodes };
+        let record = ClusterInfo {
+            pid: std::process::id(),
+            run_id: cluster.run_id(),
+            nodes: args.nodes,
+            prometheus: cluster.prometheus_url().map(str::to_owned),
+        };
         std::fs::write(dir.join("cluster.json"), serde_json::to_string_pretty(&record)?)?;
         eprintln!("nodusctl: cluster {} ready (run {})", args.name.name, record.run_id);
         let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

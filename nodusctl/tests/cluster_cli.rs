@@ -55,8 +55,16 @@ fn a_cluster_outlives_create_runs_exec_and_is_deleted_without_leftovers() {
         return;
     }
     let clusters = tempfile::tempdir().unwrap();
-    let created = nodusctl(clusters.path(), &["cluster", "create", "--name", "cli"]);
+    let created = nodusctl(clusters.path(), &["cluster", "create", "--name", "cli", "--prometheus"]);
     assert!(created.status.success(), "{}", text(&created));
+    // Prometheus's UI and API, forwarded to the host's loopback, at the URL create printed.
+    let prometheus = text(&created)
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("prometheus: http://")?.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| panic!("create prints Prometheus's URL: {}", text(&created)));
+    let prometheus: std::net::SocketAddr = prometheus.parse().unwrap();
+    let (status, body) = nodus_harness::http_get(prometheus, "/-/ready").unwrap();
+    assert_eq!(status, 200, "Prometheus ready: {body}");
     let kubeconfig = clusters.path().join("cli/kubeconfig");
     assert!(text(&created).contains(&kubeconfig.display().to_string()), "create prints the kubeconfig path");
     let listed = text(&nodusctl(clusters.path(), &["cluster", "list"]));
@@ -112,6 +120,7 @@ fn a_cluster_outlives_create_runs_exec_and_is_deleted_without_leftovers() {
     assert!(deleted.status.success(), "{}", text(&deleted));
     assert!(nodus_harness::leftovers_of_run(&run_id).is_empty(), "{:?}", nodus_harness::leftovers_of_run(&run_id));
     assert!(!clusters.path().join("cli").exists());
+    assert!(nodus_harness::http_get(prometheus, "/-/ready").is_err(), "Prometheus stopped with the cluster");
 }
 
 #[test]
@@ -120,4 +129,10 @@ fn create_says_what_is_missing_and_how_to_get_it() {
     let out = nodusctl(clusters.path(), &["cluster", "create", "--name", "x", "--kapi-bin", "/nonexistent/kapi"]);
     assert!(!out.status.success());
     assert!(text(&out).contains("scripts/setup-kapi.sh"), "{}", text(&out));
+    let out = nodusctl(
+        clusters.path(),
+        &["cluster", "create", "--name", "x", "--prometheus", "--prometheus-binary", "/nonexistent/prometheus"],
+    );
+    assert!(!out.status.success());
+    assert!(text(&out).contains("apt-get install prometheus"), "{}", text(&out));
 }

@@ -17,7 +17,9 @@ impl Controller {
         let mut child = command.stdout(Stdio::piped()).stderr(Stdio::null()).spawn().unwrap();
         let mut ready = String::new();
         std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut ready).unwrap();
-        let address = ready.trim().rsplit_once("grpc=").expect("the ready line").1.to_owned();
+        // `nodus-controller ready grpc=<address> metrics=<address>`
+        let address =
+            ready.split_whitespace().find_map(|w| w.strip_prefix("grpc=")).expect("the ready line").to_owned();
         Self { child, endpoint: format!("http://{address}") }
     }
 }

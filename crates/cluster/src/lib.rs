@@ -12,5 +12,6 @@ pub mod crds;
 pub mod dns;
 pub mod endpoint_slices;
 pub mod local;
+pub mod prometheus;
 pub mod scheduling;
 pub mod workloads;

@@ -51,6 +51,9 @@ pub enum ClusterError {
     /// Reading the kubeconfig failed.
     #[error("the kubeconfig: {0}")]
     Kubeconfig(String),
+    /// Prometheus did not start.
+    #[error(transparent)]
+    Prometheus(#[from] crate::prometheus::PrometheusError),
     /// A CRD did not become established.
     #[error("CRD {0} was not established within 30 s")]
     CrdNotEstablished(String),
@@ -78,6 +81,11 @@ pub struct ClusterSpec {
     pub binaries: PathBuf,
     /// The program kapi runs for `pods/exec` (`PROG exec NS/POD -- CMD...`).
     pub exec_helper: Option<PathBuf>,
+    /// Run this Prometheus server (scraping every node proxy and the controller), its UI and
+    /// API on [`ClusterSpec::prometheus_port`] of the host's loopback.
+    pub prometheus: Option<PathBuf>,
+    /// The host port for Prometheus (0: 9090 if free, else any).
+    pub prometheus_port: u16,
 }
 
 impl ClusterSpec {
@@ -85,6 +93,14 @@ impl ClusterSpec {
     pub fn check(&self) -> Result<(), ClusterError> {
         let missing =
             |what: &Path, how: &str| ClusterError::Missing { what: what.display().to_string(), how: how.into() };
+        if let Some(prometheus) = &self.prometheus {
+            if !prometheus.exists() {
+                return Err(missing(
+                    prometheus,
+                    "Debian's prometheus package: apt-get install prometheus (scripts/setup.sh installs it)",
+                ));
+            }
+        }
         if !self.kapi_bin.join("kapilite").exists() {
             return Err(missing(
                 &self.kapi_bin.join("kapilite"),
@@ -128,6 +144,9 @@ pub struct LocalCluster {
     kapi_dir: PathBuf,
     _controller: Process,
     _proxies: Vec<NodeProxy>,
+    _prometheus: Option<Process>,
+    prometheus_url: Option<String>,
+    controller_metrics: std::net::SocketAddr,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -262,7 +281,48 @@ impl LocalCluster {
             }
             (controller, proxies)
         };
-        Ok(Self { lab, client, kapi_dir, _controller: controller, _proxies: proxies, tasks })
+        let controller_metrics = std::net::SocketAddr::from((nodes[0].ip, nodus_harness::CONTROLLER_METRICS_PORT));
+        let (prometheus, prometheus_url) = match &spec.prometheus {
+            None => (None, None),
+            Some(binary) => {
+                let targets = crate::prometheus::ScrapeTargets {
+                    controller: controller_metrics,
+                    proxies: proxies.iter().map(|p| (p.node.clone(), p.admin)).collect(),
+                };
+                let process = crate::prometheus::start(
+                    &nodes[0],
+                    binary,
+                    &spec.dir.join("prometheus"),
+                    &logs.join("prometheus.log"),
+                    &targets,
+                )?;
+                let host = prometheus_listener(spec.prometheus_port)?;
+                let url = format!("http://{}", host.local_addr().map_err(io("the Prometheus port"))?);
+                tasks.push(crate::prometheus::forward(&nodes[0], host).map_err(io("forwarding Prometheus"))?);
+                (Some(process), Some(url))
+            }
+        };
+        Ok(Self {
+            lab,
+            client,
+            kapi_dir,
+            _controller: controller,
+            _proxies: proxies,
+            _prometheus: prometheus,
+            prometheus_url,
+            controller_metrics,
+            tasks,
+        })
+    }
+
+    /// Prometheus's URL on the host (`http://127.0.0.1:9090`), when it runs.
+    pub fn prometheus_url(&self) -> Option<&str> {
+        self.prometheus_url.as_deref()
+    }
+
+    /// The controller's `/metrics` address (inside node-1's network).
+    pub fn controller_metrics(&self) -> std::net::SocketAddr {
+        self.controller_metrics
     }
 
     /// The node proxies, one per node in node order.
@@ -274,6 +334,13 @@ impl LocalCluster {
     pub fn run_id(&self) -> String {
         self.lab.lock().map(|l| l.run_id().to_owned()).unwrap_or_default()
     }
+}
+
+/// The host's loopback listener for Prometheus: `port`, or (0) 9090 if free, else any port.
+fn prometheus_listener(port: u16) -> Result<std::net::TcpListener, ClusterError> {
+    let bind = |port| std::net::TcpListener::bind(("127.0.0.1", port));
+    let listener = if port == 0 { bind(9090).or_else(|_| bind(0)) } else { bind(port) };
+    listener.map_err(io(format!("listening on 127.0.0.1:{port} for Prometheus")))
 }
 
 /// Where `node`'s proxy serves its CNI socket.

@@ -48,6 +48,8 @@ fn spec(dir: &Path) -> Option<ClusterSpec> {
         nodus_crds: workspace().join("charts/nodus/crds"),
         binaries: binaries(),
         exec_helper: None,
+        prometheus: None,
+        prometheus_port: 0,
     })
 }
 
@@ -298,4 +300,110 @@ async fn a_pod_whose_first_action_is_a_call_to_a_strict_service_is_captured() {
     let log = std::fs::read_to_string(spec.logs().join("callers_first_first.log")).unwrap_or_default();
     assert_eq!(phase, "Succeeded", "the first connection was refused (not captured?): {log}");
     assert!(log.contains("spiffe://cluster.local/ns/callers/sa/caller"), "answered over the mesh: {log}");
+}
+
+/// Percent-encodes a PromQL query for a URL's query string.
+fn url_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// The value of an instant PromQL query's first sample, if it has one.
+async fn prometheus_value(url: &str, query: &str) -> Option<f64> {
+    let address: std::net::SocketAddr = url.trim_start_matches("http://").parse().unwrap();
+    let path = format!("/api/v1/query?query={}", url_encode(query));
+    let (status, body) =
+        tokio::task::spawn_blocking(move || nodus_harness::http_get(address, &path)).await.ok()?.ok()?;
+    assert_eq!(status, 200, "Prometheus refused {query}: {body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).ok()?;
+    answer["data"]["result"][0]["value"][1].as_str()?.parse().ok()
+}
+
+/// `--prometheus`: the real Prometheus server scrapes every node proxy and the controller; after
+/// traffic through a route, its HTTP API gives that route's request count, request rate and
+/// success rate, and the controller's config pushes and ACKs per node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prometheus_reports_a_routes_request_and_success_rates() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(mut spec) = spec(dir.path()) else { return };
+    let prometheus = PathBuf::from("/usr/bin/prometheus");
+    if !prometheus.exists() {
+        let why = "no /usr/bin/prometheus (Debian's package; scripts/setup.sh installs it)";
+        assert!(std::env::var("NODUS_REQUIRE_KAPI").as_deref() != Ok("1"), "under CI, but {why}");
+        eprintln!("SKIPPED nodus_cluster::local_cluster prometheus: {why}");
+        return;
+    }
+    spec.prometheus = Some(prometheus);
+    let cluster = LocalCluster::start(&spec).await.unwrap();
+    let url = cluster.prometheus_url().unwrap().to_owned();
+    // The config it runs is one Prometheus's own checker accepts.
+    let check = Command::new("promtool")
+        .args(["check", "config"])
+        .arg(dir.path().join("prometheus/prometheus.yml"))
+        .output()
+        .unwrap();
+    assert!(check.status.success(), "promtool check config: {}", String::from_utf8_lossy(&check.stdout));
+
+    kubectl(&spec.kubeconfig(), &["apply", "-f", "-"], Some(&shop()));
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), "shop");
+    eventually("2 ready endpoints", Duration::from_secs(60), || async {
+        (ready_endpoints(&slices).await.len() == 2).then_some(())
+    })
+    .await;
+    let client_pod = eventually("the client pod running", Duration::from_secs(30), || async {
+        let lab = cluster.lab.lock().unwrap();
+        lab.pods().iter().find(|p| p.namespace == "shop" && p.name == "client").cloned()
+    })
+    .await;
+    let resolv_conf = nodus_cluster::agent::resolv_conf_path(&spec.pods_dir(), "shop", "client");
+    // 48 requests over about 10 s (several scrapes), one in four answered 503.
+    let (mut ok, mut failed) = (0u32, 0u32);
+    for i in 0..48 {
+        let mut command = client_pod.command("curl").unwrap();
+        nodus_harness::with_resolv_conf(&mut command, &resolv_conf).unwrap();
+        command.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-m", "2"]);
+        if i % 4 == 3 {
+            command.args(["-H", "x-echo-status: 503"]);
+        }
+        let code = String::from_utf8_lossy(&command.arg("http://web/").output().unwrap().stdout).into_owned();
+        match code.as_str() {
+            "200" => ok += 1,
+            "503" => failed += 1,
+            other => panic!("request {i} answered {other:?}"),
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!((ok, failed), (36, 12));
+
+    let route = r#"route_name="shop/web",direction="outbound""#;
+    let total = format!("sum(nodus_requests_total{{{route}}})");
+    eventually("Prometheus to have scraped all 48 requests", Duration::from_secs(30), || async {
+        (prometheus_value(&url, &total).await == Some(48.0)).then_some(())
+    })
+    .await;
+    let rate = prometheus_value(&url, &format!("sum(rate(nodus_requests_total{{{route}}}[1m]))")).await.unwrap();
+    assert!(rate > 0.0, "a request rate for the route, got {rate}");
+    let success = format!(
+        "sum(rate(nodus_requests_total{{{route},status_code!~\"5..\"}}[1m])) / sum(rate(nodus_requests_total{{{route}}}[1m]))"
+    );
+    let success = prometheus_value(&url, &success).await.unwrap();
+    // Three in four succeeded; rate() extrapolates each series a little differently.
+    assert!((0.6..=0.9).contains(&success), "the route's success rate is about 0.75, got {success}");
+
+    // Every target is up, and the controller reports each node's config pushes and ACKs.
+    assert_eq!(prometheus_value(&url, "sum(up)").await, Some(3.0), "the controller and two node proxies are up");
+    for node in ["node-1", "node-2"] {
+        let acks = prometheus_value(&url, &format!("nodus_controller_config_acks_total{{node=\"{node}\"}}")).await;
+        assert!(acks.is_some_and(|a| a >= 1.0), "{node} acknowledged config: {acks:?}");
+        let connected = prometheus_value(&url, &format!("nodus_controller_node_connected{{node=\"{node}\"}}")).await;
+        assert_eq!(connected, Some(1.0), "{node} is connected");
+    }
+    let nacks = prometheus_value(&url, "sum(nodus_controller_config_nacks_total)").await;
+    assert_eq!(nacks, Some(0.0), "no node refused a push");
+    let services = prometheus_value(&url, "nodus_controller_watched_objects{kind=\"Service\"}").await;
+    assert!(services.is_some_and(|s| s >= 1.0), "the controller counts the Services it watches: {services:?}");
 }

@@ -27,8 +27,8 @@ pub use cgroup::{cgroup2_mount, Cgroup, HARNESS_CGROUP_DIR};
 pub use error::{HarnessError, Result};
 pub use lab::{check_support, Lab, LabSpec, Node, Pod};
 pub use mesh::{
-    http_get, metric_value, start_echo, ConfigSource, NodeProxy, CONTROLLER_PORT, PROXY_ADMIN_PORT, PROXY_DEBUG_PORT,
-    PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT,
+    http_get, metric_value, start_echo, ConfigSource, NodeProxy, CONTROLLER_METRICS_PORT, CONTROLLER_PORT,
+    PROXY_ADMIN_PORT, PROXY_DEBUG_PORT, PROXY_INBOUND_PORT, PROXY_OUTBOUND_PORT,
 };
 pub use netns::{with_resolv_conf, NetNs};
 pub use process::Process;

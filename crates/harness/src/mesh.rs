@@ -26,6 +26,8 @@ pub const PROXY_DEBUG_PORT: u16 = 15021;
 
 /// The port the controller serves node proxies' config streams on.
 pub const CONTROLLER_PORT: u16 = 15012;
+/// The port the controller serves its own `/metrics` on (its default, `--metrics-addr`).
+pub const CONTROLLER_METRICS_PORT: u16 = 15014;
 
 /// Where a node proxy gets its config.
 #[derive(Clone, Debug)]
