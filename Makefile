@@ -1,5 +1,5 @@
 # The two commands of the README, and the pieces they are made of.
-#   make demo   - the local mesh on this machine (root)
+#   make demo   - the local mesh demo on a local cluster on this machine (root)
 #   make test   - everything CI checks (root for the lab tests)
 
 CARGO ?= cargo
@@ -13,7 +13,7 @@ export NODUS_REQUIRE_KAPI ?= 0
 setup:
 	@scripts/setup.sh
 
-demo: setup
+demo: setup kapi helm
 	$(CARGO) build --release --quiet -p nodusctl -p nodus-echo -p nodus-proxy -p nodus-controller
 	target/release/nodusctl demo $(DEMO_ARGS)
 

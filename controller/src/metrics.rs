@@ -157,20 +157,28 @@ struct NodeCollector {
     distributor: Distributor,
 }
 
-type NodeFigure = (&'static str, &'static str, fn(&crate::distribute::NodeStatus) -> u64);
+/// Counter or gauge.
+#[derive(Clone, Copy)]
+enum Figure {
+    Counter,
+    Gauge,
+}
 
-/// Counters per node: name (without `_total`), help, value.
-const NODE_COUNTERS: [NodeFigure; 4] = [
-    ("config_push_bytes", "Bytes of config pushed to the node's proxy", |s| s.bytes_sent),
-    ("config_acks", "Config pushes the node's proxy acknowledged", |s| s.acks),
-    ("config_nacks", "Config pushes the node's proxy refused (it keeps its previous config)", |s| s.nacks),
-    ("config_full_pushes", "Full (not delta) config pushes to the node's proxy", |s| s.full_pushes),
-];
+/// Per node: name (a counter's without `_total`), help, type, value.
+type NodeFigure = (&'static str, &'static str, Figure, fn(&crate::distribute::NodeStatus) -> u64);
 
-/// Gauges per node.
-const NODE_GAUGES: [NodeFigure; 2] = [
-    ("node_connected", "1 while the node's proxy holds a config stream open", |s| u64::from(s.connected)),
-    ("node_acked_version", "The last config version the node's proxy acknowledged", |s| s.acked_version),
+const NODE_FIGURES: [NodeFigure; 7] = [
+    ("config_pushes", "Config pushes sent to the node's proxy", Figure::Counter, |s| s.pushes),
+    ("config_push_bytes", "Bytes of config pushed to the node's proxy", Figure::Counter, |s| s.bytes_sent),
+    ("config_acks", "Config pushes the node's proxy acknowledged", Figure::Counter, |s| s.acks),
+    ("config_nacks", "Config pushes the node's proxy refused (it keeps its previous config)", Figure::Counter, |s| {
+        s.nacks
+    }),
+    ("config_full_pushes", "Full (not delta) config pushes to the node's proxy", Figure::Counter, |s| s.full_pushes),
+    ("node_connected", "1 while the node's proxy holds a config stream open", Figure::Gauge, |s| {
+        u64::from(s.connected)
+    }),
+    ("node_acked_version", "The last config version the node's proxy acknowledged", Figure::Gauge, |s| s.acked_version),
 ];
 
 impl Collector for NodeCollector {
@@ -183,26 +191,18 @@ impl Collector for NodeCollector {
             None,
             version.metric_type(),
         )?)?;
-        let pushes = ConstCounter::new(0u64);
-        let mut family = encoder.encode_descriptor(
-            "config_pushes",
-            "Config pushes sent to the node's proxy",
-            None,
-            pushes.metric_type(),
-        )?;
-        for (node, status) in &nodes {
-            ConstCounter::new(status.pushes).encode(family.encode_family(&vec![("node", node.as_str())])?)?;
-        }
-        for (name, help, value) in NODE_COUNTERS {
-            let mut family = encoder.encode_descriptor(name, help, None, pushes.metric_type())?;
+        for (name, help, figure, value) in NODE_FIGURES {
+            let metric_type = match figure {
+                Figure::Counter => ConstCounter::new(0u64).metric_type(),
+                Figure::Gauge => version.metric_type(),
+            };
+            let mut family = encoder.encode_descriptor(name, help, None, metric_type)?;
             for (node, status) in &nodes {
-                ConstCounter::new(value(status)).encode(family.encode_family(&vec![("node", node.as_str())])?)?;
-            }
-        }
-        for (name, help, value) in NODE_GAUGES {
-            let mut family = encoder.encode_descriptor(name, help, None, version.metric_type())?;
-            for (node, status) in &nodes {
-                ConstGauge::new(value(status) as i64).encode(family.encode_family(&vec![("node", node.as_str())])?)?;
+                let labels = vec![("node", node.as_str())];
+                match figure {
+                    Figure::Counter => ConstCounter::new(value(status)).encode(family.encode_family(&labels)?)?,
+                    Figure::Gauge => ConstGauge::new(value(status) as i64).encode(family.encode_family(&labels)?)?,
+                }
             }
         }
         Ok(())

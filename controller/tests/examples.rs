@@ -1,4 +1,6 @@
-//! The example manifests translate into the config the local mesh expects.
+//! The example manifests translate into the config the local mesh expects (with the pod and
+//! cluster IPs the local cluster's controllers would fill in taken from the standalone fixture),
+//! and examples/ holds plain manifests only: nothing a cluster fills in is written by hand.
 #![allow(clippy::unwrap_used)]
 
 use nodus_controller::manifests::load_dir;
@@ -7,8 +9,19 @@ use std::path::Path;
 
 #[test]
 fn local_mesh_example_translates_to_a_valid_config_with_every_route_accepted() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
-    let loaded = load_dir(&dir).expect("the example loads");
+    // The plain example's routes and policy, over the fixture's filled-in cluster.
+    let dir = tempfile::tempdir().unwrap();
+    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
+    let fixture = nodus_harness::standalone_mesh_fixture();
+    for (from, name) in [
+        (fixture.join("cluster.yaml"), "cluster.yaml"),
+        (fixture.join("catalog-cluster.yaml"), "catalog-cluster.yaml"),
+        (examples.join("routes.yaml"), "routes.yaml"),
+        (examples.join("catalog.yaml"), "catalog.yaml"),
+    ] {
+        std::fs::copy(from, dir.path().join(name)).unwrap();
+    }
+    let loaded = load_dir(dir.path()).expect("the example loads");
     let t = translate(&loaded.state, &TranslateOptions::default(), &LastAccepted::new());
     t.snapshot.validate().expect("valid");
     assert_eq!(t.snapshot.http_routes.len(), 2, "echo-split and catalog");
@@ -29,9 +42,11 @@ fn local_mesh_example_translates_to_a_valid_config_with_every_route_accepted() {
 fn translate_example(path: &Path) -> nodus_controller::translate::Translation {
     use nodus_controller::cluster::ClusterState;
     use nodus_controller::manifests::parse_objects;
-    let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
-    let cluster = examples.join("local-mesh/cluster.yaml");
-    let mut objects = parse_objects(&cluster, &std::fs::read_to_string(&cluster).unwrap()).unwrap();
+    let mut objects = Vec::new();
+    for file in ["cluster.yaml", "catalog-cluster.yaml"] {
+        let cluster = nodus_harness::standalone_mesh_fixture().join(file);
+        objects.extend(parse_objects(&cluster, &std::fs::read_to_string(&cluster).unwrap()).unwrap());
+    }
     let text = std::fs::read_to_string(path).unwrap();
     objects.extend(parse_objects(path, &text).unwrap_or_else(|e| panic!("{}: {e}", path.display())));
     let state = ClusterState::from_objects(objects);
@@ -90,4 +105,31 @@ fn every_security_example_becomes_proxy_policy() {
             );
         }
     }
+}
+
+/// Every example is what a user writes: no status, no cluster IPs, no EndpointSlices, no pod
+/// pinned by `nodeName` (the local cluster's controllers do all of that).
+#[test]
+fn examples_are_plain_manifests() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples");
+    let mut checked = 0;
+    for folder in std::fs::read_dir(&root).unwrap() {
+        for file in std::fs::read_dir(folder.unwrap().path()).unwrap() {
+            let path = file.unwrap().path();
+            if path.extension().is_none_or(|x| x != "yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            for document in serde_norway::Deserializer::from_str(&text) {
+                let value = <serde_json::Value as serde::Deserialize>::deserialize(document).unwrap();
+                let name = format!("{}: {} {}", path.display(), value["kind"], value["metadata"]["name"]);
+                assert!(value.get("status").is_none(), "{name} writes a status");
+                assert_ne!(value["kind"], "EndpointSlice", "{name}: EndpointSlices come from the cluster");
+                assert!(value["spec"].get("clusterIP").is_none(), "{name} picks its cluster IP");
+                assert!(value["spec"].get("nodeName").is_none(), "{name} is pinned to a node");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked >= 20, "only {checked} documents under examples/");
 }

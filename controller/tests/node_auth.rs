@@ -1,5 +1,5 @@
 //! Node proxies authenticate on the control plane: the real controller binary (standalone, on
-//! the local-mesh manifests) with a node token key refuses calls without a valid token, and
+//! the standalone fixture's manifests) with a node token key refuses calls without a valid token, and
 //! holds a caller to the node its token names, for config streams and certificates alike.
 #![allow(clippy::unwrap_used)]
 
@@ -28,7 +28,7 @@ fn token(key: &Path, node: &str) -> String {
 async fn node_proxies_authenticate_and_act_only_for_their_own_node() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("node-token.key");
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
+    let manifests = nodus_harness::standalone_mesh_fixture();
     let node1 = token(&key, "node-1");
     let node2 = token(&key, "node-2");
     let mut command = Command::new(env!("CARGO_BIN_EXE_nodus-controller"));

@@ -32,7 +32,7 @@ impl Target {
 }
 
 /// GETs `path` from `addr`, from inside network namespace `netns` if given.
-fn get(addr: SocketAddr, netns: Option<&str>, path: &str) -> Result<String> {
+pub(crate) fn get(addr: SocketAddr, netns: Option<&str>, path: &str) -> Result<String> {
     let (status, body) = match netns {
         Some(name) => NetNs::named(name.to_owned())
             .run(|| http_get(addr, path))

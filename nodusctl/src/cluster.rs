@@ -36,35 +36,35 @@ enum ClusterCommand {
 }
 
 #[derive(Args, Debug, Clone)]
-struct NameArg {
+pub(crate) struct NameArg {
     /// The cluster's name.
     #[arg(long, default_value = "nodus")]
-    name: String,
+    pub(crate) name: String,
 }
 
 #[derive(Args, Debug, Clone)]
-struct CreateArgs {
+pub(crate) struct CreateArgs {
     #[command(flatten)]
-    name: NameArg,
+    pub(crate) name: NameArg,
     /// How many nodes.
     #[arg(long, default_value_t = 2)]
-    nodes: usize,
+    pub(crate) nodes: usize,
     /// The kapi kit (start-kapi.sh and the Gateway API CRDs).
     #[arg(long, env = "NODUS_KAPI_KIT")]
-    kapi_kit: Option<PathBuf>,
+    pub(crate) kapi_kit: Option<PathBuf>,
     /// The built kapi binaries (scripts/setup-kapi.sh).
     #[arg(long, env = "NODUS_KAPI_BIN")]
-    kapi_bin: Option<PathBuf>,
+    pub(crate) kapi_bin: Option<PathBuf>,
     /// Also run Prometheus (Debian's package), scraping every node proxy and the controller; its
     /// UI and API on the host's 127.0.0.1:9090 (or --prometheus-port).
     #[arg(long)]
-    prometheus: bool,
+    pub(crate) prometheus: bool,
     /// The host port for Prometheus (default: 9090 if free, else any free port).
     #[arg(long, default_value_t = 0, requires = "prometheus")]
-    prometheus_port: u16,
+    pub(crate) prometheus_port: u16,
     /// The Prometheus server binary.
     #[arg(long, default_value = "/usr/bin/prometheus", requires = "prometheus")]
-    prometheus_binary: PathBuf,
+    pub(crate) prometheus_binary: PathBuf,
 }
 
 /// `nodusctl exec`.
@@ -81,18 +81,21 @@ pub struct ExecArgs {
 }
 
 /// What a running cluster records of itself.
-#[derive(Serialize, Deserialize, Debug)]
-struct ClusterInfo {
-    pid: u32,
-    run_id: String,
-    nodes: usize,
+#[derive(Serialize, Deserialize, Debug, Clone)]
+pub(crate) struct ClusterInfo {
+    /// The serving process.
+    pub(crate) pid: u32,
+    /// The lab's run id (in the names of its network namespaces and cgroups).
+    pub(crate) run_id: String,
+    /// How many nodes.
+    pub(crate) nodes: usize,
     /// Prometheus's URL on the host, when it runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    prometheus: Option<String>,
+    pub(crate) prometheus: Option<String>,
 }
 
 /// The folder of all clusters.
-fn clusters_dir() -> PathBuf {
+pub(crate) fn clusters_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("NODUS_CLUSTERS_DIR") {
         return PathBuf::from(dir);
     }
@@ -101,16 +104,24 @@ fn clusters_dir() -> PathBuf {
 }
 
 /// The repository nodusctl was built from (for the kapi cache, the kit and the CRDs).
-fn repository() -> PathBuf {
+pub(crate) fn repository() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn info(dir: &Path) -> Option<ClusterInfo> {
+/// What the cluster in `dir` recorded of itself, once it was ready.
+pub(crate) fn info(dir: &Path) -> Option<ClusterInfo> {
     serde_json::from_str(&std::fs::read_to_string(dir.join("cluster.json")).ok()?).ok()
 }
 
-fn alive(pid: u32) -> bool {
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_ok()
+/// Whether process `pid` runs. A zombie (an exited child of this very process, as the cluster
+/// process is of `nodusctl demo`, not yet reaped) does not.
+pub(crate) fn alive(pid: u32) -> bool {
+    if nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), None).is_err() {
+        return false;
+    }
+    // /proc/<pid>/stat: "pid (comm) state ...": the state follows the last ')'.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    !matches!(stat.rsplit_once(')').map(|(_, rest)| rest.trim_start().chars().next()), Some(Some('Z' | 'X')))
 }
 
 /// Runs `nodusctl cluster ...`.
@@ -145,6 +156,28 @@ fn spec_of(args: &CreateArgs, dir: &Path) -> Result<ClusterSpec> {
 }
 
 fn create(args: CreateArgs) -> Result<ExitCode> {
+    println!("Creating cluster {:?} with {} nodes ...", args.name.name, args.nodes);
+    let started = Instant::now();
+    let (dir, info) = start_in_background(&args)?;
+    println!("Cluster {:?} is ready in {:.1} s (pid {}).", args.name.name, started.elapsed().as_secs_f64(), info.pid);
+    println!("  kubeconfig: {}", dir.join("kubeconfig").display());
+    println!("  logs:       {}", dir.join("logs").display());
+    if let Some(url) = &info.prometheus {
+        println!("  prometheus: {url}   (scrapes every node proxy and the controller)");
+    }
+    println!();
+    println!("Next:");
+    println!("  export KUBECONFIG={}", dir.join("kubeconfig").display());
+    println!("  kubectl get nodes");
+    println!("  kubectl create namespace shop && kubectl label namespace shop nodus.dev/mesh=enabled");
+    println!("  kubectl apply -f examples/   # see docs/getting-started.md");
+    println!("  nodusctl cluster delete --name {}", args.name.name);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Starts the cluster `args` describe as a background process and waits until it is ready;
+/// returns its folder and what it recorded of itself.
+pub(crate) fn start_in_background(args: &CreateArgs) -> Result<(PathBuf, ClusterInfo)> {
     if args.nodes == 0 || args.nodes > 20 {
         bail!("--nodes must be 1 to 20");
     }
@@ -160,7 +193,7 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(dir.join("logs")).with_context(|| format!("creating {}", dir.display()))?;
     // Checked here too, so that what is missing is said in this terminal, not only in a log.
-    spec_of(&args, &dir)?.check()?;
+    spec_of(args, &dir)?.check()?;
     let log = std::fs::File::create(dir.join("logs/cluster.log"))?;
     let me = std::env::current_exe()?;
     let mut serve = Command::new(me);
@@ -183,28 +216,9 @@ fn create(args: CreateArgs) -> Result<ExitCode> {
     std::os::unix::process::CommandExt::process_group(&mut serve, 0);
     let started = Instant::now();
     let mut child = serve.spawn().context("starting the cluster process")?;
-    println!("Creating cluster {:?} with {} nodes ...", args.name.name, args.nodes);
     loop {
         if let Some(info) = info(&dir) {
-            println!(
-                "Cluster {:?} is ready in {:.1} s (pid {}).",
-                args.name.name,
-                started.elapsed().as_secs_f64(),
-                info.pid
-            );
-            println!("  kubeconfig: {}", dir.join("kubeconfig").display());
-            println!("  logs:       {}", dir.join("logs").display());
-            if let Some(url) = &info.prometheus {
-                println!("  prometheus: {url}   (scrapes every node proxy and the controller)");
-            }
-            println!();
-            println!("Next:");
-            println!("  export KUBECONFIG={}", dir.join("kubeconfig").display());
-            println!("  kubectl get nodes");
-            println!("  kubectl create namespace shop && kubectl label namespace shop nodus.dev/mesh=enabled");
-            println!("  kubectl apply -f examples/   # see docs/getting-started.md");
-            println!("  nodusctl cluster delete --name {}", args.name.name);
-            return Ok(ExitCode::SUCCESS);
+            return Ok((dir, info));
         }
         if let Some(status) = child.try_wait()? {
             let log = std::fs::read_to_string(dir.join("logs/cluster.log")).unwrap_or_default();
@@ -250,7 +264,8 @@ fn serve(args: CreateArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn delete(name: &str) -> Result<ExitCode> {
+/// Stops cluster `name` and removes its folder.
+pub(crate) fn delete(name: &str) -> Result<ExitCode> {
     let dir = clusters_dir().join(name);
     if !dir.exists() {
         bail!("no cluster named {name:?} (nodusctl cluster list)");
@@ -294,17 +309,31 @@ fn list() -> Result<ExitCode> {
 /// pod's own processes run, so its connections are captured by the mesh exactly as theirs are.
 pub fn exec(args: ExecArgs) -> Result<ExitCode> {
     use std::os::unix::process::CommandExt;
-    let dir = clusters_dir().join(&args.cluster);
-    let info =
-        info(&dir).filter(|i| alive(i.pid)).with_context(|| format!("cluster {:?} is not running", args.cluster))?;
     let (namespace, pod) = args.pod.split_once('/').context("the pod is NAMESPACE/POD")?;
+    let mut command = pod_command(&args.cluster, namespace, pod, &args.command[0])?;
+    command.args(&args.command[1..]);
+    let error = command.exec();
+    bail!("running {}: {error}", args.command[0])
+}
+
+/// A command that runs `program` inside pod `namespace/pod` of cluster `cluster`: in its
+/// network namespace and cgroup, with its resolv.conf.
+pub(crate) fn pod_command(
+    cluster: &str,
+    namespace: &str,
+    pod: &str,
+    program: impl AsRef<std::ffi::OsStr>,
+) -> Result<Command> {
+    use std::os::unix::process::CommandExt;
+    let dir = clusters_dir().join(cluster);
+    let info = info(&dir).filter(|i| alive(i.pid)).with_context(|| format!("cluster {cluster:?} is not running"))?;
     let found = (1..=info.nodes).find_map(|k| {
         let node = format!("node-{k}");
         let netns = format!("nodus-{}-{node}-{namespace}-{pod}", info.run_id);
         Path::new("/run/netns").join(&netns).exists().then_some((node, netns))
     });
     let Some((node, netns)) = found else {
-        bail!("pod {namespace}/{pod} is not running on any node of cluster {:?}", args.cluster);
+        bail!("pod {namespace}/{pod} is not running on any node of cluster {cluster:?}");
     };
     let cgroup = nodus_harness::cgroup2_mount()?
         .join(nodus_harness::HARNESS_CGROUP_DIR)
@@ -316,8 +345,7 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode> {
     let procs = cgroup.join("cgroup.procs");
     let mut procs =
         std::fs::OpenOptions::new().write(true).open(&procs).with_context(|| format!("opening {}", procs.display()))?;
-    let mut command = Command::new(&args.command[0]);
-    command.args(&args.command[1..]);
+    let mut command = Command::new(program);
     // The pod's DNS (cluster DNS, search path), as its own processes see it.
     let resolv_conf = nodus_cluster::agent::resolv_conf_path(&dir.join("pods"), namespace, pod);
     if resolv_conf.exists() {
@@ -332,6 +360,5 @@ pub fn exec(args: ExecArgs) -> Result<ExitCode> {
             procs.write_all(b"0")
         });
     }
-    let error = command.exec();
-    bail!("running {}: {error}", args.command[0])
+    Ok(command)
 }

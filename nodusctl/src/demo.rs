@@ -1,21 +1,30 @@
-//! `nodusctl demo`: the local mesh on one machine.
+//! `nodusctl demo`: the local mesh demo, on a local cluster.
 //!
-//! Builds a two-node lab (network namespaces, veths, cgroups), starts a real node proxy on each
-//! node with the real eBPF redirect, runs the echo workload in pods on both nodes, and drives
-//! HTTP and gRPC traffic from client processes in a client pod — captured by eBPF like any
-//! application. The controller runs in standalone mode on a directory of Kubernetes manifests
-//! (`examples/local-mesh/`: the namespace label, pods, Services, EndpointSlices, an HTTPRoute
-//! and a GRPCRoute; copied so it can be edited live) and pushes each node proxy its config over
-//! gRPC. It shows the routes' status as the controller wrote it, then reports, per interval, which pods answered, success rate,
-//! rate and latency as the clients saw them, and per route what the node proxy's own metrics say.
-//! Everything is torn down on Ctrl-C, SIGTERM, after `--duration`, or if anything fails.
+//! Creates a local cluster (docs/local-cluster.md: a real API server, the Nodus controller in
+//! Kubernetes mode, two nodes with a node proxy and the real eBPF redirect each), applies the
+//! plain manifests of `examples/local-mesh/` with kubectl (a namespace in the mesh, Deployments,
+//! Services, an HTTPRoute, a GRPCRoute, a retrying route and an AuthorizationPolicy: no IPs, no
+//! EndpointSlices), waits for the pods to be Ready and the routes' status, then drives HTTP and
+//! gRPC load from processes inside the client pod, which call the Services by name through
+//! cluster DNS and are captured by eBPF like any application. Per interval it reports which
+//! pods answered, success rate, rate and latency as the clients saw them, and per route what
+//! the client's node proxy counted.
+//!
+//! With `--duration` the cluster is deleted at the end (unless `--keep`); without it, the load
+//! runs until Ctrl-C and the cluster is left running to explore.
 
+use crate::cluster::{self, CreateArgs, NameArg};
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use nodus_harness::{metric_value, start_echo, ConfigSource, Lab, LabSpec, NodeProxy, Process};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+use nodus_harness::metric_value;
 use std::collections::BTreeMap;
 use std::io::{BufRead, Write};
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::{ExitCode, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -23,41 +32,42 @@ use std::time::{Duration, Instant};
 /// Options of `nodusctl demo`.
 #[derive(Args, Debug)]
 pub struct DemoArgs {
-    /// Stop after this long (e.g. `10s`, `2m`); without it the demo runs until Ctrl-C.
+    /// Stop the load after this long (e.g. `10s`, `2m`) and delete the cluster (see --keep);
+    /// without it the load runs until Ctrl-C and the cluster stays.
     #[arg(long, value_parser = parse_duration)]
     duration: Option<Duration>,
+    /// Keep the cluster running after --duration.
+    #[arg(long)]
+    keep: bool,
     /// Time between reports.
     #[arg(long, value_parser = parse_duration, default_value = "2s")]
     interval: Duration,
-    /// Requests per second of each client (one HTTP, one gRPC).
+    /// Requests per second of each client (two HTTP, two gRPC).
     #[arg(long, default_value_t = 50)]
     rate: u32,
-    /// The manifests directory the controller reads and watches (default: a copy of
-    /// examples/local-mesh, whose path is printed so you can edit it while the demo runs).
+    /// The cluster's name (a running cluster of that name is used as it is).
+    #[arg(long, default_value = "demo")]
+    name: String,
+    /// Also run Prometheus on the cluster (nodusctl cluster create --prometheus).
     #[arg(long)]
-    manifests: Option<PathBuf>,
+    prometheus: bool,
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
     nodus_config::parse_gateway_duration(text)
 }
 
-/// The example manifests, built into the binary so the demo runs from any directory.
+/// The example manifests, built into the binary so the demo runs from any directory; written
+/// to the cluster's folder, where they can be edited and applied again.
 const EXAMPLE_MANIFESTS: [(&str, &str); 3] = [
-    ("cluster.yaml", include_str!("../../examples/local-mesh/cluster.yaml")),
+    ("apps.yaml", include_str!("../../examples/local-mesh/apps.yaml")),
     ("routes.yaml", include_str!("../../examples/local-mesh/routes.yaml")),
     ("catalog.yaml", include_str!("../../examples/local-mesh/catalog.yaml")),
 ];
 
-/// Pods, in creation order (their IPs are fixed by it): (node, namespace, name, echo server).
-const PODS: [(&str, &str, &str, bool); 4] = [
-    ("node-1", "demo", "client", false),
-    ("node-1", "demo", "echo-v2-0", true),
-    ("node-2", "demo", "echo-v1-0", true),
-    ("node-2", "demo", "catalog-0", true),
-];
-const ECHO_SERVICE: &str = "10.96.0.10";
-const CATALOG_SERVICE: &str = "10.96.0.20";
+/// The demo's namespace and its Deployments.
+const NAMESPACE: &str = "demo";
+const DEPLOYMENTS: [&str; 4] = ["client", "echo-v1", "echo-v2", "catalog"];
 
 fn step(text: &str) -> Instant {
     print!("  {text} ... ");
@@ -82,6 +92,19 @@ fn sibling_binary(name: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// The real kubectl: `$NODUS_KUBECTL`, the one scripts/setup-helm.sh caches, or the PATH's.
+fn kubectl_binary() -> PathBuf {
+    if let Some(path) = std::env::var_os("NODUS_KUBECTL") {
+        return PathBuf::from(path);
+    }
+    let cached = cluster::repository().join(".cache/helm/bin/kubectl");
+    if cached.exists() {
+        cached
+    } else {
+        PathBuf::from("kubectl")
+    }
+}
+
 /// One client's summary line (see `nodus-echo-client`).
 #[derive(serde::Deserialize, Debug, Default)]
 struct Summary {
@@ -92,6 +115,39 @@ struct Summary {
     p99_ms: f64,
 }
 
+/// A node proxy's admin port, reached from inside its node's network namespace.
+struct ProxyAdmin {
+    node: String,
+    netns: String,
+    address: SocketAddr,
+}
+
+impl ProxyAdmin {
+    fn of_node(run_id: &str, node: &str, node_ip: &str) -> Result<Self> {
+        let ip: std::net::Ipv4Addr = node_ip.parse().with_context(|| format!("node {node}'s address {node_ip:?}"))?;
+        Ok(Self {
+            node: node.to_owned(),
+            netns: format!("nodus-{run_id}-{node}"),
+            address: SocketAddr::from((ip, nodus_harness::PROXY_ADMIN_PORT)),
+        })
+    }
+
+    fn metrics(&self) -> Option<String> {
+        crate::admin::get(self.address, Some(&self.netns), "/metrics").ok()
+    }
+
+    fn metric_at_least(&self, name: &str, at_least: f64, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.metrics().and_then(|m| metric_value(&m, name)).is_some_and(|v| v >= at_least) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        false
+    }
+}
+
 pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if args.rate == 0 {
         bail!("--rate must be at least 1");
@@ -99,110 +155,113 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     if let Some(reason) = nodus_harness::check_support().err() {
         bail!("the local mesh cannot run here: {reason}");
     }
-    let proxy_binary = sibling_binary("nodus-proxy")?;
-    let controller_binary = sibling_binary("nodus-controller")?;
-    let echo_binary = sibling_binary("nodus-echo")?;
     let client_binary = sibling_binary("nodus-echo-client")?;
+    let kubectl = kubectl_binary();
 
-    println!("Nodus local mesh");
-    let started = step("[1/5] building the lab: 2 nodes, 4 pods");
-    let mut lab = Lab::new(LabSpec { nodes: 2 }).context("building the lab")?;
-    let mut pods = Vec::new();
-    for (node, namespace, name, _) in PODS {
-        pods.push(lab.add_pod(node, namespace, name).with_context(|| format!("adding pod {namespace}/{name}"))?);
-    }
-    done(started);
-    for node in lab.nodes() {
-        let here: Vec<String> = pods
-            .iter()
-            .filter(|p| p.node == node.name)
-            .map(|p| format!("{}/{} {}", p.namespace, p.name, p.ip))
-            .collect();
-        println!("        {} ({})  {}", node.name, node.ip, here.join(", "));
-    }
-
-    let manifests = match &args.manifests {
-        Some(dir) => dir.clone(),
+    println!("Nodus local mesh demo, on a local cluster");
+    let dir = cluster::clusters_dir().join(&args.name);
+    let info = match cluster::info(&dir).filter(|i| cluster::alive(i.pid)) {
+        Some(info) => {
+            println!("  [1/5] using the running cluster {:?} (pid {})", args.name, info.pid);
+            info
+        }
         None => {
-            let dir = lab.work_dir()?.join("manifests");
-            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            for (name, text) in EXAMPLE_MANIFESTS {
-                let path = dir.join(name);
-                std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-            }
-            dir
+            let started = step(&format!(
+                "[1/5] creating cluster {:?}: API server, Nodus controller (Kubernetes mode), 2 nodes",
+                args.name
+            ));
+            let create = CreateArgs {
+                name: NameArg { name: args.name.clone() },
+                nodes: 2,
+                kapi_kit: std::env::var_os("NODUS_KAPI_KIT").map(PathBuf::from),
+                kapi_bin: std::env::var_os("NODUS_KAPI_BIN").map(PathBuf::from),
+                prometheus: args.prometheus,
+                prometheus_port: 0,
+                prometheus_binary: PathBuf::from("/usr/bin/prometheus"),
+            };
+            let (_, info) = cluster::start_in_background(&create)?;
+            done(started);
+            info
         }
     };
-    let status_file = lab.work_dir()?.join("route-status.yaml");
-    let started = step("[2/5] starting the controller (standalone mode, reading the manifests)");
-    let controller_node = lab.nodes().first().context("the lab has nodes")?;
-    let (controller, controller_url) = lab
-        .start_controller(controller_node, &controller_binary, &manifests, &status_file, &[])
-        .context("starting the controller")?;
-    done(started);
-
-    let started = step("[3/5] starting a node proxy with the eBPF redirect on each node");
-    let mut proxies: Vec<NodeProxy> = Vec::new();
-    for node in lab.nodes() {
-        proxies.push(
-            lab.start_node_proxy(node, &proxy_binary, ConfigSource::Controller(controller_url.clone()), &[])
-                .with_context(|| format!("proxy on {}", node.name))?,
-        );
+    let kubeconfig = dir.join("kubeconfig");
+    let examples = dir.join("examples/local-mesh");
+    std::fs::create_dir_all(&examples).with_context(|| format!("creating {}", examples.display()))?;
+    for (name, text) in EXAMPLE_MANIFESTS {
+        let path = examples.join(name);
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
-    // Mesh pods are captured once their proxy has found them.
-    proxies[0].wait_for_metric("nodus_redirect_enrolled_pods", 2.0, Duration::from_secs(15))?;
-    done(started);
-
-    let started = step("[4/5] starting the echo workload (HTTP/1.1, HTTP/2, gRPC) in its pods");
-    let mut servers: Vec<Process> = Vec::new();
-    for (pod, (_, _, _, is_server)) in pods.iter().zip(PODS) {
-        if is_server {
-            servers.push(start_echo(pod, &echo_binary, &[8080, 9090])?);
-        }
+    let started = step(&format!("[2/5] kubectl apply -f {}", examples.display()));
+    let applied = std::process::Command::new(&kubectl)
+        .env("KUBECONFIG", &kubeconfig)
+        .arg("apply")
+        .arg("-f")
+        .arg(&examples)
+        .output()
+        .with_context(|| format!("running {} (scripts/setup-helm.sh installs it)", kubectl.display()))?;
+    if !applied.status.success() {
+        bail!("kubectl apply failed: {}", String::from_utf8_lossy(&applied.stderr).trim());
     }
     done(started);
+    println!("        Namespace, Deployments, Services, HTTPRoutes, a GRPCRoute and an AuthorizationPolicy; no IPs");
 
-    print_route_status(&status_file);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let cluster_view = runtime.block_on(wait_for_the_apps(&kubeconfig))?;
+    for (node, (node_ip, pods)) in &cluster_view.nodes {
+        println!("        {node} ({node_ip})  {}", pods.join(", "));
+    }
+    for line in &cluster_view.route_status {
+        println!("        status {line}");
+    }
 
-    let client = &pods[0];
+    let client_node = &cluster_view.client_node;
+    let client_proxy = ProxyAdmin::of_node(&info.run_id, client_node, &cluster_view.nodes[client_node].0)?;
+    let catalog_proxy = ProxyAdmin::of_node(
+        &info.run_id,
+        &cluster_view.catalog_node,
+        &cluster_view.nodes[&cluster_view.catalog_node].0,
+    )?;
+    // The client's node holds client's and echo-v2's certificates, the other echo-v1's and catalog's.
+    let issued = [&client_proxy, &catalog_proxy]
+        .iter()
+        .all(|p| p.metric_at_least("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(15)));
     println!(
-        "  [5/5] traffic from {}/{} on {} to Service demo/echo ({ECHO_SERVICE}), {} req/s per client",
-        client.namespace, client.name, client.node, args.rate
+        "  [4/5] identity: workload certificates (SPIFFE) from the controller's CA: {} on both nodes",
+        if issued { "issued" } else { "not issued yet" }
+    );
+    println!("        mTLS:  node-to-node tunnels are mutual TLS 1.3 (X25519MLKEM768), source workload's certificate");
+
+    let client_pod = &cluster_view.client_pod;
+    println!(
+        "  [5/5] traffic from {NAMESPACE}/{client_pod} on {client_node} to Service echo (by name, cluster DNS), {} req/s per client",
+        args.rate
     );
     println!("        HTTP:  HTTPRoute demo/echo-split (weights v1 80 / v2 20)");
     println!("        gRPC:  GRPCRoute demo/echo-by-method (EchoTwo -> v2, rest -> v1), method alternating");
-    println!("        HTTP:  HTTPRoute demo/catalog ({CATALOG_SERVICE}): retries, 1 s timeout; only the client's identity allowed");
-    println!("        path:  client pod -> eBPF connect4 -> node-1 proxy -> pod on node-1, or");
-    println!("               -> HTTP/2 CONNECT tunnel -> node-2 proxy (inbound :15008) -> pod on node-2");
-    // node-1 holds client's and echo's certificates, node-2 echo's and catalog's.
-    let issued = proxies[0]
-        .wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(10))
-        .and_then(|_| {
-            proxies[1].wait_for_metric("nodus_workload_certificates_issued_total", 2.0, Duration::from_secs(10))
-        })
-        .map(|_| "issued")
-        .unwrap_or("not issued yet");
-    println!("        identity: workload certificates (SPIFFE) from the controller's CA: {issued} on both nodes");
-    println!("        mTLS:  node-to-node tunnels are mutual TLS 1.3 (X25519MLKEM768), source workload's certificate");
-    println!("        edit   {}   to shift the split live", manifests.join("routes.yaml").display());
+    println!("        HTTP:  HTTPRoute demo/catalog: retries, 1 s timeout; only the client's identity allowed");
+    println!("        path:  client pod -> eBPF connect4 -> {client_node} proxy -> pod on {client_node}, or");
+    println!("               -> HTTP/2 CONNECT tunnel -> {} proxy (inbound :15008) -> pod there", catalog_proxy.node);
+    println!(
+        "        edit   {}, then kubectl apply -f it, to shift the split live",
+        examples.join("routes.yaml").display()
+    );
+    println!("        stat:  nodusctl stat --netns {} --admin {}", client_proxy.netns, client_proxy.address);
+    println!("        KUBECONFIG={}", kubeconfig.display());
 
     let duration_secs = args.duration.map_or(86_400.0, |d| d.as_secs_f64());
     let report_every = args.interval.as_secs_f64().to_string();
     let rate = args.rate.to_string();
     let duration = duration_secs.to_string();
-    let echo_http = format!("{ECHO_SERVICE}:80");
-    let echo_grpc = format!("{ECHO_SERVICE}:9090");
-    let catalog_http = format!("{CATALOG_SERVICE}:80");
     let streams: [(&str, &str, Vec<&str>); 4] = [
-        ("HTTP/1.1 echo", &echo_http, vec!["--protocol", "h1", "--host", "echo.demo.svc"]),
-        ("gRPC Echo", &echo_grpc, vec!["--protocol", "grpc", "--grpc-method", "Echo"]),
-        ("gRPC EchoTwo", &echo_grpc, vec!["--protocol", "grpc", "--grpc-method", "EchoTwo"]),
-        ("HTTP/1.1 catalog", &catalog_http, vec!["--protocol", "h1", "--host", "catalog.demo.svc"]),
+        ("HTTP/1.1 echo", "echo:80", vec!["--protocol", "h1"]),
+        ("gRPC Echo", "echo:9090", vec!["--protocol", "grpc", "--grpc-method", "Echo"]),
+        ("gRPC EchoTwo", "echo:9090", vec!["--protocol", "grpc", "--grpc-method", "EchoTwo"]),
+        ("HTTP/1.1 catalog", "catalog:80", vec!["--protocol", "h1"]),
     ];
     let (tx, rx) = mpsc::channel::<(usize, Summary)>();
     let mut clients = Vec::new();
     for (index, (_, target, extra)) in streams.iter().enumerate() {
-        let mut command = client.command(&client_binary)?;
+        let mut command = cluster::pod_command(&args.name, NAMESPACE, client_pod, &client_binary)?;
         command
             .args(["--target", target, "--duration-secs", &duration, "--report-every", &report_every, "--rate", &rate])
             .args(extra)
@@ -222,56 +281,130 @@ pub fn run(args: DemoArgs) -> Result<ExitCode> {
     }
     drop(tx);
 
-    let totals = report(&args, &rx, &streams.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(), &proxies[0])?;
+    let totals = report(&args, &rx, &streams.iter().map(|(n, _, _)| *n).collect::<Vec<_>>(), &client_proxy)?;
     for mut child in clients {
         let _ = child.kill();
         let _ = child.wait();
     }
-    print_inbound_security(&proxies[1]);
-    drop(servers);
-    drop(proxies);
-    drop(controller);
-    lab.teardown().context("tearing down the lab")?;
+    print_inbound_security(&catalog_proxy);
     println!(
-        "\n  {} requests, {} succeeded ({:.2}%); lab torn down.",
+        "\n  {} requests, {} succeeded ({:.2}%).",
         totals.0,
         totals.1,
         if totals.0 == 0 { 0.0 } else { 100.0 * totals.1 as f64 / totals.0 as f64 }
     );
+    if args.duration.is_some() && !args.keep {
+        cluster::delete(&args.name)?;
+    } else {
+        println!("  The cluster keeps running; explore it:");
+        println!("    export KUBECONFIG={}", kubeconfig.display());
+        println!("    kubectl -n demo get pods,services,httproutes");
+        println!("    nodusctl exec demo/{client_pod} -- curl -s http://echo/");
+        println!("    nodusctl cluster delete --name {}", args.name);
+    }
     Ok(if totals.1 > 0 { ExitCode::SUCCESS } else { ExitCode::from(1) })
 }
 
-/// Prints each route's conditions as the controller wrote them (Gateway API `status.parents`).
-fn print_route_status(status_file: &std::path::Path) {
-    let document: Option<serde_json::Value> =
-        std::fs::read_to_string(status_file).ok().and_then(|text| serde_norway::from_str(&text).ok());
-    let Some(routes) = document.as_ref().and_then(|d| d["routes"].as_array()) else {
-        println!("        status: not written yet ({})", status_file.display());
-        return;
-    };
-    for route in routes {
-        let conditions: Vec<String> = route["status"]["parents"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
-            .map(|c| {
-                format!(
-                    "{}={} ({})",
-                    c["type"].as_str().unwrap_or(""),
-                    c["status"].as_str().unwrap_or(""),
-                    c["reason"].as_str().unwrap_or("")
-                )
-            })
-            .collect();
-        println!(
-            "        status {} {}/{}: {}",
-            route["kind"].as_str().unwrap_or(""),
-            route["namespace"].as_str().unwrap_or(""),
-            route["name"].as_str().unwrap_or(""),
-            conditions.join(", ")
-        );
+/// What the demo found on the cluster once its applications were up.
+struct ClusterView {
+    /// Per node: its address and its pods (`demo/name ip`).
+    nodes: BTreeMap<String, (String, Vec<String>)>,
+    client_pod: String,
+    client_node: String,
+    catalog_node: String,
+    /// `Kind namespace/name: conditions`, per route.
+    route_status: Vec<String>,
+}
+
+/// Waits until every Deployment of the demo is Available, then until the controller wrote every
+/// route's status; returns where everything runs.
+async fn wait_for_the_apps(kubeconfig: &Path) -> Result<ClusterView> {
+    let client = nodus_cluster::local::client_of(kubeconfig).await?;
+    let started = step("[3/5] waiting for the Deployments' pods to be Ready and the routes' status");
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NAMESPACE);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let mut waiting = Vec::new();
+        for name in DEPLOYMENTS {
+            let ready = deployments.get_opt(name).await?.and_then(|d| d.status).and_then(|s| s.ready_replicas);
+            if ready.unwrap_or(0) < 1 {
+                waiting.push(name);
+            }
+        }
+        if waiting.is_empty() {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("Deployments not Ready after 120 s: {waiting:?} (kubectl -n demo get pods -o yaml; the cluster's logs/)");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
+    let route_status = loop {
+        let lines = route_status(&client).await?;
+        if lines.len() == 3 && lines.iter().all(|l| !l.ends_with(": ")) {
+            break lines;
+        }
+        if Instant::now() > deadline {
+            bail!("the controller wrote no status on the routes within 120 s: {lines:?}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    done(started);
+    let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let mut nodes: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
+    let (mut client_pod, mut client_node, mut catalog_node) = (None, None, None);
+    for pod in pods.list(&ListParams::default()).await?.items {
+        let name = pod.metadata.name.clone().unwrap_or_default();
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.clone()).unwrap_or_default();
+        let status = pod.status.unwrap_or_default();
+        if status.phase.as_deref() != Some("Running") {
+            continue;
+        }
+        let labels = pod.metadata.labels.unwrap_or_default();
+        match labels.get("app").map(String::as_str) {
+            Some("client") => (client_pod, client_node) = (Some(name.clone()), Some(node.clone())),
+            Some("catalog") => catalog_node = Some(node.clone()),
+            _ => {}
+        }
+        let entry = nodes.entry(node).or_insert_with(|| (status.host_ip.clone().unwrap_or_default(), Vec::new()));
+        entry.1.push(format!("{NAMESPACE}/{name} {}", status.pod_ip.unwrap_or_default()));
+    }
+    Ok(ClusterView {
+        nodes,
+        client_pod: client_pod.context("no running client pod")?,
+        client_node: client_node.context("the client pod's node")?,
+        catalog_node: catalog_node.context("no running catalog pod")?,
+        route_status,
+    })
+}
+
+/// Each route's conditions as the controller wrote them (Gateway API `status.parents`).
+async fn route_status(client: &kube::Client) -> Result<Vec<String>> {
+    let mut lines = Vec::new();
+    for kind in ["HTTPRoute", "GRPCRoute"] {
+        let gvk = GroupVersionKind::gvk("gateway.networking.k8s.io", "v1", kind);
+        let routes: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &ApiResource::from_gvk(&gvk));
+        for route in routes.list(&ListParams::default()).await?.items {
+            let conditions: Vec<String> = route.data["status"]["parents"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|p| p["conditions"].as_array().cloned().unwrap_or_default())
+                .map(|c| {
+                    format!(
+                        "{}={} ({})",
+                        c["type"].as_str().unwrap_or(""),
+                        c["status"].as_str().unwrap_or(""),
+                        c["reason"].as_str().unwrap_or("")
+                    )
+                })
+                .collect();
+            let name = route.metadata.name.unwrap_or_default();
+            lines.push(format!("{kind} {NAMESPACE}/{name}: {}", conditions.join(", ")));
+        }
+    }
+    lines.sort();
+    Ok(lines)
 }
 
 /// Prints client summaries and proxy route metrics each interval until stopped.
@@ -279,7 +412,7 @@ fn report(
     args: &DemoArgs,
     rx: &mpsc::Receiver<(usize, Summary)>,
     names: &[&str],
-    proxy: &NodeProxy,
+    proxy: &ProxyAdmin,
 ) -> Result<(u64, u64)> {
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     for signal in [signal_hook_like::SIGINT, signal_hook_like::SIGTERM] {
@@ -326,7 +459,7 @@ fn report(
 
 fn print_window(elapsed: Duration, interval: Duration, names: &[&str], window: &BTreeMap<usize, Summary>) {
     println!(
-        "\n  t={:>4.0}s  {:<14} {:>6} {:>8} {:>7} {:>9} {:>9}   ANSWERED BY",
+        "\n  t={:>4.0}s  {:<16} {:>6} {:>8} {:>7} {:>9} {:>9}   ANSWERED BY",
         elapsed.as_secs_f64(),
         "CLIENT",
         "REQS",
@@ -342,7 +475,7 @@ fn print_window(elapsed: Duration, interval: Duration, names: &[&str], window: &
             .map(|(pod, n)| format!("{pod} {:.0}%", 100.0 * *n as f64 / s.requests.max(1) as f64))
             .collect();
         println!(
-            "          {:<14} {:>6} {:>7.1}% {:>7.1} {:>7.2}ms {:>7.2}ms   {}",
+            "          {:<16} {:>6} {:>7.1}% {:>7.1} {:>7.2}ms {:>7.2}ms   {}",
             names.get(*index).copied().unwrap_or("?"),
             s.requests,
             100.0 * s.ok as f64 / s.requests.max(1) as f64,
@@ -355,8 +488,8 @@ fn print_window(elapsed: Duration, interval: Duration, names: &[&str], window: &
 }
 
 /// Per-route request counts from the node proxy's /metrics, since the last report.
-fn print_routes(proxy: &NodeProxy, previous: &mut BTreeMap<String, f64>) {
-    let Ok((200, metrics)) = proxy.admin_get("/metrics") else { return };
+fn print_routes(proxy: &ProxyAdmin, previous: &mut BTreeMap<String, f64>) {
+    let Some(metrics) = proxy.metrics() else { return };
     let mut current: BTreeMap<String, f64> = BTreeMap::new();
     for line in metrics.lines().filter(|l| l.starts_with("nodus_requests_total{")) {
         let label = |name: &str| crate::admin::label(line, name);
@@ -370,7 +503,7 @@ fn print_routes(proxy: &NodeProxy, previous: &mut BTreeMap<String, f64>) {
         );
         *current.entry(key).or_default() += metric_value(line, "nodus_requests_total").unwrap_or(0.0);
     }
-    println!("          node-1 proxy, by route (from its /metrics):");
+    println!("          {} proxy, by route (from its /metrics):", proxy.node);
     for (key, value) in &current {
         let delta = value - previous.get(key).copied().unwrap_or(0.0);
         if delta > 0.0 {
@@ -380,9 +513,9 @@ fn print_routes(proxy: &NodeProxy, previous: &mut BTreeMap<String, f64>) {
     *previous = current;
 }
 
-/// What node-2's proxy saw arrive through tunnels: mTLS or plaintext, and from whom.
-fn print_inbound_security(proxy: &NodeProxy) {
-    let Ok((200, metrics)) = proxy.admin_get("/metrics") else { return };
+/// What the catalog's node proxy saw arrive through tunnels: mTLS or plaintext, and from whom.
+fn print_inbound_security(proxy: &ProxyAdmin) {
+    let Some(metrics) = proxy.metrics() else { return };
     println!("\n  {} proxy, tunnel streams received (from its /metrics):", proxy.node);
     for line in metrics.lines().filter(|l| l.starts_with("nodus_inbound_tunnels_total{")) {
         let label = |name: &str| crate::admin::label(line, name);

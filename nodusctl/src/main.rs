@@ -18,8 +18,9 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// Run the local mesh demo: nodes and pods as network namespaces on this machine, with
-    /// traffic between them. Needs root. Stops on Ctrl-C or after --duration.
+    /// Run the local mesh demo: a local cluster, the plain manifests of examples/local-mesh
+    /// applied with kubectl, and traffic between its pods. Needs root. The traffic stops on
+    /// Ctrl-C (the cluster stays) or after --duration (the cluster is deleted).
     Demo(demo::DemoArgs),
     /// Check that this machine can run Nodus's node agent: privileges, kernel features, bpffs,
     /// cgroup v2. Exits 0 when everything passes, 1 otherwise.

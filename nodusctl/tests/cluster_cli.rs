@@ -8,7 +8,9 @@
 //! Needs root and the kapi binaries: skipped with a message otherwise, failed instead under CI.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
@@ -20,38 +22,14 @@ fn text(output: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
 }
 
-/// The real kubectl: `$NODUS_KUBECTL`, else the one scripts/setup-helm.sh puts in .cache/helm/bin,
-/// else the PATH's.
-fn kubectl_binary() -> PathBuf {
-    let cached = Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(".cache/helm/bin/kubectl");
-    std::env::var_os("NODUS_KUBECTL").map(PathBuf::from).unwrap_or_else(|| {
-        if cached.exists() {
-            cached
-        } else {
-            "kubectl".into()
-        }
-    })
-}
-
 fn kubectl(kubeconfig: &Path, args: &[&str]) -> Output {
-    Command::new(kubectl_binary()).env("KUBECONFIG", kubeconfig).args(args).output().unwrap()
-}
-
-fn kapi_built() -> bool {
-    let bin = std::env::var_os("NODUS_KAPI_BIN")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../.cache/kapi/bin"));
-    if bin.join("kapilite").exists() {
-        return true;
-    }
-    assert!(std::env::var("NODUS_REQUIRE_KAPI").as_deref() != Ok("1"), "NODUS_REQUIRE_KAPI=1 but kapi is not built");
-    eprintln!("SKIPPED nodusctl cluster_cli: no kapi binaries (scripts/setup-kapi.sh)");
-    false
+    Command::new(support::kubectl_binary()).env("KUBECONFIG", kubeconfig).args(args).output().unwrap()
 }
 
 #[test]
 fn a_cluster_outlives_create_runs_exec_and_is_deleted_without_leftovers() {
-    if nodus_harness::lab_skip_reason("nodusctl::cluster_cli").is_some() || !kapi_built() {
+    if nodus_harness::lab_skip_reason("nodusctl::cluster_cli").is_some() || !support::kapi_built("nodusctl cluster_cli")
+    {
         return;
     }
     let clusters = tempfile::tempdir().unwrap();

@@ -165,6 +165,17 @@ struct ContainerRun {
     env: Vec<(String, String)>,
 }
 
+/// A container whose agent goes (the cluster stops) takes its process with it: the node's
+/// processes end with the node, as a kubelet's containers end with their node's runtime.
+impl Drop for ContainerRun {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
 /// A pod this agent runs.
 struct PodRun {
     uid: String,

@@ -120,6 +120,9 @@ struct Expectations {
     deleted: HashMap<String, HashMap<String, std::time::Instant>>,
     /// Pods (by uid) bound to a node and not yet seen bound: never bound twice.
     bound: HashMap<String, std::time::Instant>,
+    /// ClusterIPs (by Service uid) written and not yet seen: never handed out twice, as the
+    /// API server's own allocator guarantees.
+    allocated: HashMap<String, (std::net::Ipv4Addr, std::time::Instant)>,
 }
 
 impl Expectations {
@@ -188,7 +191,20 @@ impl Pass<'_> {
     async fn allocate_cluster_ips(&self) {
         let services = self.stores.services.state();
         let mut used = cluster_ip::used_addresses(services.iter().map(|s| s.as_ref()));
+        // Addresses written in an earlier pass that the watch does not show yet stay taken.
+        let waiting: HashSet<String> =
+            services.iter().filter(|s| cluster_ip::needs_address(s)).filter_map(|s| s.uid()).collect();
+        let pending = {
+            let mut expectations = self.lock_expectations();
+            expectations.allocated.retain(|uid, (_, at)| waiting.contains(uid) && at.elapsed() < EXPECTATION_TIMEOUT);
+            expectations.allocated.clone()
+        };
+        used.extend(pending.values().map(|(address, _)| *address));
         for service in services.iter().filter(|s| cluster_ip::needs_address(s)) {
+            let uid = service.uid().unwrap_or_default();
+            if pending.contains_key(&uid) {
+                continue;
+            }
             let Some(address) = cluster_ip::allocate(&used) else {
                 tracing::error!(service = %service.name_any(), "the Service range is full");
                 return;
@@ -197,6 +213,9 @@ impl Pass<'_> {
             let api: Api<Service> = Api::namespaced(self.client.clone(), &service.namespace().unwrap_or_default());
             let patch = json!({ "spec": { "clusterIP": address.to_string(), "clusterIPs": [address.to_string()] } });
             let result = api.patch(&service.name_any(), &PatchParams::default(), &Patch::Merge(&patch)).await;
+            if result.is_ok() {
+                self.lock_expectations().allocated.insert(uid, (address, std::time::Instant::now()));
+            }
             Self::warn(result, "allocating a ClusterIP", &service.name_any());
         }
     }

@@ -173,7 +173,8 @@ fn free_port_triple() -> Option<u16> {
     })
 }
 
-async fn client_of(kubeconfig: &Path) -> Result<kube::Client, ClusterError> {
+/// A client of the API server `kubeconfig` names.
+pub async fn client_of(kubeconfig: &Path) -> Result<kube::Client, ClusterError> {
     let config = Kubeconfig::read_from(kubeconfig).map_err(|e| ClusterError::Kubeconfig(e.to_string()))?;
     let config = kube::Config::from_custom_kubeconfig(config, &KubeConfigOptions::default())
         .await

@@ -230,6 +230,38 @@ async fn plain_manifests_run_through_the_mesh_and_follow_scaling_and_deletion() 
         (!names.contains(&victim) && names.len() == 3 && ready.len() == 3).then_some(())
     })
     .await;
+
+    // Services created together each get their own ClusterIP: an allocation pass that runs
+    // before the watch shows the previous pass's writes must not hand an address out twice.
+    let many: String = (0..16)
+        .map(|i| format!("apiVersion: v1\nkind: Service\nmetadata: {{ name: s{i}, namespace: shop }}\nspec: {{ ports: [{{ port: 80 }}] }}\n---\n"))
+        .collect();
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&many));
+    let addresses = eventually("16 ClusterIPs", Duration::from_secs(30), || async {
+        let list = services.list(&ListParams::default()).await.ok()?;
+        let addresses: Vec<String> = list
+            .items
+            .iter()
+            .filter(|s| s.metadata.name.as_deref().is_some_and(|n| n.starts_with('s') && n != "shop"))
+            .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+            .collect();
+        (addresses.len() == 16).then_some(addresses)
+    })
+    .await;
+    // Give a late second pass the chance to overwrite one, then check again.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut all: Vec<String> = services
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .items
+        .iter()
+        .filter_map(|s| s.spec.as_ref()?.cluster_ip.clone())
+        .collect();
+    let count = all.len();
+    all.sort();
+    all.dedup();
+    assert_eq!(all.len(), count, "every Service of the namespace has its own ClusterIP: {addresses:?}");
 }
 
 const VAULT: &str = r#"
@@ -406,4 +438,135 @@ async fn prometheus_reports_a_routes_request_and_success_rates() {
     assert_eq!(nacks, Some(0.0), "no node refused a push");
     let services = prometheus_value(&url, "nodus_controller_watched_objects{kind=\"Service\"}").await;
     assert!(services.is_some_and(|s| s >= 1.0), "the controller counts the Services it watches: {services:?}");
+}
+
+/// Every example under examples/ is plain Kubernetes YAML this cluster runs: the demo's
+/// applications come up, and each traffic example's route, applied on top with kubectl, is
+/// Accepted with its references resolved by the controller in Kubernetes mode; each security
+/// example is accepted by the API server's schema for Nodus's CRDs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_example_runs_on_the_cluster() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(spec) = spec(dir.path()) else { return };
+    let cluster = LocalCluster::start(&spec).await.unwrap();
+    let kubeconfig = spec.kubeconfig();
+    let examples = workspace().join("examples");
+    kubectl(&kubeconfig, &["apply", "-f", examples.join("local-mesh").to_str().unwrap()], None);
+    let deployments: Api<Deployment> = Api::namespaced(cluster.client.clone(), "demo");
+    for name in ["client", "echo-v1", "echo-v2", "catalog"] {
+        eventually(&format!("Deployment {name} Ready"), Duration::from_secs(60), || async {
+            (deployments.get(name).await.ok()?.status?.ready_replicas == Some(1)).then_some(())
+        })
+        .await;
+    }
+    let condition = |kind: &str, name: &str, condition: &str| {
+        kubectl(
+            &kubeconfig,
+            &[
+                "-n",
+                "demo",
+                "get",
+                &kind.to_lowercase(),
+                name,
+                "-o",
+                &format!("jsonpath={{.status.parents[0].conditions[?(@.type==\"{condition}\")].status}}"),
+            ],
+            None,
+        )
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(examples.join("traffic"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    assert!(files.len() >= 5, "{files:?}");
+    for path in &files {
+        let route: serde_json::Value = serde_norway::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let (kind, name) = (route["kind"].as_str().unwrap(), route["metadata"]["name"].as_str().unwrap());
+        kubectl(&kubeconfig, &["apply", "-f", path.to_str().unwrap()], None);
+        let what = format!("{}: {kind} {name} Accepted and ResolvedRefs", path.display());
+        eventually(&what, Duration::from_secs(30), || async {
+            (condition(kind, name, "Accepted") == "True" && condition(kind, name, "ResolvedRefs") == "True")
+                .then_some(())
+        })
+        .await;
+        kubectl(&kubeconfig, &["delete", "-f", path.to_str().unwrap()], None);
+    }
+    for entry in std::fs::read_dir(examples.join("security")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|x| x == "yaml") {
+            let out = kubectl(&kubeconfig, &["apply", "--dry-run=server", "-f", path.to_str().unwrap()], None);
+            assert!(out.contains("(server dry run)"), "{}: {out}", path.display());
+        }
+    }
+}
+
+/// `kubectl label namespace ... nodus.dev/mesh=enabled` on a namespace whose pod already runs:
+/// its calls start to carry its mesh identity; removing the label takes it out again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn labelling_a_namespace_enrols_its_running_pods_and_unlabelling_releases_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(spec) = spec(dir.path()) else { return };
+    let cluster = LocalCluster::start(&spec).await.unwrap();
+    let kubeconfig = spec.kubeconfig();
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(&shop()));
+    kubectl(
+        &kubeconfig,
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Namespace\nmetadata: { name: late }\n---\n\
+             apiVersion: v1\nkind: Pod\nmetadata: { name: caller, namespace: late }\n\
+             spec: { serviceAccountName: caller, containers: [{ name: c, image: busybox, command: [sleep, infinity] }] }\n",
+        ),
+    );
+    let caller = eventually("the caller pod running", Duration::from_secs(30), || async {
+        let lab = cluster.lab.lock().unwrap();
+        lab.pods().iter().find(|p| p.namespace == "late" && p.name == "caller").cloned()
+    })
+    .await;
+    // A web pod's own address: the local cluster has no kube-proxy, so a pod outside the mesh
+    // cannot reach a ClusterIP (docs/local-cluster.md); the mesh serves pod addresses as well.
+    let slices: Api<EndpointSlice> = Api::namespaced(cluster.client.clone(), "shop");
+    let web = eventually("a ready web endpoint", Duration::from_secs(60), || async {
+        ready_endpoints(&slices).await.into_iter().next()
+    })
+    .await;
+    let url = format!("http://{web}:8080/");
+    let identity = || {
+        let out = caller.command("curl").unwrap().args(["-s", "-m", "2", &url]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(report["headers"]["x-nodus-client-identity"][0].as_str().unwrap_or("").to_owned())
+    };
+    let before = eventually("an answer from web", Duration::from_secs(60), || async { identity() }).await;
+    assert_eq!(before, "", "outside the mesh, the call carries no mesh identity");
+    let proxy = cluster.proxies().iter().find(|p| p.node == caller.node).unwrap();
+    let enrolled = || {
+        let (_, metrics) = proxy.admin_get("/metrics").unwrap();
+        nodus_harness::metric_value(&metrics, "nodus_redirect_enrolled_pods").unwrap_or(-1.0)
+    };
+    let enrolled_before = enrolled();
+
+    kubectl(&kubeconfig, &["label", "namespace", "late", "nodus.dev/mesh=enabled"], None);
+    // In the mesh: captured, so the Service by name reaches web with the caller's identity.
+    let resolv_conf = nodus_cluster::agent::resolv_conf_path(&spec.pods_dir(), "late", "caller");
+    let by_name = || {
+        let mut command = caller.command("curl").unwrap();
+        nodus_harness::with_resolv_conf(&mut command, &resolv_conf).unwrap();
+        let out = command.args(["-s", "-m", "2", "http://web.shop/"]).output().unwrap();
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        Some(report["headers"]["x-nodus-client-identity"][0].as_str().unwrap_or("").to_owned())
+    };
+    eventually("the caller's calls to carry its identity", Duration::from_secs(30), || async {
+        (by_name().as_deref() == Some("spiffe://cluster.local/ns/late/sa/caller")).then_some(())
+    })
+    .await;
+    assert_eq!(enrolled(), enrolled_before + 1.0, "the caller is enrolled in its node's redirect");
+
+    kubectl(&kubeconfig, &["label", "namespace", "late", "nodus.dev/mesh-"], None);
+    eventually("the caller out of the mesh again", Duration::from_secs(30), || async {
+        (enrolled() == enrolled_before).then_some(())
+    })
+    .await;
+    assert_eq!(identity().as_deref(), Some(""), "out of the mesh, its calls carry no identity again");
 }

@@ -57,3 +57,10 @@ macro_rules! skip_unless_lab_supported {
         }
     };
 }
+
+/// Standalone mode's fixture (`fixtures/standalone-mesh`): the local mesh's example
+/// (examples/local-mesh) with what the API server's controllers would fill in written out (pod
+/// and cluster IPs, EndpointSlices), for tests of the controller's `--manifests` mode.
+pub fn standalone_mesh_fixture() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/standalone-mesh")
+}

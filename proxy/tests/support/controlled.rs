@@ -87,9 +87,9 @@ pub fn start_mesh_on_nodes(
     let manifests = lab.work_dir().unwrap().join("manifests");
     std::fs::create_dir_all(&manifests).unwrap();
     let examples = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/local-mesh");
-    for file in ["cluster.yaml", "routes.yaml"] {
-        std::fs::copy(examples.join(file), manifests.join(file)).unwrap();
-    }
+    let fixture = nodus_harness::standalone_mesh_fixture();
+    std::fs::copy(fixture.join("cluster.yaml"), manifests.join("cluster.yaml")).unwrap();
+    std::fs::copy(examples.join("routes.yaml"), manifests.join("routes.yaml")).unwrap();
     write(&manifests.join("mesh-policy.yaml"), &mesh_policy("Strict"));
     write(&manifests.join("tcp-service.yaml"), OPAQUE_SERVICE);
     let node1 = lab.node("node-1").unwrap().clone();

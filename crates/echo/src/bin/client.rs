@@ -6,8 +6,9 @@
 //! - `--duration D --rate R`: a steady load, one JSON summary line per `--report-every`, for the
 //!   demo and soak tests.
 //!
-//! Every connection goes to `--target` whatever the host name says, so the `Host`/`:authority`
-//! can be a Service name while the address is its cluster IP.
+//! `--target` is `host:port`: a Service name (resolved once, at start, through the pod's DNS,
+//! as an application would) or an address. Every connection goes to that address whatever
+//! `--host` says, so the `Host`/`:authority` can differ from it.
 
 use anyhow::{bail, Context};
 use clap::{Parser, ValueEnum};
@@ -37,10 +38,11 @@ enum Protocol {
 #[derive(Parser, Debug)]
 #[command(version)]
 struct Args {
-    /// Address to connect to (a Service cluster IP or a pod IP, with port).
+    /// Where to connect, `host:port`: a Service name (`echo:80`, resolved through the pod's
+    /// DNS), a cluster IP or a pod IP.
     #[arg(long)]
-    target: SocketAddr,
-    /// Host / :authority to send (defaults to the target address).
+    target: String,
+    /// Host / :authority to send (defaults to --target).
     #[arg(long)]
     host: Option<String>,
     /// Request path (HTTP).
@@ -153,7 +155,7 @@ fn parse_headers(specs: &[String]) -> anyhow::Result<Vec<(http::HeaderName, http
 
 async fn one_request(args: &Args, sender: &mut Sender, headers: &[(http::HeaderName, http::HeaderValue)]) -> Outcome {
     let started = Instant::now();
-    let host = args.host.clone().unwrap_or_else(|| args.target.to_string());
+    let host = args.host.clone().unwrap_or_else(|| args.target.clone());
     let mut outcome = Outcome {
         status: 0,
         grpc_status: None,
@@ -272,8 +274,8 @@ fn never_sent(status: &tonic::Status) -> bool {
     false
 }
 
-async fn make_sender(args: &Args) -> anyhow::Result<Sender> {
-    let connector = FixedConnector(args.target);
+async fn make_sender(args: &Args, address: SocketAddr) -> anyhow::Result<Sender> {
+    let connector = FixedConnector(address);
     Ok(match args.protocol {
         Protocol::H1 => {
             let mut builder = Client::builder(TokioExecutor::new());
@@ -284,7 +286,7 @@ async fn make_sender(args: &Args) -> anyhow::Result<Sender> {
         }
         Protocol::H2 => Sender::Http(Client::builder(TokioExecutor::new()).http2_only(true).build(connector)),
         Protocol::Grpc => {
-            let host = args.host.clone().unwrap_or_else(|| args.target.to_string());
+            let host = args.host.clone().unwrap_or_else(|| args.target.clone());
             let channel = tonic::transport::Endpoint::from_shared(format!("http://{host}"))?
                 .connect_with_connector_lazy(connector);
             Sender::Grpc(EchoClient::new(channel))
@@ -304,7 +306,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let headers = parse_headers(&args.headers)?;
-    let mut sender = make_sender(&args).await?;
+    let address = tokio::net::lookup_host(&args.target)
+        .await
+        .with_context(|| format!("resolving {}", args.target))?
+        .find(SocketAddr::is_ipv4)
+        .with_context(|| format!("{} has no IPv4 address", args.target))?;
+    let mut sender = make_sender(&args, address).await?;
     let Some(duration) = args.duration_secs else {
         for _ in 0..args.count {
             let outcome = one_request(&args, &mut sender, &headers).await;
