@@ -14,4 +14,5 @@ pub mod endpoint_slices;
 pub mod local;
 pub mod prometheus;
 pub mod scheduling;
+pub mod service_proxy;
 pub mod workloads;

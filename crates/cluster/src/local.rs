@@ -259,6 +259,9 @@ impl LocalCluster {
             sockets.push(socket.map_err(io(format!("serving DNS on {ip}:53")))?);
         }
         tasks.push(tokio::spawn(crate::dns::serve(client.clone(), sockets)));
+        // ClusterIPs for pods outside the mesh (kube-proxy's job).
+        let node_namespaces = nodes.iter().map(|n| n.netns().clone()).collect();
+        tasks.push(tokio::spawn(crate::service_proxy::run(client.clone(), node_namespaces)));
 
         let (controller, proxies) = {
             let lab = lab.lock().map_err(|_| ClusterError::Kubeconfig("the lab's lock is poisoned".into()))?;
