@@ -345,7 +345,19 @@ pub(crate) fn pod_command(
     let procs = cgroup.join("cgroup.procs");
     let mut procs =
         std::fs::OpenOptions::new().write(true).open(&procs).with_context(|| format!("opening {}", procs.display()))?;
-    let mut command = Command::new(program);
+    // The commands the pod's images bring (the suite's echo image's `client`) come first.
+    let bin = nodus_cluster::agent::pod_bin_dir(&dir.join("pods"), namespace, pod);
+    let program = program.as_ref();
+    let mut command = match bin.join(program).exists() {
+        true => Command::new(bin.join(program)),
+        false => Command::new(program),
+    };
+    if bin.exists() {
+        let path = std::env::var_os("PATH").unwrap_or_default();
+        let mut paths = vec![bin.clone()];
+        paths.extend(std::env::split_paths(&path));
+        command.env("PATH", std::env::join_paths(paths)?);
+    }
     // The pod's DNS (cluster DNS, search path), as its own processes see it.
     let resolv_conf = nodus_cluster::agent::resolv_conf_path(&dir.join("pods"), namespace, pod);
     if resolv_conf.exists() {

@@ -109,7 +109,12 @@ struct Mesh {
 async fn start_mesh(node1_signer: Option<Arc<dyn CertificateSigner>>) -> Mesh {
     let echo = tokio::net::TcpListener::bind((ECHO_IP, 0)).await.unwrap();
     let echo_port = echo.local_addr().unwrap().port();
-    let identity = nodus_echo::EchoIdentity { pod: "echo-0".into(), namespace: "demo".into(), service: "echo".into() };
+    let identity = nodus_echo::EchoIdentity {
+        pod: "echo-0".into(),
+        namespace: "demo".into(),
+        service: "echo".into(),
+        ..Default::default()
+    };
     tokio::spawn(nodus_echo::serve(echo, identity));
 
     let ca = Arc::new(CertificateAuthority::generate(DOMAIN, Duration::from_secs(86_400)).unwrap());

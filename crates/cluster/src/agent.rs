@@ -34,6 +34,30 @@ use std::time::{Duration, Instant};
 /// The image name (last path element, any registry and tag) that runs the echo workload.
 pub const ECHO_IMAGE: &str = "nodus-echo";
 
+/// The Gateway API conformance suite's mesh echo image (`registry.k8s.io/gateway-api/echo-advanced`):
+/// runs `nodus-echo-advanced` (beside `nodus-echo`) with the container's args, and gives the pod
+/// that image's `client` command.
+pub const ECHO_ADVANCED_IMAGE: &str = "echo-advanced";
+
+/// The suite's plain echo image (`registry.k8s.io/gateway-api/echo-basic`): the echo workload on
+/// that image's port, 3000.
+pub const ECHO_BASIC_IMAGE: &str = "echo-basic";
+
+/// Commands an image brings into its pods' `PATH` (run by `kubectl exec`/`nodusctl exec`):
+/// image, command name, the program beside `nodus-echo` it runs.
+pub const IMAGE_COMMANDS: &[(&str, &str, &str)] = &[(ECHO_ADVANCED_IMAGE, "client", "nodus-echo-advanced")];
+
+/// Where `namespace/pod`'s image commands are (the `PATH` entry exec adds).
+pub fn pod_bin_dir(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
+    pods_dir.join(format!("{namespace}_{pod}")).join("bin")
+}
+
+/// The repository name of an image (`registry.k8s.io/gateway-api/echo-basic:v1.5.1` → `echo-basic`).
+fn repository_of(image: &str) -> &str {
+    let repository = image.rsplit('/').next().unwrap_or(image);
+    repository.split(['@', ':']).next().unwrap_or(repository)
+}
+
 /// Images that run a host program, by the image's last path element (tags ignored).
 pub const IMAGE_PROGRAMS: &[(&str, &str)] = &[("curl", "curl"), ("python", "python3"), ("busybox", "sh")];
 
@@ -104,6 +128,28 @@ fn pod_resolv_conf(pod: &Pod, settings: &AgentSettings) -> Option<String> {
     }
 }
 
+/// Puts the commands the pod's images bring (`IMAGE_COMMANDS`) in its bin folder.
+fn write_image_commands(pod: &Pod, settings: &AgentSettings, namespace: &str, name: &str) -> Result<(), String> {
+    let dir = pod_bin_dir(&settings.pods_dir, namespace, name);
+    let _ = std::fs::remove_dir_all(&dir);
+    let images: Vec<&str> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .filter_map(|c| c.image.as_deref())
+        .map(repository_of)
+        .collect();
+    for (image, command, program) in IMAGE_COMMANDS {
+        if images.contains(image) {
+            std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+            let target = settings.echo_binary.with_file_name(program);
+            std::os::unix::fs::symlink(&target, dir.join(command))
+                .map_err(|e| format!("linking {} to {}: {e}", dir.join(command).display(), target.display()))?;
+        }
+    }
+    Ok(())
+}
+
 /// Where `namespace/pod`'s resolv.conf is kept.
 pub fn resolv_conf_path(pods_dir: &Path, namespace: &str, pod: &str) -> PathBuf {
     pods_dir.join(format!("{namespace}_{pod}")).join("resolv.conf")
@@ -124,8 +170,15 @@ pub fn program_for(
         return Ok((PathBuf::from(&command[0]), rest));
     }
     let image = container.image.as_deref().unwrap_or_default();
-    let repository = image.rsplit('/').next().unwrap_or(image);
-    let repository = repository.split(['@', ':']).next().unwrap_or(repository);
+    let repository = repository_of(image);
+    if repository == ECHO_ADVANCED_IMAGE {
+        return Ok((echo_binary.with_file_name("nodus-echo-advanced"), args));
+    }
+    if repository == ECHO_BASIC_IMAGE {
+        let listen = ["--listen".to_owned(), "0.0.0.0:3000".to_owned()];
+        let identity = ["--pod".to_owned(), pod_name.to_owned(), "--namespace".to_owned(), namespace.to_owned()];
+        return Ok((echo_binary.to_path_buf(), identity.into_iter().chain(listen).chain(args).collect()));
+    }
     if repository == ECHO_IMAGE {
         let mut echo_args =
             vec!["--pod".to_owned(), pod_name.to_owned(), "--namespace".to_owned(), namespace.to_owned()];
@@ -336,6 +389,7 @@ async fn start(client: &Client, lab: &Arc<Mutex<Lab>>, settings: &AgentSettings,
     } else {
         let _ = std::fs::remove_file(resolv_conf_path(&settings.pods_dir, &namespace, &name));
     }
+    write_image_commands(pod, settings, &namespace, &name)?;
     if let Some(socket) = &settings.cni_socket {
         // The sandbox has its address: say so (the controller lists a pod once it has one), then
         // enrol it before any of its processes exists, as a chained CNI plugin's ADD does.
@@ -702,6 +756,25 @@ mod tests {
         .unwrap();
         assert_eq!(program, echo);
         assert_eq!(args, ["--pod", "p", "--namespace", "ns", "--listen", "0.0.0.0:9000"]);
+        // The conformance suite's images.
+        let (program, args) = program_for(
+            &container("{ name: echo, image: 'registry.k8s.io/gateway-api/echo-advanced:v1.5.1', args: [--tcp=9090, --port=8080] }"),
+            "p",
+            "ns",
+            echo,
+        )
+        .unwrap();
+        assert_eq!(program, Path::new("/bin/nodus-echo-advanced"));
+        assert_eq!(args, ["--tcp=9090", "--port=8080"]);
+        let (program, args) = program_for(
+            &container("{ name: b, image: 'registry.k8s.io/gateway-api/echo-basic:v1.5.1' }"),
+            "p",
+            "ns",
+            echo,
+        )
+        .unwrap();
+        assert_eq!(program, echo);
+        assert_eq!(args, ["--pod", "p", "--namespace", "ns", "--listen", "0.0.0.0:3000"]);
         let (program, args) =
             program_for(&container("{ name: c, image: curlimages/curl, args: [-s, http://web/] }"), "p", "ns", echo)
                 .unwrap();

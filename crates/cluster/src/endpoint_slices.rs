@@ -59,7 +59,7 @@ pub fn endpoint_slices<'p>(service: &Service, pods: impl IntoIterator<Item = &'p
         // An empty slice still says which ports the Service has, as Kubernetes writes one.
         let ports = service_ports
             .iter()
-            .filter_map(|p| match &p.target_port {
+            .filter_map(|p| match target_port(p) {
                 Some(IntOrString::String(_)) => None,
                 Some(IntOrString::Int(port)) => Some(port_key(p, *port)),
                 None => Some(port_key(p, p.port)),
@@ -88,6 +88,14 @@ pub fn endpoint_slices<'p>(service: &Service, pods: impl IntoIterator<Item = &'p
 
 type PortKey = (String, i32, String);
 
+/// A Service port's `targetPort`, if set: 0 and "" mean unset, as Kubernetes' defaulting reads
+/// them (it then uses `port`); an API server without that defaulting (kapi) stores them as sent.
+fn target_port(port: &k8s_openapi::api::core::v1::ServicePort) -> Option<&IntOrString> {
+    port.target_port
+        .as_ref()
+        .filter(|t| !matches!(t, IntOrString::Int(0)) && !matches!(t, IntOrString::String(s) if s.is_empty()))
+}
+
 fn port_key(port: &k8s_openapi::api::core::v1::ServicePort, number: i32) -> PortKey {
     (port.name.clone().unwrap_or_default(), number, port.protocol.clone().unwrap_or_else(|| "TCP".into()))
 }
@@ -97,7 +105,7 @@ fn port_key(port: &k8s_openapi::api::core::v1::ServicePort, number: i32) -> Port
 fn resolve_ports(service_ports: &[k8s_openapi::api::core::v1::ServicePort], pod: &Pod) -> Option<Vec<PortKey>> {
     service_ports
         .iter()
-        .map(|port| match &port.target_port {
+        .map(|port| match target_port(port) {
             None => Some(port_key(port, port.port)),
             Some(IntOrString::Int(number)) => Some(port_key(port, *number)),
             Some(IntOrString::String(name)) => {
@@ -256,6 +264,26 @@ mod tests {
         let first = &slice.endpoints[0];
         assert_eq!(first.node_name.as_deref(), Some("node-1"));
         assert_eq!(first.target_ref.as_ref().unwrap().name.as_deref(), Some("a"));
+    }
+
+    #[test]
+    fn an_unset_target_port_is_the_service_port_also_when_stored_as_zero() {
+        // The conformance suite's `http-alt: 8080` and `grpc: 7070` have no targetPort; kapi
+        // stores `targetPort: 0` where Kubernetes' defaulting would have written the port.
+        let svc = service(
+            "metadata: { name: echo, namespace: shop, uid: u }\n\
+             spec: { selector: { app: web }, ports: [{ name: a, port: 8080 }, { name: b, port: 7070, targetPort: 0 }, { name: c, port: 80, targetPort: '' }] }",
+        );
+        let pods = [pod("a", "{ app: web }", Some("10.244.1.2"), true, "")];
+        for slices in [endpoint_slices(&svc, &pods), endpoint_slices(&svc, &[])] {
+            let ports: Vec<(Option<String>, Option<i32>)> =
+                slices[0].ports.iter().flatten().map(|p| (p.name.clone(), p.port)).collect();
+            assert_eq!(
+                ports,
+                [(Some("a".into()), Some(8080)), (Some("b".into()), Some(7070)), (Some("c".into()), Some(80))],
+                "{slices:?}"
+            );
+        }
     }
 
     #[test]

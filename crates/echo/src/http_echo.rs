@@ -138,7 +138,13 @@ pub(crate) async fn respond(
         }
     }
 
-    let json = serde_json::to_vec(&report).unwrap_or_default();
+    let (json, content_type) = match state.format {
+        crate::state::AnswerFormat::Json => (serde_json::to_vec(&report).unwrap_or_default(), "application/json"),
+        crate::state::AnswerFormat::Text => (
+            crate::text::render_request(&report, status.as_u16(), state.port, &identity.version).into_bytes(),
+            "text/plain",
+        ),
+    };
     // HEAD gets the head a GET would, without the content (RFC 9110 §9.3.2): hyper's HTTP/2
     // server would send the body's DATA frames for HEAD too, which clients reset.
     let length = HeaderValue::from(json.len());
@@ -147,7 +153,7 @@ pub(crate) async fn respond(
     *response.status_mut() = status;
     let headers = response.headers_mut();
     headers.insert(http::header::CONTENT_LENGTH, length);
-    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(http::header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     for (name, value) in extra_headers {
         headers.append(name, value);
     }

@@ -14,17 +14,21 @@
 //! `Upgrade: nodus-echo` switches the connection to a raw byte echo (WebSocket-like).
 //!
 //! `GET /.nodus-echo/seen` lists the last requests this pod received (mirror tests use it).
+//!
+//! `nodus-echo-advanced` answers in the text format of the Gateway API conformance suite's
+//! echo server instead ([`text`]), and carries its `client` command.
 
 mod client;
 mod grpc;
 mod http_echo;
 mod server;
 mod state;
+pub mod text;
 
 pub use client::{h2c_get, http1_get, ClientError, HttpAnswer};
 pub use http_echo::{EchoReport, DELAY_HEADER, FAIL_POD_HEADER, SEEN_PATH, SET_HEADER_HEADER, STATUS_HEADER};
-pub use server::{serve, UPGRADE_PROTOCOL};
-pub use state::EchoIdentity;
+pub use server::{serve, serve_as, UPGRADE_PROTOCOL};
+pub use state::{AnswerFormat, EchoIdentity};
 
 /// Generated gRPC types of `proto/echo.proto` (package `nodus.echo.v1`).
 #[allow(missing_docs, clippy::all)]

@@ -29,7 +29,8 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).init();
     let args = Args::parse();
-    let identity = EchoIdentity { pod: args.pod, namespace: args.namespace, service: args.service };
+    let identity =
+        EchoIdentity { pod: args.pod, namespace: args.namespace, service: args.service, version: String::new() };
     let mut servers = tokio::task::JoinSet::new();
     for addr in &args.listen {
         let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;

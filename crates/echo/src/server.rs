@@ -3,7 +3,7 @@
 use crate::grpc::{CallInfo, EchoService};
 use crate::http_echo;
 use crate::proto::echo_server::EchoServer;
-use crate::state::{EchoIdentity, EchoState};
+use crate::state::{AnswerFormat, EchoIdentity, EchoState};
 use http::Request;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -19,7 +19,13 @@ pub const UPGRADE_PROTOCOL: &str = "nodus-echo";
 
 /// Serves HTTP/1.1, h2c and gRPC on `listener` until the task is dropped or the listener fails.
 pub async fn serve(listener: TcpListener, identity: EchoIdentity) -> std::io::Result<()> {
-    let identity = Arc::new(EchoState { identity, seen: Default::default() });
+    serve_as(listener, identity, AnswerFormat::Json).await
+}
+
+/// As [`serve`], answering HTTP requests in `format`.
+pub async fn serve_as(listener: TcpListener, identity: EchoIdentity, format: AnswerFormat) -> std::io::Result<()> {
+    let port = listener.local_addr()?.port();
+    let identity = Arc::new(EchoState { identity, format, port, seen: Default::default() });
     loop {
         let (stream, remote) = listener.accept().await?;
         let _ = stream.set_nodelay(true);

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 fn identity() -> EchoIdentity {
-    EchoIdentity { pod: "echo-v1-0".into(), namespace: "demo".into(), service: "echo".into() }
+    EchoIdentity { pod: "echo-v1-0".into(), namespace: "demo".into(), service: "echo".into(), ..Default::default() }
 }
 
 async fn start_on_loopback() -> SocketAddr {

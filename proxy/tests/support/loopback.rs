@@ -19,7 +19,12 @@ pub const VIP: &str = "10.96.0.10";
 pub async fn start_echo() -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
-    let identity = nodus_echo::EchoIdentity { pod: "echo-0".into(), namespace: "demo".into(), service: "echo".into() };
+    let identity = nodus_echo::EchoIdentity {
+        pod: "echo-0".into(),
+        namespace: "demo".into(),
+        service: "echo".into(),
+        ..Default::default()
+    };
     tokio::spawn(nodus_echo::serve(listener, identity));
     port
 }
