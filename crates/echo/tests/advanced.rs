@@ -29,7 +29,9 @@ fn start(args: &[String]) -> Server {
         .spawn()
         .unwrap();
     let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
-    for _ in 0..args.iter().filter(|a| a.starts_with("--port") || a.starts_with("--grpc")).count() {
+    // One line per port, once it listens (the server binds them in port order, not argument order).
+    let ports = ["--port=", "--grpc=", "--tcp=", "--tls="];
+    for _ in 0..args.iter().filter(|a| ports.iter().any(|p| a.starts_with(p))).count() {
         assert!(lines.next().unwrap().unwrap().starts_with("nodus-echo-advanced listening on"));
     }
     Server(child)
